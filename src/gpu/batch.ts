@@ -1,0 +1,161 @@
+import { GpuValidationError, GpuOutOfMemoryError } from './errors.ts';
+import type { Kernel, ParamValues } from './kernel.ts';
+import type { Gpu } from './gpu.ts';
+
+/** A buffer, or a byte range of one, bound to a kernel variable. */
+export type BufferBinding = GPUBuffer | { buffer: GPUBuffer; offset?: number; size?: number };
+
+export type Workgroups = readonly [number, number?, number?];
+
+interface DispatchCommand {
+  type: 'dispatch';
+  kernel: Kernel;
+  buffers: Readonly<Record<string, BufferBinding>>;
+  params: ParamValues | undefined;
+  workgroups: Workgroups;
+  label: string;
+}
+
+type Command =
+  | DispatchCommand
+  | { type: 'copy'; from: GPUBuffer; fromOffset: number; to: GPUBuffer; toOffset: number; size: number }
+  | { type: 'clear'; buffer: GPUBuffer; offset: number; size: number | undefined };
+
+/**
+ * Records kernel dispatches and copies, then encodes them into one command buffer on `submit()`.
+ * Encoding happens inside WebGPU error scopes, so a validation error becomes an exception that names
+ * the kernel and the shapes given at `dispatch()`, instead of a console warning and zeros.
+ */
+export class ComputeBatch {
+  private readonly commands: Command[] = [];
+
+  constructor(
+    private readonly gpu: Gpu,
+    readonly label: string,
+  ) {}
+
+  get size(): number {
+    return this.commands.length;
+  }
+
+  /** Queues one kernel dispatch; `shape` describes the sizes for error messages (e.g. "rows=7 cols=300"). */
+  dispatch(kernel: Kernel, bindings: Readonly<Record<string, BufferBinding | ParamValues>>, workgroups: Workgroups, shape = ''): this {
+    const buffers: Record<string, BufferBinding> = {};
+    let params: ParamValues | undefined;
+    for (const [name, value] of Object.entries(bindings)) {
+      if (kernel.uniform && name === kernel.uniform.binding) params = value as ParamValues;
+      else buffers[name] = value as BufferBinding;
+    }
+    const [x, y = 1, z = 1] = workgroups;
+    const limit = this.gpu.limits.maxComputeWorkgroupsPerDimension;
+    const label = shape ? `${kernel.label} [${shape}]` : kernel.label;
+    for (const n of [x, y, z]) {
+      if (!Number.isInteger(n) || n < 0 || n > limit) throw new GpuValidationError(`${label}: workgroup count ${n} is outside 0..${limit}`);
+    }
+    this.commands.push({ type: 'dispatch', kernel, buffers, params, workgroups: [x, y, z], label });
+    return this;
+  }
+
+  copy(from: GPUBuffer, fromOffset: number, to: GPUBuffer, toOffset: number, size: number): this {
+    this.commands.push({ type: 'copy', from, fromOffset, to, toOffset, size });
+    return this;
+  }
+
+  clear(buffer: GPUBuffer, offset = 0, size?: number): this {
+    this.commands.push({ type: 'clear', buffer, offset, size });
+    return this;
+  }
+
+  /** Encodes everything recorded, submits it, and throws if WebGPU reported an error. */
+  async submit(): Promise<void> {
+    const { device } = this.gpu;
+    this.gpu.assertAlive();
+    device.pushErrorScope('out-of-memory');
+    device.pushErrorScope('validation');
+    let arena: GPUBuffer | undefined;
+    try {
+      arena = this.encodeAndSubmit(device);
+    } finally {
+      const validation = await device.popErrorScope();
+      const memory = await device.popErrorScope();
+      arena?.destroy();
+      const error = validation ?? memory;
+      if (error) {
+        const Type = memory && !validation ? GpuOutOfMemoryError : GpuValidationError;
+        throw new Type(this.describeFailure(error.message));
+      }
+      await this.gpu.throwPendingErrors();
+    }
+  }
+
+  private encodeAndSubmit(device: GPUDevice): GPUBuffer | undefined {
+    const dispatches = this.commands.filter((c): c is DispatchCommand => c.type === 'dispatch');
+    const align = this.gpu.limits.minUniformBufferOffsetAlignment;
+    const slotOf = new Map<DispatchCommand, number>();
+    let arenaSize = 0;
+    for (const d of dispatches) {
+      if (!d.kernel.uniform) continue;
+      slotOf.set(d, arenaSize);
+      arenaSize += Math.ceil(d.kernel.uniform.size / align) * align;
+    }
+    let arena: GPUBuffer | undefined;
+    if (arenaSize > 0) {
+      const bytes = new ArrayBuffer(arenaSize);
+      const view = new DataView(bytes);
+      for (const [d, offset] of slotOf) d.kernel.packParams(d.params ?? {}, view, offset);
+      arena = device.createBuffer({ label: `${this.label} parameters`, size: arenaSize, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
+      device.queue.writeBuffer(arena, 0, bytes);
+    }
+
+    const encoder = device.createCommandEncoder({ label: this.label });
+    let pass: GPUComputePassEncoder | undefined;
+    const endPass = () => {
+      pass?.end();
+      pass = undefined;
+    };
+    for (const command of this.commands) {
+      if (command.type === 'copy') {
+        endPass();
+        encoder.copyBufferToBuffer(command.from, command.fromOffset, command.to, command.toOffset, command.size);
+      } else if (command.type === 'clear') {
+        endPass();
+        encoder.clearBuffer(command.buffer, command.offset, command.size);
+      } else {
+        pass ??= encoder.beginComputePass({ label: this.label });
+        const bindGroup = this.bindGroup(device, command, arena, slotOf.get(command));
+        pass.setPipeline(command.kernel.pipeline);
+        pass.setBindGroup(0, bindGroup);
+        const [x, y = 1, z = 1] = command.workgroups;
+        if (x * y * z > 0) pass.dispatchWorkgroups(x, y, z);
+      }
+    }
+    endPass();
+    device.queue.submit([encoder.finish()]);
+    return arena;
+  }
+
+  private bindGroup(device: GPUDevice, command: DispatchCommand, arena: GPUBuffer | undefined, slot: number | undefined): GPUBindGroup {
+    const { kernel } = command;
+    const entries: GPUBindGroupEntry[] = kernel.bindings.map((b) => {
+      if (b.kind === 'uniform') {
+        if (!arena || slot === undefined) throw new GpuValidationError(`${command.label}: parameters missing`);
+        return { binding: b.binding, resource: { buffer: arena, offset: slot, size: kernel.uniform!.size } };
+      }
+      const bound = command.buffers[b.name];
+      if (!bound) throw new GpuValidationError(`${command.label}: buffer ${b.name} is not bound`);
+      const resource = 'buffer' in bound ? bound : { buffer: bound };
+      return { binding: b.binding, resource };
+    });
+    for (const name of Object.keys(command.buffers)) {
+      if (!kernel.bindings.some((b) => b.name === name)) throw new GpuValidationError(`${command.label}: kernel has no binding ${name}`);
+    }
+    return device.createBindGroup({ label: command.label, layout: kernel.layout, entries });
+  }
+
+  private describeFailure(message: string): string {
+    const dispatches = this.commands.filter((c): c is DispatchCommand => c.type === 'dispatch');
+    const culprit = dispatches.find((d) => message.includes(d.label)) ?? dispatches.find((d) => message.includes(d.kernel.label));
+    const where = culprit ? `in ${culprit.label}` : `in batch "${this.label}" (${dispatches.map((d) => d.label).join('; ') || 'no dispatches'})`;
+    return `GPU error ${where}: ${message.trim()}`;
+  }
+}

@@ -1,0 +1,82 @@
+import { existsSync } from 'node:fs';
+import { create, globals } from 'webgpu';
+import { NoAdapterError } from './errors.ts';
+import { Gpu, type GpuRestrictions } from './gpu.ts';
+import { summarizeAdapter } from './adapter.ts';
+
+/** Which adapter to use: the best found, a hardware one only, or a named software driver. */
+export type AdapterChoice = 'auto' | 'hardware' | 'lavapipe' | 'swiftshader';
+export const ADAPTER_CHOICES: readonly AdapterChoice[] = ['auto', 'hardware', 'lavapipe', 'swiftshader'];
+
+/** Vulkan driver manifests of the software adapters, as Debian installs them. */
+export const SOFTWARE_ICDS: Readonly<Record<'lavapipe' | 'swiftshader', readonly string[]>> = {
+  lavapipe: ['/usr/share/vulkan/icd.d/lvp_icd.json'],
+  swiftshader: ['/usr/lib/chromium/vk_swiftshader_icd.json'],
+};
+
+export interface NodeGpuOptions extends GpuRestrictions {
+  /** Defaults to the ABLITERATE_ADAPTER environment variable, then 'auto'. */
+  adapter?: AdapterChoice;
+}
+
+/**
+ * Opens a WebGPU device in Node through Dawn. 'auto' takes a hardware adapter when the Vulkan loader
+ * finds one, and otherwise falls back to lavapipe, then SwiftShader.
+ */
+export async function createNodeGpu(options: NodeGpuOptions = {}): Promise<Gpu> {
+  Object.assign(globalThis, globals);
+  const choice = options.adapter ?? parseAdapterChoice(process.env.ABLITERATE_ADAPTER) ?? 'auto';
+  const userIcd = process.env.VK_ICD_FILENAMES;
+  const tried: string[] = [];
+  const candidates: { label: string; icd: string | undefined }[] = [];
+  if (choice === 'auto' || choice === 'hardware') candidates.push({ label: userIcd ? `VK_ICD_FILENAMES=${userIcd}` : 'system Vulkan drivers', icd: userIcd });
+  for (const driver of ['lavapipe', 'swiftshader'] as const) {
+    if (choice !== 'auto' && choice !== driver) continue;
+    for (const icd of SOFTWARE_ICDS[driver]) {
+      if (existsSync(icd)) candidates.push({ label: driver, icd });
+      else tried.push(`${driver}: ${icd} not installed`);
+    }
+  }
+  for (const candidate of candidates) {
+    const found = await requestAdapter(candidate.icd);
+    if (!found) {
+      tried.push(`${candidate.label}: no adapter`);
+      continue;
+    }
+    const { adapter, instance } = found;
+    const summary = summarizeAdapter(adapter);
+    if (choice === 'hardware' && summary.software) {
+      tried.push(`${candidate.label}: only a software adapter (${summary.name})`);
+      continue;
+    }
+    if (choice === 'auto' && summary.software && candidate === candidates[0] && userIcd === undefined) {
+      // The loader found only a software driver; take them in our fallback order instead.
+      tried.push(`${candidate.label}: software adapter ${summary.name}`);
+      continue;
+    }
+    // dawn.node crashes if the instance is garbage-collected while its device lives, so the Gpu holds it.
+    return Gpu.fromAdapter(adapter, summary, options, instance);
+  }
+  throw new NoAdapterError(
+    `no WebGPU adapter (${choice}): ${tried.join('; ')}. Install a Vulkan driver (scripts/setup-system.sh installs libvulkan1 and Mesa lavapipe)`,
+  );
+}
+
+async function requestAdapter(icd: string | undefined): Promise<{ adapter: GPUAdapter; instance: GPU } | null> {
+  // The Vulkan loader reads the driver list when each Dawn instance is created.
+  if (icd === undefined) delete process.env.VK_ICD_FILENAMES;
+  else process.env.VK_ICD_FILENAMES = icd;
+  try {
+    const instance = create([]);
+    const adapter = await instance.requestAdapter({ powerPreference: 'high-performance' });
+    return adapter && { adapter, instance };
+  } catch {
+    return null;
+  }
+}
+
+export function parseAdapterChoice(value: string | undefined): AdapterChoice | undefined {
+  if (value === undefined || value === '') return undefined;
+  if ((ADAPTER_CHOICES as readonly string[]).includes(value)) return value as AdapterChoice;
+  throw new NoAdapterError(`unknown adapter "${value}"; choose one of ${ADAPTER_CHOICES.join(', ')}`);
+}
