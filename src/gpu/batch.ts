@@ -30,7 +30,7 @@ export class ComputeBatch {
   private readonly commands: Command[] = [];
 
   constructor(
-    private readonly gpu: Gpu,
+    readonly gpu: Gpu,
     readonly label: string,
   ) {}
 
