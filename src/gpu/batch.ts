@@ -19,7 +19,8 @@ interface DispatchCommand {
 type Command =
   | DispatchCommand
   | { type: 'copy'; from: GPUBuffer; fromOffset: number; to: GPUBuffer; toOffset: number; size: number }
-  | { type: 'clear'; buffer: GPUBuffer; offset: number; size: number | undefined };
+  | { type: 'clear'; buffer: GPUBuffer; offset: number; size: number | undefined }
+  | { type: 'write'; buffer: GPUBuffer; offset: number; data: Uint8Array };
 
 /**
  * Records kernel dispatches and copies, then encodes them into one command buffer on `submit()`.
@@ -39,10 +40,11 @@ export class ComputeBatch {
   }
 
   /** Queues one kernel dispatch; `shape` describes the sizes for error messages (e.g. "rows=7 cols=300"). */
-  dispatch(kernel: Kernel, bindings: Readonly<Record<string, BufferBinding | ParamValues>>, workgroups: Workgroups, shape = ''): this {
+  dispatch(kernel: Kernel, bindings: Readonly<Record<string, BufferBinding | ParamValues | undefined>>, workgroups: Workgroups, shape = ''): this {
     const buffers: Record<string, BufferBinding> = {};
     let params: ParamValues | undefined;
     for (const [name, value] of Object.entries(bindings)) {
+      if (value === undefined) continue;
       if (kernel.uniform && name === kernel.uniform.binding) params = value as ParamValues;
       else buffers[name] = value as BufferBinding;
     }
@@ -61,6 +63,15 @@ export class ComputeBatch {
     return this;
   }
 
+  /** Writes host data into a buffer at this point of the batch (ordered with the dispatches around it). */
+  write(buffer: GPUBuffer, data: ArrayBufferView, offset = 0): this {
+    if (data.byteLength === 0) return this;
+    const bytes = new Uint8Array(Math.ceil(data.byteLength / 4) * 4);
+    bytes.set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+    this.commands.push({ type: 'write', buffer, offset, data: bytes });
+    return this;
+  }
+
   clear(buffer: GPUBuffer, offset = 0, size?: number): this {
     this.commands.push({ type: 'clear', buffer, offset, size });
     return this;
@@ -72,13 +83,13 @@ export class ComputeBatch {
     this.gpu.assertAlive();
     device.pushErrorScope('out-of-memory');
     device.pushErrorScope('validation');
-    let arena: GPUBuffer | undefined;
+    let transient: GPUBuffer[] = [];
     try {
-      arena = this.encodeAndSubmit(device);
+      transient = this.encodeAndSubmit(device);
     } finally {
       const validation = await device.popErrorScope();
       const memory = await device.popErrorScope();
-      arena?.destroy();
+      for (const buffer of transient) buffer.destroy();
       const error = validation ?? memory;
       if (error) {
         const Type = memory && !validation ? GpuOutOfMemoryError : GpuValidationError;
@@ -88,7 +99,8 @@ export class ComputeBatch {
     }
   }
 
-  private encodeAndSubmit(device: GPUDevice): GPUBuffer | undefined {
+  /** Encodes and submits; returns the buffers that live only for this submission. */
+  private encodeAndSubmit(device: GPUDevice): GPUBuffer[] {
     const dispatches = this.commands.filter((c): c is DispatchCommand => c.type === 'dispatch');
     const align = this.gpu.limits.minUniformBufferOffsetAlignment;
     const slotOf = new Map<DispatchCommand, number>();
@@ -98,6 +110,7 @@ export class ComputeBatch {
       slotOf.set(d, arenaSize);
       arenaSize += Math.ceil(d.kernel.uniform.size / align) * align;
     }
+    const transient: GPUBuffer[] = [];
     let arena: GPUBuffer | undefined;
     if (arenaSize > 0) {
       const bytes = new ArrayBuffer(arenaSize);
@@ -105,6 +118,24 @@ export class ComputeBatch {
       for (const [d, offset] of slotOf) d.kernel.packParams(d.params ?? {}, view, offset);
       arena = device.createBuffer({ label: `${this.label} parameters`, size: arenaSize, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
       device.queue.writeBuffer(arena, 0, bytes);
+      transient.push(arena);
+    }
+
+    // All host writes of the batch share one staging buffer, copied from in command order.
+    const writes = this.commands.filter((c): c is Extract<Command, { type: 'write' }> => c.type === 'write');
+    const stagingOffset = new Map<Command, number>();
+    let stagingSize = 0;
+    for (const w of writes) {
+      stagingOffset.set(w, stagingSize);
+      stagingSize += w.data.byteLength;
+    }
+    let staging: GPUBuffer | undefined;
+    if (stagingSize > 0) {
+      staging = device.createBuffer({ label: `${this.label} uploads`, size: stagingSize, usage: GPUBufferUsage.COPY_SRC, mappedAtCreation: true });
+      const mapped = new Uint8Array(staging.getMappedRange());
+      for (const w of writes) mapped.set(w.data, stagingOffset.get(w));
+      staging.unmap();
+      transient.push(staging);
     }
 
     const encoder = device.createCommandEncoder({ label: this.label });
@@ -120,6 +151,9 @@ export class ComputeBatch {
       } else if (command.type === 'clear') {
         endPass();
         encoder.clearBuffer(command.buffer, command.offset, command.size);
+      } else if (command.type === 'write') {
+        endPass();
+        encoder.copyBufferToBuffer(staging!, stagingOffset.get(command)!, command.buffer, command.offset, command.data.byteLength);
       } else {
         pass ??= encoder.beginComputePass({ label: this.label });
         const bindGroup = this.bindGroup(device, command, arena, slotOf.get(command));
@@ -131,7 +165,7 @@ export class ComputeBatch {
     }
     endPass();
     device.queue.submit([encoder.finish()]);
-    return arena;
+    return transient;
   }
 
   private bindGroup(device: GPUDevice, command: DispatchCommand, arena: GPUBuffer | undefined, slot: number | undefined): GPUBindGroup {

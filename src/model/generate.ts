@@ -1,0 +1,124 @@
+import { recordArgmax } from '../kernels/argmax.ts';
+import { recordSample } from '../kernels/sample.ts';
+import { KvCache } from './kvCache.ts';
+import type { LlamaModel } from './model.ts';
+import { HookRunner, type Hook } from './taps.ts';
+import type { SequenceStep } from './forward.ts';
+
+export interface SamplingOptions {
+  /** 0 (the default) decodes greedily. */
+  temperature?: number;
+  /** Keep only the k most likely tokens (0 = off). */
+  topK?: number;
+  /** Keep the smallest set of most likely tokens whose probability reaches p (1 = off). */
+  topP?: number;
+  /** Seed of the random numbers drawn for sampling. */
+  seed?: number;
+}
+
+export interface GenerateOptions extends SamplingOptions {
+  maxNewTokens: number;
+  /** Defaults to the tokenizer's stop tokens. */
+  stopTokenIds?: ReadonlySet<number>;
+  /** Interventions (and taps) applied at every step. */
+  hooks?: readonly Hook[];
+  /** Sequences decoded together; defaults to 16. */
+  batchSize?: number;
+  /** Called after each batch of prompts, with the number of prompts done. */
+  onProgress?: (done: number, total: number) => void;
+  signal?: AbortSignal;
+}
+
+export interface Generation {
+  /** New tokens of each prompt, without the stop token. */
+  tokens: number[][];
+  /** Why each generation ended. */
+  finish: ('stop' | 'length')[];
+}
+
+/**
+ * Generates continuations of tokenised prompts: a packed prefill of a batch of prompts, then one
+ * decode step per new token for all unfinished sequences of the batch, sampling on the GPU.
+ */
+export async function generate(model: LlamaModel, prompts: readonly (readonly number[])[], options: GenerateOptions): Promise<Generation> {
+  const batchSize = options.batchSize ?? 16;
+  const tokens: number[][] = [];
+  const finish: Generation['finish'] = [];
+  for (let start = 0; start < prompts.length; start += batchSize) {
+    const part = await generateBatch(model, prompts.slice(start, start + batchSize), options);
+    tokens.push(...part.tokens);
+    finish.push(...part.finish);
+    options.onProgress?.(Math.min(start + batchSize, prompts.length), prompts.length);
+  }
+  return { tokens, finish };
+}
+
+async function generateBatch(model: LlamaModel, prompts: readonly (readonly number[])[], options: GenerateOptions): Promise<Generation> {
+  const { gpu, config } = model;
+  const stop = options.stopTokenIds ?? model.tokenizer.stopTokenIds;
+  const temperature = options.temperature ?? 0;
+  const random = mulberry32(options.seed ?? 0);
+  for (const p of prompts) if (p.length === 0) throw new RangeError('cannot generate from an empty prompt');
+  const maxLen = Math.max(...prompts.map((p) => p.length)) + options.maxNewTokens;
+  const cache = new KvCache(gpu, config, prompts.length, maxLen);
+  const hooks = new HookRunner(options.hooks ?? [], config.numLayers);
+  const chosen = gpu.createBuffer(prompts.length * 4, 'sampled tokens');
+  const uniforms = gpu.createBuffer(prompts.length * 4, 'sampling random numbers');
+  const out: number[][] = prompts.map(() => []);
+  const finish: Generation['finish'] = prompts.map(() => 'length');
+  try {
+    // Prefill: every prompt packed into one step, each in its own cache slot.
+    let sequences: SequenceStep[] = [];
+    let stepTokens: number[] = [];
+    for (const [slot, prompt] of prompts.entries()) {
+      sequences.push({ slot, start: stepTokens.length, length: prompt.length, firstPosition: 0 });
+      stepTokens.push(...prompt);
+    }
+    for (let step = 0; step < options.maxNewTokens && sequences.length > 0; step++) {
+      if (options.signal?.aborted) throw options.signal.reason ?? new Error('aborted');
+      const batch = gpu.batch(step === 0 ? 'prefill' : 'decode');
+      const logits = model.forward.recordStep(batch, { tokens: stepTokens, sequences, logits: 'last' }, cache, hooks)!;
+      const rows = sequences.length;
+      if (temperature > 0) {
+        batch.write(uniforms, Float32Array.from({ length: rows }, () => random()));
+        recordSample(batch, { logits, rows, cols: config.vocabSize, random: uniforms, out: chosen, temperature, topK: options.topK ?? 0, topP: options.topP ?? 1 });
+      } else {
+        recordArgmax(batch, { logits, rows, cols: config.vocabSize, out: chosen });
+      }
+      await batch.submit();
+      hooks.endStep(gpu, sequences);
+      const picked = await gpu.readU32(chosen, 0, rows);
+      const next: SequenceStep[] = [];
+      stepTokens = [];
+      sequences.forEach((s, row) => {
+        const id = picked[row]!;
+        if (stop.has(id)) {
+          finish[s.slot] = 'stop';
+          return;
+        }
+        out[s.slot]!.push(id);
+        const position = s.firstPosition + s.length;
+        next.push({ slot: s.slot, start: next.length, length: 1, firstPosition: position });
+        stepTokens.push(id);
+      });
+      sequences = next;
+    }
+  } finally {
+    cache.dispose();
+    gpu.destroyBuffer(chosen);
+    gpu.destroyBuffer(uniforms);
+  }
+  return { tokens: out, finish };
+}
+
+/** A small seeded PRNG, so sampled generations are reproducible. */
+export function mulberry32(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
+  };
+}

@@ -1,0 +1,42 @@
+import type { Gpu } from '../gpu/gpu.ts';
+import { GpuOutOfMemoryError, formatBytes } from '../gpu/errors.ts';
+import type { ModelConfig } from './config.ts';
+
+/**
+ * Keys and values of every layer for `slots` sequences of up to `maxLen` positions, f32,
+ * laid out [slot, position, kvHead, headDim] per layer.
+ */
+export class KvCache {
+  readonly keys: GPUBuffer[] = [];
+  readonly values: GPUBuffer[] = [];
+
+  constructor(
+    private readonly gpu: Gpu,
+    config: ModelConfig,
+    readonly slots: number,
+    readonly maxLen: number,
+  ) {
+    const bytes = slots * maxLen * config.numKvHeads * config.headDim * 4;
+    if (bytes > gpu.limits.maxStorageBufferBindingSize) {
+      throw new GpuOutOfMemoryError(
+        `a KV cache of ${slots} sequences × ${maxLen} positions needs ${formatBytes(bytes)} per layer, more than one storage binding ` +
+          `(${formatBytes(gpu.limits.maxStorageBufferBindingSize)}); use a smaller batch or fewer new tokens`,
+      );
+    }
+    try {
+      for (let l = 0; l < config.numLayers; l++) {
+        this.keys.push(gpu.createBuffer(bytes, `k cache ${l}`));
+        this.values.push(gpu.createBuffer(bytes, `v cache ${l}`));
+      }
+    } catch (error) {
+      this.dispose();
+      throw error;
+    }
+  }
+
+  dispose(): void {
+    for (const b of [...this.keys, ...this.values]) this.gpu.destroyBuffer(b);
+    this.keys.length = 0;
+    this.values.length = 0;
+  }
+}
