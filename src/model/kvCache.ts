@@ -16,6 +16,10 @@ export class KvCache {
     readonly slots: number,
     readonly maxLen: number,
   ) {
+    if (config.slidingWindow !== undefined && maxLen > config.slidingWindow) {
+      // Within the window, sliding-window attention is plain causal attention.
+      throw new RangeError(`sequences of ${maxLen} positions exceed this model's sliding attention window of ${config.slidingWindow}, which is not supported`);
+    }
     const bytes = slots * maxLen * config.numKvHeads * config.headDim * 4;
     if (bytes > gpu.limits.maxStorageBufferBindingSize) {
       throw new GpuOutOfMemoryError(

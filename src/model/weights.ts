@@ -15,9 +15,13 @@ export interface LayerWeights {
   qBias: GPUBuffer | undefined;
   kBias: GPUBuffer | undefined;
   vBias: GPUBuffer | undefined;
+  oBias: GPUBuffer | undefined;
   gate: PackedMatrix;
   up: PackedMatrix;
   down: PackedMatrix;
+  gateBias: GPUBuffer | undefined;
+  upBias: GPUBuffer | undefined;
+  downBias: GPUBuffer | undefined;
 }
 
 export interface LlamaWeights {
@@ -50,9 +54,15 @@ export function expectedTensors(config: ModelConfig): Map<string, number[]> {
       expected.set(`${p}.self_attn.k_proj.bias`, [numKvHeads * headDim]);
       expected.set(`${p}.self_attn.v_proj.bias`, [numKvHeads * headDim]);
     }
+    if (config.oProjBias) expected.set(`${p}.self_attn.o_proj.bias`, [h]);
     expected.set(`${p}.mlp.gate_proj.weight`, [i, h]);
     expected.set(`${p}.mlp.up_proj.weight`, [i, h]);
     expected.set(`${p}.mlp.down_proj.weight`, [h, i]);
+    if (config.mlpBias) {
+      expected.set(`${p}.mlp.gate_proj.bias`, [i]);
+      expected.set(`${p}.mlp.up_proj.bias`, [i]);
+      expected.set(`${p}.mlp.down_proj.bias`, [h]);
+    }
   }
   return expected;
 }
@@ -94,7 +104,7 @@ export async function uploadLlamaWeights(gpu: Gpu, config: ModelConfig, model: S
   const layers: LayerWeights[] = [];
   for (let l = 0; l < config.numLayers; l++) {
     const p = `model.layers.${l}`;
-    const bias = (name: string) => (config.attentionBias ? uploadVector(gpu, model, `${p}.self_attn.${name}.bias`) : undefined);
+    const bias = (present: boolean, name: string) => (present ? uploadVector(gpu, model, `${p}.${name}.bias`) : undefined);
     layers.push({
       inputNorm: await uploadVector(gpu, model, `${p}.input_layernorm.weight`),
       postAttentionNorm: await uploadVector(gpu, model, `${p}.post_attention_layernorm.weight`),
@@ -102,12 +112,16 @@ export async function uploadLlamaWeights(gpu: Gpu, config: ModelConfig, model: S
       k: await uploadTensorMatrix(gpu, model, `${p}.self_attn.k_proj.weight`),
       v: await uploadTensorMatrix(gpu, model, `${p}.self_attn.v_proj.weight`),
       o: await uploadTensorMatrix(gpu, model, `${p}.self_attn.o_proj.weight`),
-      qBias: await bias('q_proj'),
-      kBias: await bias('k_proj'),
-      vBias: await bias('v_proj'),
+      qBias: await bias(config.attentionBias, 'self_attn.q_proj'),
+      kBias: await bias(config.attentionBias, 'self_attn.k_proj'),
+      vBias: await bias(config.attentionBias, 'self_attn.v_proj'),
+      oBias: await bias(config.oProjBias, 'self_attn.o_proj'),
       gate: await uploadTensorMatrix(gpu, model, `${p}.mlp.gate_proj.weight`),
       up: await uploadTensorMatrix(gpu, model, `${p}.mlp.up_proj.weight`),
       down: await uploadTensorMatrix(gpu, model, `${p}.mlp.down_proj.weight`),
+      gateBias: await bias(config.mlpBias, 'mlp.gate_proj'),
+      upBias: await bias(config.mlpBias, 'mlp.up_proj'),
+      downBias: await bias(config.mlpBias, 'mlp.down_proj'),
     });
     onProgress?.(l + 2, total);
   }
@@ -120,6 +134,9 @@ export async function uploadLlamaWeights(gpu: Gpu, config: ModelConfig, model: S
 export function destroyLlamaWeights(gpu: Gpu, weights: LlamaWeights): void {
   const matrices = [weights.embed, weights.lmHead, ...weights.layers.flatMap((l) => [l.q, l.k, l.v, l.o, l.gate, l.up, l.down])];
   for (const m of matrices) for (const c of m.chunks) gpu.destroyBuffer(c.buffer);
-  const vectors = [weights.finalNorm, ...weights.layers.flatMap((l) => [l.inputNorm, l.postAttentionNorm, l.qBias, l.kBias, l.vBias])];
+  const vectors = [
+    weights.finalNorm,
+    ...weights.layers.flatMap((l) => [l.inputNorm, l.postAttentionNorm, l.qBias, l.kBias, l.vBias, l.oBias, l.gateBias, l.upBias, l.downBias]),
+  ];
   for (const v of vectors) if (v) gpu.destroyBuffer(v);
 }

@@ -23,7 +23,7 @@ function orthonormal(rng: Random, k: number, dim: number): Float64Array {
     for (let i = 0; i < j; i++) {
       const u = basis.subarray(i * dim, (i + 1) * dim);
       const d = v.reduce((s, x, c) => s + x * u[c]!, 0);
-      for (let c = 0; c < dim; c++) v[c] -= d * u[c]!;
+      for (let c = 0; c < dim; c++) v[c] = v[c]! - d * u[c]!;
     }
     const norm = Math.hypot(...v);
     for (let c = 0; c < dim; c++) basis[j * dim + c] = Math.fround(v[c]! / norm);
@@ -64,7 +64,7 @@ describe('row kernels', () => {
       const batch = gpu.batch('accumulate');
       recordAccumulateRows(batch, { x: gpu.upload(x, 'x'), rows: gpu.upload(Uint32Array.from(rows), 'rows'), count, dim, sums, offset: layer * dim });
       await batch.submit();
-      for (const r of rows) for (let c = 0; c < dim; c++) expected[layer * dim + c] += x[r * dim + c]!;
+      for (const r of rows) for (let c = 0; c < dim; c++) expected[layer * dim + c] = expected[layer * dim + c]! + x[r * dim + c]!;
     }
     const got = await gpu.readF32(sums);
     expectClose(got, expected, 1e-5, 'running sums', rng.seed);
@@ -90,7 +90,7 @@ describe('row kernels', () => {
     for (const r of rows) {
       const h = expected.subarray(r * dim, (r + 1) * dim);
       const dots = Array.from({ length: k }, (_, j) => h.reduce((s, v, c) => s + v * basis[j * dim + c]!, 0));
-      for (let j = 0; j < k; j++) for (let c = 0; c < dim; c++) h[c] -= alpha * dots[j]! * basis[j * dim + c]!;
+      for (let j = 0; j < k; j++) for (let c = 0; c < dim; c++) h[c] = h[c]! - alpha * dots[j]! * basis[j * dim + c]!;
     }
     expectClose(got, expected, 1e-5, 'ablated rows', rng.seed);
     if (alpha === 1) {
@@ -108,7 +108,7 @@ describe('row kernels', () => {
     const basis = orthonormal(rng, 1, dim);
     const x = f32(rng.normals(4 * dim));
     // Rows 0, 2 get a strong positive component, rows 1, 3 a negative one.
-    for (let r = 0; r < 4; r++) for (let c = 0; c < dim; c++) x[r * dim + c] += (r % 2 === 0 ? 5 : -5) * basis[c]!;
+    for (let r = 0; r < 4; r++) for (let c = 0; c < dim; c++) x[r * dim + c] = x[r * dim + c]! + (r % 2 === 0 ? 5 : -5) * basis[c]!;
     const xBuf = gpu.upload(x, 'x');
     const batch = gpu.batch('project_out conditional');
     recordProjectOut(batch, { x: xBuf, rows: gpu.upload(Uint32Array.from([0, 1, 2, 3]), 'rows'), count: 4, dim, basis: gpu.upload(f32(basis), 'basis'), directions: 1, alpha: 1, threshold: 1 });
@@ -127,7 +127,7 @@ describe('row kernels', () => {
     const x = f32(rng.normals(5 * dim));
     const vector = f32(rng.normals(dim));
     const direction = orthonormal(rng, 1, dim);
-    for (let c = 0; c < dim; c++) x[3 * dim + c] += 4 * direction[c]!;
+    for (let c = 0; c < dim; c++) x[3 * dim + c] = x[3 * dim + c]! + 4 * direction[c]!;
     for (const conditional of [false, true]) {
       const xBuf = gpu.upload(x, 'x');
       const batch = gpu.batch('add_vector');
@@ -143,7 +143,7 @@ describe('row kernels', () => {
       await batch.submit();
       const got = await gpu.readF32(xBuf);
       const expected = Float64Array.from(x);
-      for (const r of conditional ? [3] : [1, 3]) for (let c = 0; c < dim; c++) expected[r * dim + c] += -2.5 * vector[c]!;
+      for (const r of conditional ? [3] : [1, 3]) for (let c = 0; c < dim; c++) expected[r * dim + c] = expected[r * dim + c]! - 2.5 * vector[c]!;
       expectClose(got, expected, 1e-6, `conditional=${conditional}`, rng.seed);
     }
   });

@@ -1,0 +1,96 @@
+import { resolve } from 'node:path';
+import { SingleBar, Presets } from 'cli-progress';
+import { Option, type Command } from 'commander';
+import type { Gpu } from '../gpu/gpu.ts';
+import { ADAPTER_CHOICES, createNodeGpu, type AdapterChoice } from '../gpu/node.ts';
+import { NodeFolder } from '../io/nodeFolder.ts';
+import { LlamaModel } from '../model/model.ts';
+
+/** An error whose message is all a CLI user needs: printed as one line, exit code 1. */
+export class UsageError extends Error {
+  override name = 'UsageError';
+}
+
+export interface GpuOptions {
+  adapter?: AdapterChoice;
+}
+
+export function addGpuOptions(command: Command): Command {
+  return command.addOption(
+    new Option('--adapter <name>', 'WebGPU adapter: the best found, a hardware one, or a software Vulkan driver').choices(ADAPTER_CHOICES as string[]).env('ABLITERATE_ADAPTER'),
+  );
+}
+
+/** Writes a status line to stderr (stdout is kept for results). */
+export function status(message: string): void {
+  process.stderr.write(`${message}\n`);
+}
+
+export async function openGpu(options: GpuOptions): Promise<Gpu> {
+  const gpu = await createNodeGpu({ adapter: options.adapter ?? 'auto' });
+  status(`adapter: ${gpu.adapter.name}${gpu.adapter.software ? ' (software Vulkan driver)' : ''}`);
+  return gpu;
+}
+
+/** A progress bar on stderr when it is a terminal; silent otherwise. */
+export interface Progress {
+  update(done: number, total?: number): void;
+  stop(): void;
+}
+
+export function progressBar(label: string, total: number): Progress {
+  if (!process.stderr.isTTY) return { update() {}, stop() {} };
+  const bar = new SingleBar({ format: `${label.padEnd(16)} {bar} {value}/{total} {duration_formatted}`, stream: process.stderr, hideCursor: true }, Presets.shades_classic);
+  bar.start(total, 0);
+  return {
+    update: (done, newTotal) => {
+      if (newTotal !== undefined) bar.setTotal(newTotal);
+      bar.update(done);
+    },
+    stop: () => bar.stop(),
+  };
+}
+
+export async function loadModel(gpu: Gpu, dir: string): Promise<LlamaModel> {
+  const bar = progressBar('loading weights', 1);
+  try {
+    return await LlamaModel.load(gpu, new NodeFolder(resolve(dir)), { onProgress: (done, total) => bar.update(done, total) });
+  } finally {
+    bar.stop();
+  }
+}
+
+/** Runs an action with a GPU and a loaded model, and always releases both. */
+export async function withModel<T>(dir: string, options: GpuOptions, action: (model: LlamaModel, gpu: Gpu) => Promise<T>): Promise<T> {
+  const gpu = await openGpu(options);
+  try {
+    const model = await loadModel(gpu, dir);
+    try {
+      return await action(model, gpu);
+    } finally {
+      model.dispose();
+    }
+  } finally {
+    gpu.dispose();
+  }
+}
+
+export function parseInteger(name: string, min: number): (value: string) => number {
+  return (value) => {
+    const n = Number(value);
+    if (!Number.isInteger(n) || n < min) throw new UsageError(`${name} must be an integer ≥ ${min}, got "${value}"`);
+    return n;
+  };
+}
+
+export function parseNumber(name: string, min: number, max = Infinity): (value: string) => number {
+  return (value) => {
+    const n = Number(value);
+    if (!Number.isFinite(n) || n < min || n > max) throw new UsageError(`${name} must be a number in [${min}, ${max}], got "${value}"`);
+    return n;
+  };
+}
+
+export function printJson(value: unknown): void {
+  process.stdout.write(`${JSON.stringify(value)}\n`);
+}

@@ -1,0 +1,64 @@
+import { resolve } from 'node:path';
+import type { Command } from 'commander';
+import { NodeFolder } from '../io/nodeFolder.ts';
+import { SafetensorsModel } from '../io/safetensors.ts';
+import { loadModelConfig } from '../model/config.ts';
+import { formatBytes } from '../gpu/errors.ts';
+import { addGpuOptions, openGpu, printJson, type GpuOptions } from './common.ts';
+
+export function registerInspect(program: Command): void {
+  addGpuOptions(
+    program
+      .command('inspect')
+      .description('summarise a model folder (architecture, sizes, dtypes) and the adapter it would run on')
+      .argument('<model-dir>')
+      .option('--json', 'print JSON'),
+  ).action(async (dir: string, options: GpuOptions & { json?: boolean }) => {
+    const folder = new NodeFolder(resolve(dir));
+    const config = await loadModelConfig(folder);
+    const tensors = await SafetensorsModel.open(folder);
+    let parameters = 0;
+    let bytes = 0;
+    const dtypes = new Map<string, number>();
+    for (const info of tensors.tensors.values()) {
+      const count = info.shape.reduce((a, b) => a * b, 1);
+      parameters += count;
+      bytes += info.byteLength;
+      dtypes.set(info.dtype, (dtypes.get(info.dtype) ?? 0) + count);
+    }
+    const gpu = await openGpu(options);
+    const adapter = { ...gpu.adapter, features: gpu.features, limits: gpu.limits };
+    gpu.dispose();
+    const summary = {
+      model: dir,
+      architecture: config.architecture,
+      layers: config.numLayers,
+      hidden_size: config.hiddenSize,
+      intermediate_size: config.intermediateSize,
+      heads: config.numHeads,
+      kv_heads: config.numKvHeads,
+      head_dim: config.headDim,
+      vocab_size: config.vocabSize,
+      tied_embeddings: config.tieWordEmbeddings,
+      rope_theta: config.ropeTheta,
+      rope_scaling: config.ropeScaling ?? null,
+      parameters,
+      weight_bytes: bytes,
+      dtypes: Object.fromEntries(dtypes),
+      files: tensors.files,
+      adapter,
+    };
+    if (options.json) return printJson(summary);
+    const lines = [
+      `model         ${dir}`,
+      `architecture  ${config.architecture}, ${config.numLayers} layers, hidden ${config.hiddenSize}, MLP ${config.intermediateSize}`,
+      `attention     ${config.numHeads} heads, ${config.numKvHeads} KV heads, head dim ${config.headDim}, rope θ ${config.ropeTheta}${config.ropeScaling ? ` (${config.ropeScaling.type} scaling)` : ''}`,
+      `vocabulary    ${config.vocabSize}${config.tieWordEmbeddings ? ', tied embeddings' : ''}`,
+      `parameters    ${(parameters / 1e6).toFixed(2)} M in ${[...dtypes.keys()].join('/')}, ${formatBytes(bytes)} in ${tensors.files.length} file(s)`,
+      `adapter       ${adapter.name}${adapter.software ? ' (software)' : ''}: ${adapter.description}`,
+      `features      ${Object.entries(adapter.features).filter(([, on]) => on).map(([name]) => name).join(', ') || 'none'}`,
+      `limits        binding ${formatBytes(adapter.limits.maxStorageBufferBindingSize)}, buffer ${formatBytes(adapter.limits.maxBufferSize)}, workgroup memory ${formatBytes(adapter.limits.maxComputeWorkgroupStorageSize)}`,
+    ];
+    process.stdout.write(`${lines.join('\n')}\n`);
+  });
+}

@@ -1,0 +1,401 @@
+/**
+ * `config.json` of a Hugging Face Llama-family model, parsed and validated.
+ *
+ * Defaults follow transformers' `LlamaConfig`, `MistralConfig` and `Qwen2Config`, so a config that
+ * transformers loads describes the same model here. The fields that fix the shapes of the weights
+ * (`hidden_size`, `intermediate_size`, `num_hidden_layers`, `num_attention_heads`, `vocab_size`)
+ * are required: transformers would fill them with the sizes of a 7B model, which never matches the
+ * weights of a model whose config lacks them.
+ */
+import * as v from 'valibot';
+import { FileMissingError, type FileFolder } from '../io/byteSource.ts';
+
+export type Architecture = 'llama' | 'mistral' | 'qwen2';
+
+/** The `architectures` class of each supported `model_type`. */
+export const SUPPORTED_ARCHITECTURES: Readonly<Record<Architecture, string>> = {
+  llama: 'LlamaForCausalLM',
+  mistral: 'MistralForCausalLM',
+  qwen2: 'Qwen2ForCausalLM',
+};
+
+const SUPPORTED_LIST = Object.entries(SUPPORTED_ARCHITECTURES)
+  .map(([type, cls]) => `${cls} (model_type "${type}")`)
+  .join(', ');
+
+/** RoPE frequency scaling (`rope_scaling`, or `rope_parameters` in configs written by transformers 5). */
+export type RopeScaling =
+  | {
+      type: 'llama3';
+      factor: number;
+      lowFreqFactor: number;
+      highFreqFactor: number;
+      originalMaxPositionEmbeddings: number;
+    }
+  | { type: 'linear'; factor: number };
+
+export interface ModelConfig {
+  architecture: Architecture;
+  hiddenSize: number;
+  intermediateSize: number;
+  numLayers: number;
+  numHeads: number;
+  numKvHeads: number;
+  /** Per-head dimension: `head_dim`, else hiddenSize / numHeads. Always even. */
+  headDim: number;
+  vocabSize: number;
+  rmsNormEps: number;
+  ropeTheta: number;
+  ropeScaling: RopeScaling | undefined;
+  maxPositionEmbeddings: number;
+  /** lm_head shares `model.embed_tokens.weight` (no `lm_head.weight` in the files). */
+  tieWordEmbeddings: boolean;
+  /** q_proj, k_proj and v_proj have biases: always for qwen2, `attention_bias` for llama, never for mistral. */
+  attentionBias: boolean;
+  /** o_proj has a bias: llama with `attention_bias` only (qwen2 has q/k/v biases but none on o_proj). */
+  oProjBias: boolean;
+  /** gate_proj, up_proj and down_proj have biases (llama `mlp_bias`). */
+  mlpBias: boolean;
+  bosTokenId?: number;
+  /** Every end-of-sequence id of the config (`eos_token_id` may be a list); may be empty. */
+  eosTokenIds: number[];
+  padTokenId?: number;
+  /**
+   * Sliding attention window: mistral `sliding_window`; qwen2 only with `use_sliding_window` (and
+   * then only in layers from `max_window_layers` on, see `slidingWindowFromLayer`).
+   */
+  slidingWindow?: number;
+  slidingWindowFromLayer?: number;
+  /** `torch_dtype` (or `dtype`) as written, e.g. "bfloat16". Informative: the weights' own dtypes rule. */
+  torchDtype?: string;
+}
+
+export class ModelConfigError extends Error {
+  override name = 'ModelConfigError';
+}
+
+// ---------------------------------------------------------------------------------------------
+// Field schemas. Each message names the field and shows the offending value.
+
+function show(value: unknown): string {
+  if (value === undefined) return 'nothing';
+  if (typeof value === 'number' && !Number.isFinite(value)) return String(value);
+  try {
+    const text = JSON.stringify(value);
+    return text.length > 60 ? `${text.slice(0, 57)}...` : text;
+  } catch {
+    return String(value);
+  }
+}
+
+const isPositiveInteger = (x: unknown): x is number => typeof x === 'number' && Number.isSafeInteger(x) && x > 0;
+const isTokenId = (x: unknown): x is number => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
+const isPositiveNumber = (x: unknown): x is number => typeof x === 'number' && Number.isFinite(x) && x > 0;
+
+function check<T>(field: string, what: string, test: (x: unknown) => x is T) {
+  return v.custom<T>(test, (issue) => `${field} must be ${what} (got ${show(issue.input)})`);
+}
+const positiveInteger = (field: string) => check(field, 'a positive integer', isPositiveInteger);
+const positiveNumber = (field: string) => check(field, 'a positive number', isPositiveNumber);
+const boolean = (field: string) => check(field, 'true or false', (x): x is boolean => typeof x === 'boolean');
+const string = (field: string) => check(field, 'a string', (x): x is string => typeof x === 'string');
+const tokenId = (field: string) => check(field, 'a token id (an integer ≥ 0)', isTokenId);
+const tokenIds = (field: string) =>
+  check(field, 'a token id or a list of token ids', (x): x is number | number[] => isTokenId(x) || (Array.isArray(x) && x.every(isTokenId)));
+const record = (field: string) =>
+  check(field, 'an object', (x): x is Record<string, unknown> => typeof x === 'object' && x !== null && !Array.isArray(x));
+
+const ConfigSchema = v.looseObject(
+  {
+    model_type: v.nullish(string('model_type')),
+    architectures: v.nullish(
+      check('architectures', 'a list of class names', (x): x is string[] => Array.isArray(x) && x.every((a) => typeof a === 'string')),
+    ),
+    hidden_size: positiveInteger('hidden_size'),
+    intermediate_size: positiveInteger('intermediate_size'),
+    num_hidden_layers: positiveInteger('num_hidden_layers'),
+    num_attention_heads: positiveInteger('num_attention_heads'),
+    vocab_size: positiveInteger('vocab_size'),
+    num_key_value_heads: v.nullish(positiveInteger('num_key_value_heads')),
+    head_dim: v.nullish(positiveInteger('head_dim')),
+    hidden_act: v.nullish(string('hidden_act')),
+    rms_norm_eps: v.nullish(positiveNumber('rms_norm_eps')),
+    rope_theta: v.nullish(positiveNumber('rope_theta')),
+    rope_scaling: v.nullish(record('rope_scaling')),
+    rope_parameters: v.nullish(record('rope_parameters')),
+    partial_rotary_factor: v.nullish(positiveNumber('partial_rotary_factor')),
+    max_position_embeddings: v.nullish(positiveInteger('max_position_embeddings')),
+    tie_word_embeddings: v.nullish(boolean('tie_word_embeddings')),
+    attention_bias: v.nullish(boolean('attention_bias')),
+    mlp_bias: v.nullish(boolean('mlp_bias')),
+    bos_token_id: v.nullish(tokenId('bos_token_id')),
+    eos_token_id: v.nullish(tokenIds('eos_token_id')),
+    pad_token_id: v.nullish(tokenId('pad_token_id')),
+    sliding_window: v.nullish(positiveInteger('sliding_window')),
+    use_sliding_window: v.nullish(boolean('use_sliding_window')),
+    max_window_layers: v.nullish(check('max_window_layers', 'an integer ≥ 0', isTokenId)),
+    torch_dtype: v.nullish(string('torch_dtype')),
+    dtype: v.nullish(string('dtype')),
+  },
+  (issue) => {
+    const key = issue.path?.[0]?.key;
+    if (typeof key === 'string') return `${key} is missing (it must be a positive integer)`;
+    return `the config must be a JSON object (got ${show(issue.input)})`;
+  },
+);
+
+type RawConfig = v.InferOutput<typeof ConfigSchema>;
+
+/** transformers' defaults per architecture, for the fields that have one. */
+const DEFAULTS: Record<
+  Architecture,
+  { numKvHeads: number | undefined; maxPositionEmbeddings: number; bosTokenId: number | undefined; eosTokenId: number | undefined; slidingWindow: number | undefined }
+> = {
+  llama: { numKvHeads: undefined, maxPositionEmbeddings: 2048, bosTokenId: 1, eosTokenId: 2, slidingWindow: undefined },
+  mistral: { numKvHeads: 8, maxPositionEmbeddings: 4096 * 32, bosTokenId: 1, eosTokenId: 2, slidingWindow: 4096 },
+  qwen2: { numKvHeads: 32, maxPositionEmbeddings: 32768, bosTokenId: undefined, eosTokenId: undefined, slidingWindow: 4096 },
+};
+
+// ---------------------------------------------------------------------------------------------
+
+/** Parses and validates a `config.json` object; `source` names the file in messages. */
+export function parseModelConfig(json: unknown, source = 'config.json'): ModelConfig {
+  const fail = (message: string): never => {
+    throw new ModelConfigError(`${source}: ${message}`);
+  };
+  if (typeof json !== 'object' || json === null || Array.isArray(json)) fail(`the config must be a JSON object (got ${show(json)})`);
+  const architecture = detectArchitecture(json as Record<string, unknown>, fail);
+
+  const result = v.safeParse(ConfigSchema, json, { abortEarly: false });
+  if (!result.success) {
+    // One message per field, in the order of the schema (required fields first).
+    const seen = new Set<string>();
+    const messages: string[] = [];
+    for (const issue of result.issues) {
+      const key = String(issue.path?.[0]?.key ?? '');
+      if (seen.has(key)) continue;
+      seen.add(key);
+      messages.push(issue.message);
+    }
+    fail(messages.join('; '));
+  }
+  const raw = (result as v.SafeParseResult<typeof ConfigSchema> & { success: true }).output;
+  return buildConfig(raw, architecture, fail);
+}
+
+function detectArchitecture(json: Record<string, unknown>, fail: (message: string) => never): Architecture {
+  const modelType = json.model_type;
+  const architectures = Array.isArray(json.architectures) ? json.architectures.filter((a): a is string => typeof a === 'string') : [];
+  const supportedClasses = Object.values(SUPPORTED_ARCHITECTURES);
+  const byClass = (cls: string) => (Object.keys(SUPPORTED_ARCHITECTURES) as Architecture[]).find((a) => SUPPORTED_ARCHITECTURES[a] === cls);
+
+  let architecture: Architecture | undefined;
+  if (typeof modelType === 'string' && modelType !== '') {
+    if (!(modelType in SUPPORTED_ARCHITECTURES)) {
+      const named = architectures.length > 0 ? ` (${architectures.join(', ')})` : '';
+      fail(`model_type "${modelType}"${named} is not supported; supported: ${SUPPORTED_LIST}`);
+    }
+    architecture = modelType as Architecture;
+  }
+  if (architectures.length > 0 && !architectures.some((cls) => supportedClasses.includes(cls))) {
+    fail(`architecture ${architectures.join(', ')} is not supported; supported: ${SUPPORTED_LIST}`);
+  }
+  if (architecture === undefined) {
+    architecture = architectures.map(byClass).find((a) => a !== undefined);
+    if (architecture === undefined) fail(`neither model_type nor architectures says which model this is; supported: ${SUPPORTED_LIST}`);
+  }
+  return architecture!;
+}
+
+function buildConfig(raw: RawConfig, architecture: Architecture, fail: (message: string) => never): ModelConfig {
+  const defaults = DEFAULTS[architecture];
+  const hiddenSize = raw.hidden_size;
+  const numHeads = raw.num_attention_heads;
+
+  const hiddenAct = raw.hidden_act ?? 'silu';
+  if (hiddenAct !== 'silu' && hiddenAct !== 'swish') fail(`hidden_act "${hiddenAct}" is not supported; only "silu" is`);
+
+  let headDim: number;
+  if (raw.head_dim != null) {
+    headDim = raw.head_dim;
+  } else {
+    if (hiddenSize % numHeads !== 0) {
+      fail(`hidden_size (${hiddenSize}) is not divisible by num_attention_heads (${numHeads}) and head_dim is not given`);
+    }
+    headDim = hiddenSize / numHeads;
+  }
+  if (headDim % 2 !== 0) fail(`the head dimension (${headDim}) must be even for rotary embeddings`);
+
+  const numKvHeads = raw.num_key_value_heads ?? defaults.numKvHeads ?? numHeads;
+  if (numHeads % numKvHeads !== 0) {
+    fail(`num_attention_heads (${numHeads}) is not divisible by num_key_value_heads (${numKvHeads})`);
+  }
+  if (raw.partial_rotary_factor != null && raw.partial_rotary_factor !== 1) {
+    fail(`partial_rotary_factor ${raw.partial_rotary_factor} is not supported; only 1 (rotary embeddings over the whole head) is`);
+  }
+
+  const { ropeTheta, ropeScaling } = parseRope(raw, fail);
+
+  const attentionBias = architecture === 'qwen2' ? true : architecture === 'llama' ? (raw.attention_bias ?? false) : false;
+  const oProjBias = architecture === 'llama' ? (raw.attention_bias ?? false) : false;
+  const mlpBias = architecture === 'llama' ? (raw.mlp_bias ?? false) : false;
+
+  const eos = raw.eos_token_id === undefined ? defaults.eosTokenId : raw.eos_token_id;
+  const eosTokenIds = eos == null ? [] : Array.isArray(eos) ? [...new Set(eos)] : [eos];
+  const bosTokenId = raw.bos_token_id === undefined ? defaults.bosTokenId : (raw.bos_token_id ?? undefined);
+
+  let slidingWindow: number | undefined;
+  let slidingWindowFromLayer: number | undefined;
+  if (architecture === 'mistral') {
+    slidingWindow = raw.sliding_window === undefined ? defaults.slidingWindow : (raw.sliding_window ?? undefined);
+  } else if (architecture === 'qwen2' && raw.use_sliding_window === true) {
+    slidingWindow = raw.sliding_window === undefined ? defaults.slidingWindow : (raw.sliding_window ?? undefined);
+    if (slidingWindow !== undefined) slidingWindowFromLayer = raw.max_window_layers ?? 28;
+  }
+
+  const config: ModelConfig = {
+    architecture,
+    hiddenSize,
+    intermediateSize: raw.intermediate_size,
+    numLayers: raw.num_hidden_layers,
+    numHeads,
+    numKvHeads,
+    headDim,
+    vocabSize: raw.vocab_size,
+    rmsNormEps: raw.rms_norm_eps ?? 1e-6,
+    ropeTheta,
+    ropeScaling,
+    maxPositionEmbeddings: raw.max_position_embeddings ?? defaults.maxPositionEmbeddings,
+    tieWordEmbeddings: raw.tie_word_embeddings ?? false,
+    attentionBias,
+    oProjBias,
+    mlpBias,
+    eosTokenIds,
+  };
+  if (bosTokenId !== undefined) config.bosTokenId = bosTokenId;
+  if (raw.pad_token_id != null) config.padTokenId = raw.pad_token_id;
+  if (slidingWindow !== undefined) config.slidingWindow = slidingWindow;
+  if (slidingWindowFromLayer !== undefined) config.slidingWindowFromLayer = slidingWindowFromLayer;
+  const dtype = raw.torch_dtype ?? raw.dtype;
+  if (dtype != null) config.torchDtype = dtype;
+  return config;
+}
+
+function parseRope(raw: RawConfig, fail: (message: string) => never): { ropeTheta: number; ropeScaling: RopeScaling | undefined } {
+  // transformers 5 writes `rope_parameters` (theta and scaling together); older configs write
+  // `rope_theta` and `rope_scaling`, whose type key is `rope_type` or, older still, `type`.
+  const params = raw.rope_parameters ?? undefined;
+  const field = params ? 'rope_parameters' : 'rope_scaling';
+  const scaling = params ?? raw.rope_scaling ?? undefined;
+
+  let ropeTheta = raw.rope_theta ?? 10000;
+  if (params && params.rope_theta !== undefined) {
+    if (!isPositiveNumber(params.rope_theta)) fail(`rope_parameters.rope_theta must be a positive number (got ${show(params.rope_theta)})`);
+    ropeTheta = params.rope_theta as number;
+  }
+  if (params && params.partial_rotary_factor !== undefined && params.partial_rotary_factor !== 1) {
+    fail(`rope_parameters.partial_rotary_factor ${show(params.partial_rotary_factor)} is not supported; only 1 is`);
+  }
+  if (!scaling) return { ropeTheta, ropeScaling: undefined };
+
+  const type = scaling.rope_type ?? scaling.type;
+  if (type === undefined || type === null || type === 'default') {
+    if (params || type === 'default') return { ropeTheta, ropeScaling: undefined };
+    fail(`${field} has no rope_type (or type)`);
+  }
+  const number = (key: string, test: (x: unknown) => boolean, what: string): number => {
+    const value = scaling[key];
+    if (!test(value)) fail(`${field}.${key} must be ${what} (got ${show(value)})`);
+    return value as number;
+  };
+  switch (type) {
+    case 'linear':
+      return { ropeTheta, ropeScaling: { type: 'linear', factor: number('factor', isPositiveNumber, 'a positive number') } };
+    case 'llama3': {
+      const ropeScaling: RopeScaling = {
+        type: 'llama3',
+        factor: number('factor', isPositiveNumber, 'a positive number'),
+        lowFreqFactor: number('low_freq_factor', isPositiveNumber, 'a positive number'),
+        highFreqFactor: number('high_freq_factor', isPositiveNumber, 'a positive number'),
+        originalMaxPositionEmbeddings: number('original_max_position_embeddings', isPositiveInteger, 'a positive integer'),
+      };
+      if (!(ropeScaling.highFreqFactor > ropeScaling.lowFreqFactor)) {
+        fail(`${field}: high_freq_factor (${ropeScaling.highFreqFactor}) must be greater than low_freq_factor (${ropeScaling.lowFreqFactor})`);
+      }
+      return { ropeTheta, ropeScaling };
+    }
+    default:
+      return fail(`${field} type ${show(type)} is not supported; supported: "llama3", "linear" (or none)`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/** Joins a folder's name and a file name for messages. */
+export function describeFile(folder: { readonly name: string }, file: string): string {
+  return folder.name === '' ? file : `${folder.name.replace(/[\\/]+$/, '')}/${file}`;
+}
+
+/** Reads and validates `config.json` from a model folder. */
+export async function loadModelConfig(folder: FileFolder): Promise<ModelConfig> {
+  const source = describeFile(folder, 'config.json');
+  let text: string;
+  try {
+    text = await folder.readText('config.json');
+  } catch (error) {
+    if (error instanceof FileMissingError) {
+      throw new ModelConfigError(`${source} is missing: a Hugging Face model folder has a config.json next to its safetensors files`);
+    }
+    throw error;
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (error) {
+    throw new ModelConfigError(`${source}: invalid JSON (${(error as Error).message})`);
+  }
+  return parseModelConfig(json, source);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * RoPE inverse frequencies, headDim/2 of them: `inv_freq[i] = 1 / theta^(2i/headDim)`, then the
+ * `linear` or `llama3` scaling. This follows transformers' `_compute_default_rope_parameters`,
+ * `_compute_linear_scaling_rope_parameters` and `_compute_llama3_parameters`, which compute in
+ * float32 tensors: every step is rounded to float32 here as there (the only possible difference is
+ * the last bit of `pow`). The rotation angle of position p and pair i is `p * inv_freq[i]`, the
+ * pair being (i, i + headDim/2) ("rotate half").
+ */
+export function ropeInverseFrequencies(config: Pick<ModelConfig, 'headDim' | 'ropeTheta' | 'ropeScaling'>): Float32Array {
+  const f = Math.fround;
+  const dim = config.headDim;
+  const half = dim / 2;
+  const out = new Float32Array(half);
+  for (let i = 0; i < half; i++) out[i] = f(1 / f(Math.pow(config.ropeTheta, f((2 * i) / dim))));
+
+  const scaling = config.ropeScaling;
+  if (scaling?.type === 'linear') {
+    const factor = f(scaling.factor);
+    for (let i = 0; i < half; i++) out[i] = f(out[i]! / factor);
+  } else if (scaling?.type === 'llama3') {
+    const factor = f(scaling.factor);
+    const low = scaling.lowFreqFactor;
+    const high = scaling.highFreqFactor;
+    const oldContext = scaling.originalMaxPositionEmbeddings;
+    const lowFreqWavelen = f(oldContext / low);
+    const highFreqWavelen = f(oldContext / high);
+    const twoPi = f(2 * Math.PI);
+    const range = f(high - low);
+    for (let i = 0; i < half; i++) {
+      const inv = out[i]!;
+      const wavelen = f(twoPi / inv);
+      const invLlama = wavelen > lowFreqWavelen ? f(inv / factor) : inv;
+      const smooth = f(f(f(f(oldContext) / wavelen) - f(low)) / range);
+      const smoothed = f(f(f(f(1 - smooth) * invLlama) / factor) + f(smooth * invLlama));
+      const isMedium = !(wavelen < highFreqWavelen) && !(wavelen > lowFreqWavelen);
+      out[i] = isMedium ? smoothed : invLlama;
+    }
+  }
+  return out;
+}

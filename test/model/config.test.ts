@@ -1,0 +1,392 @@
+import { copyFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { BlobFolder } from '../../src/io/byteSource.ts';
+import { NodeFolder } from '../../src/io/nodeFolder.ts';
+import { loadModelConfig, ModelConfigError, parseModelConfig, ropeInverseFrequencies, type ModelConfig } from '../../src/model/config.ts';
+
+const FIXTURES = join(import.meta.dirname, '..', 'fixtures', 'configs');
+const fixture = (name: string): Record<string, unknown> => JSON.parse(readFileSync(join(FIXTURES, name), 'utf8'));
+
+/** The smallest llama config: only the required fields. */
+const minimal = (extra: Record<string, unknown> = {}) => ({
+  model_type: 'llama',
+  hidden_size: 64,
+  intermediate_size: 128,
+  num_hidden_layers: 2,
+  num_attention_heads: 4,
+  vocab_size: 100,
+  ...extra,
+});
+
+function errorOf(json: unknown): string {
+  try {
+    parseModelConfig(json);
+  } catch (error) {
+    expect(error).toBeInstanceOf(ModelConfigError);
+    return (error as Error).message;
+  }
+  throw new Error('expected the config to be rejected');
+}
+
+/** The published formula in float64, written out independently of the implementation. */
+function llama3Float64(theta: number, dim: number, factor: number, low: number, high: number, context: number): number[] {
+  const out: number[] = [];
+  for (let i = 0; i < dim / 2; i++) {
+    const base = Math.pow(theta, -(2 * i) / dim);
+    const wavelength = (2 * Math.PI) / base;
+    if (wavelength < context / high) out.push(base);
+    else if (wavelength > context / low) out.push(base / factor);
+    else {
+      const smooth = (context / wavelength - low) / (high - low);
+      out.push((1 - smooth) * (base / factor) + smooth * base);
+    }
+  }
+  return out;
+}
+
+function expectRelativelyClose(actual: ArrayLike<number>, expected: ArrayLike<number>, bound: number): void {
+  expect(actual.length).toBe(expected.length);
+  for (let i = 0; i < expected.length; i++) {
+    const error = Math.abs(actual[i]! - expected[i]!) / Math.abs(expected[i]!);
+    if (!(error <= bound)) expect.fail(`element ${i}: ${actual[i]} vs ${expected[i]} (relative error ${error})`);
+  }
+}
+
+describe('real configs', () => {
+  it('Llama-3.2-1B-Instruct', async () => {
+    const config = await loadModelConfig(folderWith(fixture('llama-3.2-1b-instruct.json')));
+    expect(config).toEqual({
+      architecture: 'llama',
+      hiddenSize: 2048,
+      intermediateSize: 8192,
+      numLayers: 16,
+      numHeads: 32,
+      numKvHeads: 8,
+      headDim: 64,
+      vocabSize: 128256,
+      rmsNormEps: 1e-5,
+      ropeTheta: 500000,
+      ropeScaling: { type: 'llama3', factor: 32, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 8192 },
+      maxPositionEmbeddings: 131072,
+      tieWordEmbeddings: true,
+      attentionBias: false,
+      oProjBias: false,
+      mlpBias: false,
+      bosTokenId: 128000,
+      eosTokenIds: [128001, 128008, 128009],
+      torchDtype: 'bfloat16',
+    } satisfies ModelConfig);
+  });
+
+  it('Llama-3.1-8B-Instruct', () => {
+    const config = parseModelConfig(fixture('llama-3.1-8b-instruct.json'));
+    expect(config.headDim).toBe(128);
+    expect(config.numKvHeads).toBe(8);
+    expect(config.tieWordEmbeddings).toBe(false);
+    expect(config.ropeScaling).toEqual({ type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 8192 });
+  });
+
+  it('Llama-2-7b', () => {
+    const config = parseModelConfig(fixture('llama-2-7b-hf.json'));
+    expect(config).toMatchObject({
+      architecture: 'llama',
+      hiddenSize: 4096,
+      intermediateSize: 11008,
+      numLayers: 32,
+      numHeads: 32,
+      numKvHeads: 32,
+      headDim: 128,
+      vocabSize: 32000,
+      rmsNormEps: 1e-5,
+      ropeTheta: 10000,
+      ropeScaling: undefined,
+      maxPositionEmbeddings: 4096,
+      tieWordEmbeddings: false,
+      attentionBias: false,
+      bosTokenId: 1,
+      eosTokenIds: [2],
+      torchDtype: 'float16',
+    });
+    expect(config.slidingWindow).toBeUndefined();
+  });
+
+  it('Mistral-7B-v0.1', () => {
+    const config = parseModelConfig(fixture('mistral-7b-v0.1.json'));
+    expect(config).toMatchObject({
+      architecture: 'mistral',
+      hiddenSize: 4096,
+      intermediateSize: 14336,
+      numHeads: 32,
+      numKvHeads: 8,
+      headDim: 128,
+      ropeTheta: 10000,
+      maxPositionEmbeddings: 32768,
+      slidingWindow: 4096,
+      attentionBias: false,
+      oProjBias: false,
+      tieWordEmbeddings: false,
+      eosTokenIds: [2],
+    });
+  });
+
+  it('Qwen2.5-0.5B-Instruct: q/k/v biases, no o_proj bias, sliding window off', () => {
+    const config = parseModelConfig(fixture('qwen2.5-0.5b-instruct.json'));
+    expect(config).toMatchObject({
+      architecture: 'qwen2',
+      hiddenSize: 896,
+      intermediateSize: 4864,
+      numLayers: 24,
+      numHeads: 14,
+      numKvHeads: 2,
+      headDim: 64,
+      vocabSize: 151936,
+      rmsNormEps: 1e-6,
+      ropeTheta: 1000000,
+      tieWordEmbeddings: true,
+      attentionBias: true,
+      oProjBias: false,
+      mlpBias: false,
+      bosTokenId: 151643,
+      eosTokenIds: [151645],
+    });
+    expect(config.slidingWindow).toBeUndefined();
+  });
+
+  it('SmolLM2-135M-Instruct', () => {
+    const config = parseModelConfig(fixture('smollm2-135m-instruct.json'));
+    expect(config).toMatchObject({ hiddenSize: 576, numHeads: 9, numKvHeads: 3, headDim: 64, ropeTheta: 100000, tieWordEmbeddings: true, padTokenId: 2 });
+  });
+
+  it('GPT-2 is refused with the list of supported architectures', () => {
+    const message = errorOf(fixture('gpt2.json'));
+    expect(message).toMatch(/^config\.json: model_type "gpt2" \(GPT2LMHeadModel\) is not supported/);
+    for (const name of ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM']) expect(message).toContain(name);
+  });
+
+  it('loads from a folder on disk', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'config-'));
+    try {
+      copyFileSync(join(FIXTURES, 'qwen2.5-0.5b-instruct.json'), join(dir, 'config.json'));
+      expect((await loadModelConfig(new NodeFolder(dir))).architecture).toBe('qwen2');
+      const missing = await loadModelConfig(new NodeFolder(join(dir, 'nothing-here'))).catch((e: Error) => e);
+      expect(missing).toBeInstanceOf(ModelConfigError);
+      expect((missing as Error).message).toMatch(/nothing-here\/config\.json is missing/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+function folderWith(json: unknown, text?: string): BlobFolder {
+  return new BlobFolder('models/x', new Map([['config.json', new Blob([text ?? JSON.stringify(json)])]]));
+}
+
+describe('defaults as in transformers', () => {
+  it('llama', () => {
+    const config = parseModelConfig(minimal());
+    expect(config).toEqual({
+      architecture: 'llama',
+      hiddenSize: 64,
+      intermediateSize: 128,
+      numLayers: 2,
+      numHeads: 4,
+      numKvHeads: 4,
+      headDim: 16,
+      vocabSize: 100,
+      rmsNormEps: 1e-6,
+      ropeTheta: 10000,
+      ropeScaling: undefined,
+      maxPositionEmbeddings: 2048,
+      tieWordEmbeddings: false,
+      attentionBias: false,
+      oProjBias: false,
+      mlpBias: false,
+      bosTokenId: 1,
+      eosTokenIds: [2],
+    } satisfies ModelConfig);
+  });
+
+  it('llama attention_bias puts biases on q, k, v and o; mlp_bias on the MLP', () => {
+    const config = parseModelConfig(minimal({ attention_bias: true, mlp_bias: true }));
+    expect([config.attentionBias, config.oProjBias, config.mlpBias]).toEqual([true, true, true]);
+  });
+
+  it('mistral: 8 kv heads, sliding window 4096, no biases', () => {
+    const config = parseModelConfig(minimal({ model_type: 'mistral', num_attention_heads: 16, attention_bias: true }));
+    expect(config).toMatchObject({ numKvHeads: 8, slidingWindow: 4096, maxPositionEmbeddings: 131072, attentionBias: false, bosTokenId: 1, eosTokenIds: [2] });
+    expect(parseModelConfig(minimal({ model_type: 'mistral', num_key_value_heads: 2, sliding_window: null })).slidingWindow).toBeUndefined();
+  });
+
+  it('qwen2: q/k/v biases, no bos/eos, tie false, 32 kv heads, window only with use_sliding_window', () => {
+    const config = parseModelConfig(minimal({ model_type: 'qwen2', num_attention_heads: 32, hidden_size: 256 }));
+    expect(config).toMatchObject({ attentionBias: true, oProjBias: false, numKvHeads: 32, tieWordEmbeddings: false, eosTokenIds: [], maxPositionEmbeddings: 32768 });
+    expect(config.bosTokenId).toBeUndefined();
+    expect(config.slidingWindow).toBeUndefined();
+    const windowed = parseModelConfig(minimal({ model_type: 'qwen2', num_key_value_heads: 2, use_sliding_window: true, sliding_window: 1024, max_window_layers: 1 }));
+    expect(windowed).toMatchObject({ slidingWindow: 1024, slidingWindowFromLayer: 1 });
+  });
+
+  it('head_dim given explicitly need not divide hidden_size', () => {
+    const config = parseModelConfig(minimal({ hidden_size: 60, num_attention_heads: 4, head_dim: 32 }));
+    expect(config.headDim).toBe(32);
+  });
+
+  it('the architecture may come from architectures alone', () => {
+    const { model_type: _drop, ...rest } = minimal({ architectures: ['Qwen2ForCausalLM'], num_key_value_heads: 2 });
+    expect(parseModelConfig(rest).architecture).toBe('qwen2');
+  });
+
+  it('null means "default" for optional fields', () => {
+    const config = parseModelConfig(minimal({ head_dim: null, num_key_value_heads: null, rope_scaling: null, eos_token_id: null, bos_token_id: null }));
+    expect(config.headDim).toBe(16);
+    expect(config.numKvHeads).toBe(4);
+    expect(config.eosTokenIds).toEqual([]);
+    expect(config.bosTokenId).toBeUndefined();
+  });
+});
+
+describe('rope scaling forms', () => {
+  it('legacy "type" key and rope_type "default"', () => {
+    expect(parseModelConfig(minimal({ rope_scaling: { type: 'linear', factor: 2 } })).ropeScaling).toEqual({ type: 'linear', factor: 2 });
+    expect(parseModelConfig(minimal({ rope_scaling: { rope_type: 'default' } })).ropeScaling).toBeUndefined();
+  });
+
+  it('transformers 5 rope_parameters', () => {
+    const config = parseModelConfig(
+      minimal({
+        rope_parameters: { rope_type: 'llama3', rope_theta: 500000, factor: 32, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 },
+      }),
+    );
+    expect(config.ropeTheta).toBe(500000);
+    expect(config.ropeScaling?.type).toBe('llama3');
+    const plain = parseModelConfig(minimal({ rope_parameters: { rope_type: 'default', rope_theta: 1e6 } }));
+    expect([plain.ropeTheta, plain.ropeScaling]).toEqual([1e6, undefined]);
+  });
+
+  it('unsupported types are named', () => {
+    expect(errorOf(minimal({ rope_scaling: { rope_type: 'yarn', factor: 4 } }))).toBe(
+      'config.json: rope_scaling type "yarn" is not supported; supported: "llama3", "linear" (or none)',
+    );
+    expect(errorOf(minimal({ rope_scaling: { type: 'dynamic', factor: 2 } }))).toContain('"dynamic" is not supported');
+  });
+
+  it('llama3 fields are checked', () => {
+    expect(errorOf(minimal({ rope_scaling: { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4 } }))).toBe(
+      'config.json: rope_scaling.original_max_position_embeddings must be a positive integer (got nothing)',
+    );
+    expect(
+      errorOf(minimal({ rope_scaling: { rope_type: 'llama3', factor: 8, low_freq_factor: 4, high_freq_factor: 4, original_max_position_embeddings: 8192 } })),
+    ).toContain('high_freq_factor (4) must be greater than low_freq_factor (4)');
+  });
+});
+
+describe('errors', () => {
+  it('wrong-typed field names the field, the file and the value', () => {
+    expect(errorOf(minimal({ hidden_size: 'abc' }))).toBe('config.json: hidden_size must be a positive integer (got "abc")');
+    expect(errorOf(minimal({ rms_norm_eps: -1 }))).toBe('config.json: rms_norm_eps must be a positive number (got -1)');
+    expect(errorOf(minimal({ tie_word_embeddings: 'yes' }))).toBe('config.json: tie_word_embeddings must be true or false (got "yes")');
+    expect(errorOf(minimal({ num_attention_heads: 2.5 }))).toBe('config.json: num_attention_heads must be a positive integer (got 2.5)');
+    expect(errorOf(minimal({ eos_token_id: [1, 'x'] }))).toContain('eos_token_id must be a token id or a list of token ids');
+  });
+
+  it('missing fields are all listed', () => {
+    const { num_hidden_layers: _a, vocab_size: _b, ...rest } = minimal();
+    expect(errorOf(rest)).toBe(
+      'config.json: num_hidden_layers is missing (it must be a positive integer); vocab_size is missing (it must be a positive integer)',
+    );
+  });
+
+  it('not an object', () => {
+    expect(errorOf([1, 2])).toBe('config.json: the config must be a JSON object (got [1,2])');
+    expect(errorOf(null)).toBe('config.json: the config must be a JSON object (got null)');
+  });
+
+  it('unsupported architectures list the supported ones', () => {
+    for (const [modelType, architecture] of [
+      ['gemma', 'GemmaForCausalLM'],
+      ['mixtral', 'MixtralForCausalLM'],
+      ['qwen2_moe', 'Qwen2MoeForCausalLM'],
+    ]) {
+      const message = errorOf(minimal({ model_type: modelType, architectures: [architecture] }));
+      expect(message).toContain(`"${modelType}"`);
+      expect(message).toContain('supported: LlamaForCausalLM (model_type "llama"), MistralForCausalLM (model_type "mistral"), Qwen2ForCausalLM (model_type "qwen2")');
+    }
+    expect(errorOf(minimal({ architectures: ['LlamaForSequenceClassification'] }))).toContain(
+      'architecture LlamaForSequenceClassification is not supported',
+    );
+    const { model_type: _drop, ...anonymous } = minimal();
+    expect(errorOf(anonymous)).toContain('neither model_type nor architectures');
+  });
+
+  it('inconsistent shapes', () => {
+    expect(errorOf(minimal({ hidden_size: 66 }))).toBe(
+      'config.json: hidden_size (66) is not divisible by num_attention_heads (4) and head_dim is not given',
+    );
+    expect(errorOf(minimal({ num_key_value_heads: 3 }))).toBe('config.json: num_attention_heads (4) is not divisible by num_key_value_heads (3)');
+    expect(errorOf(minimal({ head_dim: 15 }))).toContain('head dimension (15) must be even');
+  });
+
+  it('activation must be silu', () => {
+    expect(errorOf(minimal({ hidden_act: 'gelu' }))).toBe('config.json: hidden_act "gelu" is not supported; only "silu" is');
+  });
+
+  it('the source name is used', () => {
+    expect(() => parseModelConfig(minimal({ vocab_size: 0 }), 'models/a/config.json')).toThrow(
+      'models/a/config.json: vocab_size must be a positive integer (got 0)',
+    );
+  });
+
+  it('missing file and invalid JSON name the file', async () => {
+    const empty = new BlobFolder('models/empty', new Map());
+    await expect(loadModelConfig(empty)).rejects.toThrow(/^models\/empty\/config\.json is missing/);
+    await expect(loadModelConfig(folderWith(undefined, '{"hidden_size": 4,'))).rejects.toThrow(/^models\/x\/config\.json: invalid JSON/);
+    await expect(loadModelConfig(folderWith(minimal({ hidden_size: 'abc' })))).rejects.toThrow(
+      'models/x/config.json: hidden_size must be a positive integer (got "abc")',
+    );
+  });
+});
+
+describe('ropeInverseFrequencies', () => {
+  it('no scaling: 1 / theta^(2i/d)', () => {
+    const config = parseModelConfig(fixture('llama-2-7b-hf.json'));
+    const inv = ropeInverseFrequencies(config);
+    expect(inv.length).toBe(64);
+    expectRelativelyClose(inv, Array.from({ length: 64 }, (_, i) => Math.pow(10000, -(2 * i) / 128)), 3e-7);
+    expect(inv[0]).toBe(1);
+  });
+
+  it('linear scaling divides by the factor', () => {
+    const config = parseModelConfig(minimal({ rope_scaling: { rope_type: 'linear', factor: 4 }, rope_theta: 20000 }));
+    expectRelativelyClose(ropeInverseFrequencies(config), Array.from({ length: 8 }, (_, i) => Math.pow(20000, -(2 * i) / 16) / 4), 3e-7);
+  });
+
+  for (const name of ['llama-3.2-1b-instruct.json', 'llama-3.1-8b-instruct.json']) {
+    it(`llama3 scaling matches the formula in float64 (${name})`, () => {
+      const config = parseModelConfig(fixture(name));
+      const scaling = config.ropeScaling!;
+      if (scaling.type !== 'llama3') throw new Error('expected llama3 scaling');
+      const expected = llama3Float64(config.ropeTheta, config.headDim, scaling.factor, scaling.lowFreqFactor, scaling.highFreqFactor, scaling.originalMaxPositionEmbeddings);
+      expectRelativelyClose(ropeInverseFrequencies(config), expected, 1e-6);
+    });
+  }
+
+  it('llama3 on Llama-3.2-1B: 15 frequencies kept, 3 smoothed, the rest divided by 32', () => {
+    const config = parseModelConfig(fixture('llama-3.2-1b-instruct.json'));
+    const scaled = ropeInverseFrequencies(config);
+    const plain = ropeInverseFrequencies({ ...config, ropeScaling: undefined });
+    for (let i = 0; i < 32; i++) {
+      if (i < 15) expect(scaled[i]).toBe(plain[i]);
+      else if (i < 18) {
+        expect(scaled[i]!).toBeLessThan(plain[i]!);
+        expect(scaled[i]!).toBeGreaterThan(plain[i]! / 32);
+      } else expect(scaled[i]).toBeCloseTo(plain[i]! / 32, 12);
+    }
+  });
+
+  it('every value is a float32', () => {
+    const inv = ropeInverseFrequencies(parseModelConfig(fixture('llama-3.1-8b-instruct.json')));
+    for (const x of inv) expect(Math.fround(x)).toBe(x);
+  });
+});
