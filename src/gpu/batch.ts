@@ -189,7 +189,13 @@ export class ComputeBatch {
   private describeFailure(message: string): string {
     const dispatches = this.commands.filter((c): c is DispatchCommand => c.type === 'dispatch');
     const culprit = dispatches.find((d) => message.includes(d.label)) ?? dispatches.find((d) => message.includes(d.kernel.label));
-    const where = culprit ? `in ${culprit.label}` : `in batch "${this.label}" (${dispatches.map((d) => d.label).join('; ') || 'no dispatches'})`;
+    // Otherwise, the dispatches that bind a buffer the message names.
+    const named = [...message.matchAll(/\[Buffer "([^"]*)"\]/g)].map((m) => m[1]);
+    const suspects = dispatches.filter((d) => Object.values(d.buffers).some((b) => named.includes(('buffer' in b ? b.buffer : b).label)));
+    const listed = [...new Set((suspects.length ? suspects : dispatches).map((d) => d.label))];
+    const where = culprit
+      ? `in ${culprit.label}`
+      : `in batch "${this.label}" (${listed.slice(0, 8).join('; ') || 'no dispatches'}${listed.length > 8 ? `; and ${listed.length - 8} more` : ''})`;
     return `GPU error ${where}: ${message.trim()}`;
   }
 }

@@ -9,8 +9,8 @@ export function recordAdd(batch: ComputeBatch, args: { x: GPUBuffer; y: GPUBuffe
   batch.dispatch(batch.gpu.kernel('add.wgsl', { WG }), { params: { n }, x, y }, workgroups1D(n, WG), `n=${n}`);
 }
 
-/** out = silu(gate) · up over `n` elements (the gated MLP). */
-export function recordSiluMul(batch: ComputeBatch, args: { gate: GPUBuffer; up: GPUBuffer; out: GPUBuffer; n: number }): void {
-  const { gate, up, out, n } = args;
-  batch.dispatch(batch.gpu.kernel('silu_mul.wgsl', { WG }), { params: { n }, gate, up, out }, workgroups1D(n, WG), `n=${n}`);
+/** gate ← silu(gate) · up over `n` elements (the gated MLP). */
+export function recordSiluMul(batch: ComputeBatch, args: { gate: GPUBuffer; up: GPUBuffer; n: number }): void {
+  const { gate, up, n } = args;
+  batch.dispatch(batch.gpu.kernel('silu_mul.wgsl', { WG }), { params: { n }, gate, up }, workgroups1D(n, WG), `n=${n}`);
 }

@@ -117,7 +117,7 @@ export class LlamaForward {
       recordRmsNorm(batch, { x: resid, weight: w.postAttentionNorm, y: normed, rows: T, dim: H, eps: c.rmsNormEps });
       recordMatmul(batch, { x: normed, tokens: T, weight: w.gate, bias: w.gateBias, y: gate });
       recordMatmul(batch, { x: normed, tokens: T, weight: w.up, bias: w.upBias, y: up });
-      recordSiluMul(batch, { gate, up, out: gate, n: T * c.intermediateSize });
+      recordSiluMul(batch, { gate, up, n: T * c.intermediateSize });
       recordMatmul(batch, { x: gate, tokens: T, weight: w.down, bias: w.downBias, y: mlpOut });
       tap('mlp_out', l, mlpOut);
       recordAdd(batch, { x: resid, y: mlpOut, n: T * H });

@@ -3,7 +3,7 @@ import type { Gpu } from '../gpu/gpu.ts';
 import { SafetensorsModel } from '../io/safetensors.ts';
 import { loadModelConfig, type ModelConfig } from './config.ts';
 import { LlamaForward } from './forward.ts';
-import { ChatTokenizer } from './tokenizer.ts';
+import { ChatTokenizer, TokenizerError } from './tokenizer.ts';
 import { destroyLlamaWeights, uploadLlamaWeights, type LlamaWeights } from './weights.ts';
 
 export interface LoadOptions {
@@ -18,7 +18,7 @@ export class LlamaModel {
     readonly gpu: Gpu,
     readonly folder: FileFolder,
     readonly config: ModelConfig,
-    readonly tokenizer: ChatTokenizer,
+    private readonly chatTokenizer: ChatTokenizer | undefined,
     readonly tensors: SafetensorsModel,
     readonly weights: LlamaWeights,
     readonly forward: LlamaForward,
@@ -26,10 +26,16 @@ export class LlamaModel {
 
   static async load(gpu: Gpu, folder: FileFolder, options: LoadOptions = {}): Promise<LlamaModel> {
     const config = await loadModelConfig(folder);
-    const tokenizer = await ChatTokenizer.fromFolder(folder);
+    // The forward pass needs no tokenizer: a folder of weights alone can still be run on token ids.
+    const tokenizer = (await folder.has('tokenizer.json')) ? await ChatTokenizer.fromFolder(folder, { modelConfig: config }) : undefined;
     const tensors = await SafetensorsModel.open(folder);
     const weights = await uploadLlamaWeights(gpu, config, tensors, options.onProgress);
     return new LlamaModel(gpu, folder, config, tokenizer, tensors, weights, new LlamaForward(gpu, config, weights));
+  }
+
+  get tokenizer(): ChatTokenizer {
+    if (!this.chatTokenizer) throw new TokenizerError(`${this.folder.name}: tokenizer.json is missing`);
+    return this.chatTokenizer;
   }
 
   /** Bytes of weights on the GPU. */

@@ -1,0 +1,173 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Gpu } from '../../src/gpu/gpu.ts';
+import { BlobFolder } from '../../src/io/byteSource.ts';
+import { generate } from '../../src/model/generate.ts';
+import { KvCache } from '../../src/model/kvCache.ts';
+import { LlamaModel } from '../../src/model/model.ts';
+import { HookRunner, type Hook, type TapPoint } from '../../src/model/taps.ts';
+import { ReferenceLlama } from '../reference/llama.ts';
+import { randomModel, toSafetensors, type RandomModel, type RandomModelOptions } from '../reference/randomModel.ts';
+import { relativeError } from '../helpers/compare.ts';
+import { testGpu } from '../helpers/gpu.ts';
+import { Random } from '../helpers/random.ts';
+
+let gpu: Gpu;
+beforeAll(async () => {
+  gpu = await testGpu();
+});
+afterAll(() => gpu?.dispose());
+
+/** The engine's bound against the float64 reference on the same weights (f32 arithmetic throughout). */
+const BOUND = 1e-4;
+
+const VARIANTS: [string, RandomModelOptions][] = [
+  ['llama, GQA 4:1, untied, f32', { numHeads: 8, numKvHeads: 2, tieWordEmbeddings: false, dtype: 'F32' }],
+  ['llama, GQA 2:1, tied, bf16', { numHeads: 4, numKvHeads: 2, tieWordEmbeddings: true, dtype: 'BF16' }],
+  ['llama 3, llama3 rope scaling, bf16', { ropeScaling: 'llama3', ropeTheta: 500000, dtype: 'BF16' }],
+  ['llama, attention and MLP biases, f16', { attentionBias: true, mlpBias: true, dtype: 'F16' }],
+  ['qwen2, q/k/v biases, f32', { architecture: 'qwen2', numHeads: 4, numKvHeads: 1, dtype: 'F32' }],
+  ['mistral, MHA, head_dim ≠ hidden/heads, bf16', { architecture: 'mistral', numHeads: 4, numKvHeads: 4, headDim: 24, dtype: 'BF16' }],
+];
+
+async function loadRandom(options: RandomModelOptions): Promise<{ random: RandomModel; model: LlamaModel; reference: ReferenceLlama }> {
+  const random = randomModel({ hiddenSize: 64, intermediateSize: 160, numLayers: 3, vocabSize: 300, ...options });
+  const folder = new BlobFolder(
+    'random-model',
+    new Map([
+      ['config.json', new Blob([JSON.stringify(random.configJson)])],
+      ['model.safetensors', new Blob([toSafetensors(random.tensors)])],
+    ]),
+  );
+  const model = await LlamaModel.load(gpu, folder);
+  return { random, model, reference: new ReferenceLlama(random.config, random.weights) };
+}
+
+/** Runs one prefill of `prompts` packed together, tapping every point at every position. */
+async function tapEverything(model: LlamaModel, prompts: number[][]) {
+  const { config } = model;
+  const H = config.hiddenSize;
+  const total = prompts.reduce((n, p) => n + p.length, 0);
+  const points: TapPoint[] = ['embed', 'resid_pre', 'attn_out', 'resid_mid', 'mlp_out', 'resid_post', 'final_norm'];
+  const buffers = new Map<TapPoint, GPUBuffer>();
+  const hooks: Hook[] = points.map((point) => {
+    const layers = point === 'embed' || point === 'final_norm' ? 1 : config.numLayers;
+    const buffer = gpu.createBuffer(layers * total * H * 4, point);
+    buffers.set(point, buffer);
+    return { point, positions: 'all', action: { kind: 'write', buffer, rowsPerLayer: total } };
+  });
+  const runner = new HookRunner(hooks, config.numLayers);
+  const cache = new KvCache(gpu, config, prompts.length, Math.max(...prompts.map((p) => p.length)));
+  let start = 0;
+  const sequences = prompts.map((p, slot) => {
+    const s = { slot, start, length: p.length, firstPosition: 0 };
+    start += p.length;
+    return s;
+  });
+  const batch = gpu.batch('parity');
+  const logits = model.forward.recordStep(batch, { tokens: prompts.flat(), sequences, logits: 'last' }, cache, runner)!;
+  await batch.submit();
+  runner.endStep(gpu, sequences);
+  const taps = new Map<TapPoint, Float32Array>();
+  for (const [point, buffer] of buffers) {
+    taps.set(point, await gpu.readF32(buffer));
+    gpu.destroyBuffer(buffer);
+  }
+  const logitValues = await gpu.readF32(logits, 0, prompts.length * config.vocabSize);
+  cache.dispose();
+  return { taps, logits: logitValues, sequences };
+}
+
+describe('forward pass against the float64 reference', () => {
+  it.each(VARIANTS)('%s: every tap of every layer and the logits', async (_, options) => {
+    const { random, model, reference } = await loadRandom(options);
+    try {
+      const rng = new Random(random.seed);
+      const prompts = [11, 4, 1, 23].map((n) => Array.from({ length: n }, () => rng.int(0, random.config.vocabSize - 1)));
+      const { taps, logits, sequences } = await tapEverything(model, prompts);
+      const H = random.config.hiddenSize;
+      const V = random.config.vocabSize;
+      const total = prompts.reduce((n, p) => n + p.length, 0);
+      const errors: Record<string, number> = {};
+      for (const [i, prompt] of prompts.entries()) {
+        const ref = reference.forward(prompt);
+        const rows = (point: TapPoint, layer: number) => {
+          const base = (layer * total + sequences[i]!.start) * H;
+          return taps.get(point)!.subarray(base, base + prompt.length * H);
+        };
+        const check = (what: string, got: ArrayLike<number>, expected: ArrayLike<number>) => {
+          const error = relativeError(got, expected);
+          errors[what] = Math.max(errors[what] ?? 0, error);
+          expect(error, `${what} of prompt ${i} (seed ${random.seed})`).toBeLessThan(BOUND);
+        };
+        check('embed', rows('embed', 0), ref.embed);
+        for (let l = 0; l < random.config.numLayers; l++) {
+          const layer = ref.layers[l]!;
+          check('resid_pre', rows('resid_pre', l), layer.residPre);
+          check('attn_out', rows('attn_out', l), layer.attnOut);
+          check('resid_mid', rows('resid_mid', l), layer.residMid);
+          check('mlp_out', rows('mlp_out', l), layer.mlpOut);
+          check('resid_post', rows('resid_post', l), layer.residPost);
+        }
+        check('final_norm', rows('final_norm', 0), ref.finalNorm);
+        check('logits', logits.subarray(i * V, (i + 1) * V), ref.logits.subarray((prompt.length - 1) * V, prompt.length * V));
+      }
+      console.log(`${_}: max relative errors ${JSON.stringify(Object.fromEntries(Object.entries(errors).map(([k, v]) => [k, Number(v.toExponential(2))])))}`);
+    } finally {
+      model.dispose();
+    }
+  });
+
+  it.each(VARIANTS.slice(0, 3))('%s: greedy generation of 32 tokens matches token for token', async (_, options) => {
+    const { random, model, reference } = await loadRandom(options);
+    try {
+      const rng = new Random(random.seed);
+      const prompts = [5, 9].map((n) => Array.from({ length: n }, () => rng.int(0, random.config.vocabSize - 1)));
+      const result = await generate(model, prompts, { maxNewTokens: 32, stopTokenIds: new Set() });
+      for (const [i, prompt] of prompts.entries()) {
+        const expected = reference.greedy(prompt, 32);
+        const got = result.tokens[i]!;
+        const first = got.findIndex((t, j) => t !== expected[j]);
+        if (first >= 0) {
+          // Only a near-tie in the reference's logits may send f32 and f64 different ways.
+          const ref = reference.forward([...prompt, ...expected.slice(0, first)]);
+          const V = random.config.vocabSize;
+          const last = Array.from(ref.logits.subarray(ref.logits.length - V)).sort((a, b) => b - a);
+          expect(last[0]! - last[1]!, `generations differ at token ${first} without a near-tie (seed ${random.seed})`).toBeLessThan(1e-4);
+        } else {
+          expect(got).toEqual(expected);
+        }
+      }
+    } finally {
+      model.dispose();
+    }
+  });
+
+  it('a batch of prompts gives the same results as each prompt alone', async () => {
+    const { random, model } = await loadRandom(VARIANTS[1]![1]);
+    try {
+      const rng = new Random(random.seed);
+      const prompts = [7, 1, 15, 3].map((n) => Array.from({ length: n }, () => rng.int(0, random.config.vocabSize - 1)));
+      const together = await tapEverything(model, prompts);
+      const V = random.config.vocabSize;
+      const H = random.config.hiddenSize;
+      for (const [i, prompt] of prompts.entries()) {
+        const alone = await tapEverything(model, [prompt]);
+        expect(relativeError(alone.logits, together.logits.subarray(i * V, (i + 1) * V))).toBeLessThan(1e-6);
+        const total = prompts.reduce((n, p) => n + p.length, 0);
+        const last = random.config.numLayers - 1;
+        const base = (last * total + together.sequences[i]!.start) * H;
+        const rows = together.taps.get('resid_post')!.subarray(base, base + prompt.length * H);
+        const aloneRows = alone.taps.get('resid_post')!.subarray(last * prompt.length * H, (last + 1) * prompt.length * H);
+        expect(relativeError(aloneRows, rows)).toBeLessThan(1e-6);
+      }
+      // Sampled generation in a batch also matches generation alone (same seed, same per-row draws).
+      const greedyTogether = await generate(model, prompts, { maxNewTokens: 8, stopTokenIds: new Set() });
+      for (const [i, prompt] of prompts.entries()) {
+        const alone = await generate(model, [prompt], { maxNewTokens: 8, stopTokenIds: new Set() });
+        expect(alone.tokens[0]).toEqual(greedyTogether.tokens[i]);
+      }
+    } finally {
+      model.dispose();
+    }
+  });
+});
