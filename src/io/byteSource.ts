@@ -15,6 +15,8 @@ export interface FileFolder {
   /** Where the folder is, for messages ("models/tiny-chat", or the picked folder's name). */
   readonly name: string;
   has(file: string): Promise<boolean>;
+  /** Names of the files directly in the folder, sorted. */
+  list(): Promise<string[]>;
   /** Opens a file for ranged reads; throws FileMissingError when absent. */
   open(file: string): Promise<ByteSource>;
   readText(file: string): Promise<string>;
@@ -83,6 +85,10 @@ export class BlobFolder implements FileFolder {
 
   async has(file: string): Promise<boolean> {
     return this.files.has(file);
+  }
+
+  async list(): Promise<string[]> {
+    return [...this.files.keys()].filter((f) => !f.includes('/')).sort();
   }
 
   async open(file: string): Promise<ByteSource> {

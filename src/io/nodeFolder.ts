@@ -1,4 +1,4 @@
-import { open, readFile, stat } from 'node:fs/promises';
+import { open, readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { checkRange, FileMissingError, type ByteSource, type FileFolder } from './byteSource.ts';
 
@@ -12,6 +12,11 @@ export class NodeFolder implements FileFolder {
     } catch {
       return false;
     }
+  }
+
+  async list(): Promise<string[]> {
+    const entries = await readdir(this.name, { withFileTypes: true });
+    return entries.filter((e) => e.isFile()).map((e) => e.name).sort();
   }
 
   async open(file: string): Promise<ByteSource> {

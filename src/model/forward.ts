@@ -22,8 +22,8 @@ export interface ForwardStep {
   /** Token ids of every row, sequences packed one after another. */
   tokens: ArrayLike<number>;
   sequences: readonly SequenceStep[];
-  /** Which rows get logits: the last row of each sequence, or none (activations only). */
-  logits: 'last' | 'none';
+  /** Which rows get logits: the last row of each sequence, every row, or none (activations only). */
+  logits: 'last' | 'all' | 'none';
 }
 
 /** Per-step work buffers, grown on demand and reused between steps. */
@@ -66,8 +66,8 @@ export class LlamaForward {
   }
 
   /**
-   * Records one forward step on `batch`. Returns the logits buffer ([sequences, vocab], one row per
-   * sequence, in order) when `step.logits` is 'last'.
+   * Records one forward step on `batch`. Returns the logits buffer: [sequences, vocab], one row per
+   * sequence in order, when `step.logits` is 'last'; [tokens, vocab] when it is 'all'.
    */
   recordStep(batch: ComputeBatch, step: ForwardStep, cache: KvCache, hooks?: HookRunner): GPUBuffer | undefined {
     const c = this.config;
@@ -124,19 +124,24 @@ export class LlamaForward {
       tap('resid_post', l, resid);
     }
 
-    const finalNormTapped = hooks?.has('final_norm') ?? false;
-    if (finalNormTapped) {
+    const normAll = (hooks?.has('final_norm') ?? false) || step.logits === 'all';
+    if (normAll) {
       recordRmsNorm(batch, { x: resid, weight: this.weights.finalNorm, y: normed, rows: T, dim: H, eps: c.rmsNormEps });
       tap('final_norm', undefined, normed);
     }
     if (step.logits === 'none') return undefined;
+    if (step.logits === 'all') {
+      const logits = ws.get('logits', T * c.vocabSize * f32);
+      recordMatmul(batch, { x: normed, tokens: T, weight: this.weights.lmHead, y: logits });
+      return logits;
+    }
 
     // Logits only for the last row of each sequence: gather, normalise, project.
     const S = sequences.length;
     const lastRows = ws.get('last_rows', S * 4);
     batch.write(lastRows, Uint32Array.from(selectRows('last', sequences)));
     const last = ws.get('last', S * H * f32);
-    if (finalNormTapped) {
+    if (normAll) {
       recordGatherRows(batch, { x: normed, rows: lastRows, count: S, dim: H, out: last });
     } else {
       const lastResid = ws.get('last_resid', S * H * f32);

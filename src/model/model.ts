@@ -4,6 +4,7 @@ import { SafetensorsModel } from '../io/safetensors.ts';
 import { loadModelConfig, type ModelConfig } from './config.ts';
 import { LlamaForward } from './forward.ts';
 import { ChatTokenizer, TokenizerError } from './tokenizer.ts';
+import type { PackedMatrix } from './packedMatrix.ts';
 import { destroyLlamaWeights, uploadLlamaWeights, type LlamaWeights } from './weights.ts';
 
 export interface LoadOptions {
@@ -36,6 +37,16 @@ export class LlamaModel {
   get tokenizer(): ChatTokenizer {
     if (!this.chatTokenizer) throw new TokenizerError(`${this.folder.name}: tokenizer.json is missing`);
     return this.chatTokenizer;
+  }
+
+  /** Names of tensors changed on the GPU since loading (by a cut); export writes these from the GPU. */
+  readonly modifiedTensors = new Set<string>();
+
+  /** Every weight matrix on the GPU by its tensor name (the tied output projection appears once). */
+  matrices(): Map<string, PackedMatrix> {
+    const w = this.weights;
+    const all = [w.embed, w.lmHead, ...w.layers.flatMap((l) => [l.q, l.k, l.v, l.o, l.gate, l.up, l.down])];
+    return new Map(all.map((m) => [m.name, m]));
   }
 
   /** Bytes of weights on the GPU. */

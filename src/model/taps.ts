@@ -19,8 +19,8 @@ export type PositionSelector = 'last' | 'all' | readonly number[];
 export type HookAction =
   /** Copies the selected rows into `buffer`, laid out [hook layer index][row][dim]; `rowsPerLayer` rows per layer. */
   | { kind: 'write'; buffer: GPUBuffer; rowsPerLayer: number }
-  /** Adds the sum of the selected rows into `sums`, laid out [hook layer index][dim]. */
-  | { kind: 'accumulate'; sums: GPUBuffer }
+  /** Adds the sum of the selected rows into `sums`, laid out [hook layer index][dim], from element `offset` on. */
+  | { kind: 'accumulate'; sums: GPUBuffer; offset?: number }
   /** h ← h − α Σ_j (h·d_j) d_j with `basis` holding `directions` orthonormal rows; only where h·d_0 > threshold if given. */
   | { kind: 'project_out'; basis: GPUBuffer; directions: number; alpha: number; threshold?: number | undefined }
   /** h ← h + scale · vector; only where h·condition.direction > condition.threshold if given. */
@@ -101,7 +101,7 @@ export class HookRunner {
           break;
         }
         case 'accumulate':
-          recordAccumulateRows(batch, { x, rows: rows.buffer, count: rows.count, dim, sums: action.sums, offset: index * dim });
+          recordAccumulateRows(batch, { x, rows: rows.buffer, count: rows.count, dim, sums: action.sums, offset: (action.offset ?? 0) + index * dim });
           break;
         case 'project_out':
           recordProjectOut(batch, { x, rows: rows.buffer, count: rows.count, dim, basis: action.basis, directions: action.directions, alpha: action.alpha, threshold: action.threshold });

@@ -35,7 +35,7 @@ async function loadRandom(options: RandomModelOptions): Promise<{ random: Random
     'random-model',
     new Map([
       ['config.json', new Blob([JSON.stringify(random.configJson)])],
-      ['model.safetensors', new Blob([toSafetensors(random.tensors)])],
+      ['model.safetensors', new Blob([toSafetensors(random.tensors) as Uint8Array<ArrayBuffer>])],
     ]),
   );
   const model = await LlamaModel.load(gpu, folder);

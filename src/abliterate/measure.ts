@@ -1,0 +1,165 @@
+import type { Gpu } from '../gpu/gpu.ts';
+import { recordMatmul } from '../kernels/matmul.ts';
+import type { LlamaModel } from '../model/model.ts';
+import type { PackedMatrix } from '../model/packedMatrix.ts';
+import type { Hook } from '../model/taps.ts';
+import { prefillPrompts } from './prefill.ts';
+import { cosine, dot, effectSize, norm } from './stats.ts';
+
+/**
+ * Per-layer figures of a measurement. `layer` indexes the residual stream as Hugging Face's
+ * `hidden_states` does: 0 is the embedding output, i ≥ 1 the output of decoder layer i − 1
+ * (the input of layer i).
+ */
+export interface LayerScore {
+  layer: number;
+  /** The seed's separation score: ⟨μ_H, d̂⟩ − ⟨μ_B, d̂⟩ (= ‖μ_H − μ_B‖). */
+  gap: number;
+  /** The gap relative to the mean norm of the two class means (scale-free across depth). */
+  relativeGap: number;
+  /** Cosine between the harmful and harmless means (lower: better separated). */
+  cosine: number;
+  /** Gap of the per-prompt projections over their pooled standard deviation (Cohen's d). */
+  effectSize: number;
+}
+
+export interface Measurement {
+  hiddenSize: number;
+  /** Residual-stream points measured: numLayers + 1. */
+  points: number;
+  harmfulCount: number;
+  harmlessCount: number;
+  harmfulMeans: Float32Array[];
+  harmlessMeans: Float32Array[];
+  /** Unit refusal direction d̂ at each point. */
+  directions: Float32Array[];
+  scores: LayerScore[];
+  /** Per point, each prompt's last-token residual projected on that point's d̂. */
+  projections: { harmful: Float32Array[]; harmless: Float32Array[] };
+}
+
+export interface MeasureOptions {
+  batchSize?: number;
+  onProgress?: (done: number, total: number) => void;
+  signal?: AbortSignal;
+}
+
+interface ClassActivations {
+  count: number;
+  /** Running sums [points][hidden], accumulated on the GPU. */
+  sums: GPUBuffer;
+  /** Per point, the last-token residual of every prompt [count][hidden]. */
+  rows: GPUBuffer[];
+}
+
+/**
+ * Runs both prompt sets (already chat-formatted and tokenised) and measures the difference of means
+ * at the last token at every point of the residual stream. Means are accumulated on the GPU by
+ * accumulating taps; the per-prompt residuals stay on the GPU and only their projections on d̂
+ * come back, for the effect size.
+ */
+export async function measure(model: LlamaModel, harmful: readonly (readonly number[])[], harmless: readonly (readonly number[])[], options: MeasureOptions = {}): Promise<Measurement> {
+  if (harmful.length < 2 || harmless.length < 2) throw new RangeError(`measuring needs at least 2 prompts of each kind (got ${harmful.length} harmful, ${harmless.length} harmless)`);
+  const { gpu, config } = model;
+  const H = config.hiddenSize;
+  const points = config.numLayers + 1;
+  const total = harmful.length + harmless.length;
+  const classes: ClassActivations[] = [];
+  try {
+    for (const [offset, prompts] of [
+      [0, harmful],
+      [harmful.length, harmless],
+    ] as const) {
+      const activations = allocate(gpu, prompts.length, points, H);
+      classes.push(activations);
+      await prefillPrompts(model, prompts, {
+        batchSize: options.batchSize,
+        hooks: residualHooks(activations, config.numLayers),
+        onProgress: (done) => options.onProgress?.(offset + done, total),
+        signal: options.signal,
+      });
+    }
+    const [harmfulActs, harmlessActs] = classes as [ClassActivations, ClassActivations];
+    const harmfulMeans = await means(gpu, harmfulActs, points, H);
+    const harmlessMeans = await means(gpu, harmlessActs, points, H);
+    const directions = harmfulMeans.map((mH, l) => {
+      const d = Float64Array.from(mH, (v, i) => v - harmlessMeans[l]![i]!);
+      const n = norm(d);
+      return Float32Array.from(d, (v) => (n === 0 ? 0 : v / n));
+    });
+    const projections = {
+      harmful: await project(gpu, harmfulActs, directions, H),
+      harmless: await project(gpu, harmlessActs, directions, H),
+    };
+    const scores = directions.map((direction, layer): LayerScore => {
+      const gap = dot(harmfulMeans[layer]!, direction) - dot(harmlessMeans[layer]!, direction);
+      const scale = (norm(harmfulMeans[layer]!) + norm(harmlessMeans[layer]!)) / 2;
+      return {
+        layer,
+        gap,
+        relativeGap: scale === 0 ? 0 : gap / scale,
+        cosine: cosine(harmfulMeans[layer]!, harmlessMeans[layer]!),
+        effectSize: effectSize(projections.harmful[layer]!, projections.harmless[layer]!),
+      };
+    });
+    return { hiddenSize: H, points, harmfulCount: harmful.length, harmlessCount: harmless.length, harmfulMeans, harmlessMeans, directions, scores, projections };
+  } finally {
+    for (const c of classes) {
+      gpu.destroyBuffer(c.sums);
+      for (const b of c.rows) gpu.destroyBuffer(b);
+    }
+  }
+}
+
+function allocate(gpu: Gpu, count: number, points: number, hidden: number): ClassActivations {
+  const sums = gpu.createBuffer(points * hidden * 4, 'residual sums');
+  const rows: GPUBuffer[] = [];
+  try {
+    for (let p = 0; p < points; p++) rows.push(gpu.createBuffer(count * hidden * 4, `last-token residuals ${p}`));
+  } catch (error) {
+    gpu.destroyBuffer(sums);
+    for (const b of rows) gpu.destroyBuffer(b);
+    throw error;
+  }
+  gpu.write(sums, new Float32Array(points * hidden));
+  return { count, sums, rows };
+}
+
+/** Hooks at the embedding and after every layer: accumulate the last token, and keep it per prompt. */
+function residualHooks(activations: ClassActivations, numLayers: number): Hook[] {
+  const hidden = activations.sums.size / 4 / (numLayers + 1);
+  const hooks: Hook[] = [];
+  for (let p = 0; p <= numLayers; p++) {
+    const at = p === 0 ? ({ point: 'embed' } as const) : ({ point: 'resid_post', layers: [p - 1] } as const);
+    hooks.push({ ...at, positions: 'last', action: { kind: 'accumulate', sums: activations.sums, offset: p * hidden } });
+    hooks.push({ ...at, positions: 'last', action: { kind: 'write', buffer: activations.rows[p]!, rowsPerLayer: activations.count } });
+  }
+  return hooks;
+}
+
+async function means(gpu: Gpu, activations: ClassActivations, points: number, hidden: number): Promise<Float32Array[]> {
+  const sums = await gpu.readF32(activations.sums);
+  return Array.from({ length: points }, (_, p) => Float32Array.from(sums.subarray(p * hidden, (p + 1) * hidden), (s) => s / activations.count));
+}
+
+/** Projections of every stored residual on its point's direction, as one matmul per point on the GPU. */
+async function project(gpu: Gpu, activations: ClassActivations, directions: Float32Array[], hidden: number): Promise<Float32Array[]> {
+  const out = gpu.createBuffer(directions.length * activations.count * 4, 'projections');
+  const inputs: GPUBuffer[] = [];
+  try {
+    const batch = gpu.batch('projections');
+    for (const [p, rows] of activations.rows.entries()) {
+      // The stored residuals [count, hidden] act as the matrix, d̂ as the single input row.
+      const matrix: PackedMatrix = { name: `residuals ${p}`, dtype: 'F32', rows: activations.count, cols: hidden, chunks: [{ buffer: rows, rowStart: 0, rows: activations.count }] };
+      const x = gpu.upload(directions[p]!, `direction ${p}`);
+      inputs.push(x);
+      recordMatmul(batch, { x, tokens: 1, weight: matrix, y: out, outStride: activations.count * directions.length, outOffset: p * activations.count });
+    }
+    await batch.submit();
+    const values = await gpu.readF32(out);
+    return directions.map((_, p) => values.slice(p * activations.count, (p + 1) * activations.count));
+  } finally {
+    gpu.destroyBuffer(out);
+    for (const x of inputs) gpu.destroyBuffer(x);
+  }
+}

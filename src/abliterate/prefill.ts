@@ -1,0 +1,60 @@
+import type { ComputeBatch } from '../gpu/batch.ts';
+import { KvCache } from '../model/kvCache.ts';
+import type { LlamaModel } from '../model/model.ts';
+import { HookRunner, type Hook } from '../model/taps.ts';
+import type { SequenceStep } from '../model/forward.ts';
+
+export interface PrefillOptions {
+  /** Prompts per forward step (packed, no padding); default 32. */
+  batchSize?: number;
+  /** Hooks applied in every step; `write` hooks fill their buffers prompt after prompt. */
+  hooks?: readonly Hook[];
+  /**
+   * Called with each step's batch and its logits ([prompts in the step, vocab], last token of each)
+   * before the batch is submitted, to record more kernels on them. Logits are computed only when given.
+   */
+  onLogits?: (batch: ComputeBatch, logits: GPUBuffer, first: number, count: number) => void | Promise<void>;
+  /** Called after each step has run on the GPU. */
+  afterStep?: (first: number, count: number) => void | Promise<void>;
+  onProgress?: (done: number, total: number) => void;
+  signal?: AbortSignal;
+}
+
+/**
+ * Runs the prefill of many tokenised prompts, `batchSize` prompts packed into each forward step, with
+ * the given hooks. Nothing is read back unless a callback does so.
+ */
+export async function prefillPrompts(model: LlamaModel, prompts: readonly (readonly number[])[], options: PrefillOptions = {}): Promise<void> {
+  const { gpu, config } = model;
+  const batchSize = Math.max(1, options.batchSize ?? 32);
+  if (prompts.length === 0) return;
+  for (const [i, p] of prompts.entries()) if (p.length === 0) throw new RangeError(`prompt ${i} has no tokens`);
+  const cache = new KvCache(gpu, config, Math.min(batchSize, prompts.length), Math.max(...prompts.map((p) => p.length)));
+  const hooks = new HookRunner(options.hooks ?? [], config.numLayers);
+  try {
+    for (let first = 0; first < prompts.length; first += batchSize) {
+      if (options.signal?.aborted) throw options.signal.reason ?? new Error('aborted');
+      const part = prompts.slice(first, first + batchSize);
+      const sequences: SequenceStep[] = [];
+      const tokens: number[] = [];
+      for (const [slot, prompt] of part.entries()) {
+        sequences.push({ slot, start: tokens.length, length: prompt.length, firstPosition: 0 });
+        tokens.push(...prompt);
+      }
+      const batch = gpu.batch(`prefill ${first}..${first + part.length}`);
+      const logits = model.forward.recordStep(batch, { tokens, sequences, logits: options.onLogits ? 'last' : 'none' }, cache, hooks);
+      if (logits && options.onLogits) await options.onLogits(batch, logits, first, part.length);
+      await batch.submit();
+      hooks.endStep(gpu, sequences);
+      await options.afterStep?.(first, part.length);
+      options.onProgress?.(first + part.length, prompts.length);
+    }
+  } finally {
+    cache.dispose();
+  }
+}
+
+/** Each prompt as one user message in the model's chat template, with the generation prompt. */
+export function chatTokens(model: LlamaModel, prompts: readonly string[]): number[][] {
+  return prompts.map((p) => model.tokenizer.encodeChat(p));
+}
