@@ -1,6 +1,7 @@
 import { Command, CommanderError } from 'commander';
 import { registerGenerate } from './generate.ts';
 import { registerInspect } from './inspect.ts';
+import { registerRun } from './run.ts';
 import { registerTaps } from './taps.ts';
 
 const program = new Command('abliterate')
@@ -9,6 +10,7 @@ const program = new Command('abliterate')
   .configureOutput({ writeErr: (text) => process.stderr.write(text) });
 
 registerInspect(program);
+registerRun(program);
 registerGenerate(program);
 registerTaps(program);
 

@@ -1,0 +1,58 @@
+import { resolve } from 'node:path';
+import type { Command } from 'commander';
+import { runAbliteration, type Stage } from '../abliterate/pipeline.ts';
+import { addGpuOptions, printJson, progressBar, status, UsageError, withModel, type Progress } from './common.ts';
+import { reportOf, summaryTable, writeRunOutput } from './output.ts';
+import { addRunOptions, configFromCommand, type RunCommandOptions } from './runOptions.ts';
+import { loadPromptSets, settingsFrom } from './settings.ts';
+
+export function registerRun(program: Command): void {
+  const command = addGpuOptions(
+    addRunOptions(
+      program
+        .command('run')
+        .description('the whole abliteration: measure, select, evaluate, cut, evaluate again, export')
+        .argument('<model-dir>')
+        .option('--config <file>', 'a TOML file whose keys are these long flags (flags given here win)')
+        .option('--out <dir>', 'write the abliterated model, the report and the direction here')
+        .option('--force', 'replace --out if it exists')
+        .option('--json', 'print the report as JSON'),
+    ),
+  );
+  command.action(async (dir: string, _options: RunCommandOptions, cmd: Command) => {
+    const config = await configFromCommand(cmd);
+    if (!config.out) throw new UsageError('--out is required (a new folder for the abliterated model)');
+    const settings = settingsFrom(config);
+    const sets = await loadPromptSets(config, { plainText: true, validation: settings.select === 'ablation' });
+    await withModel(dir, { adapter: config.adapter }, async (model, gpu) => {
+      let bar: Progress | undefined;
+      const result = await runAbliteration(model, sets, settings, {
+        onStage: (stage: Stage) => {
+          bar?.stop();
+          bar = progressBar(stage, 1);
+        },
+        onProgress: (_stage, done, total) => bar?.update(done, total),
+      });
+      bar?.stop();
+      const parameters = {
+        layer: result.layer,
+        alpha: settings.alpha,
+        layer_weights: result.layerWeights,
+        embedding: settings.embedding,
+        preserve_row_norm: settings.preserveRowNorm,
+        selection: result.selection.method,
+        source_model: resolve(dir),
+      };
+      const output = resolve(config.out!);
+      const report = reportOf(result, model, parameters, output, gpu.adapter.name);
+      const exportBar = progressBar('export', 1);
+      await writeRunOutput(model, output, resolve(dir), config.force ?? false, result, report, parameters, (done, total) => exportBar.update(done, total));
+      exportBar.stop();
+      if (config.json) printJson(report);
+      else {
+        status(`adapter ${gpu.adapter.name}; stages ${Object.entries(report.timings_s).map(([k, s]) => `${k} ${s.toFixed(1)}s`).join(', ')}`);
+        process.stdout.write(`${summaryTable(report)}\n`);
+      }
+    });
+  });
+}
