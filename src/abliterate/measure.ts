@@ -44,7 +44,7 @@ export interface MeasureOptions {
   signal?: AbortSignal;
 }
 
-interface ClassActivations {
+export interface ClassActivations {
   count: number;
   /** Running sums [points][hidden], accumulated on the GPU. */
   sums: GPUBuffer;
@@ -70,14 +70,13 @@ export async function measure(model: LlamaModel, harmful: readonly (readonly num
       [0, harmful],
       [harmful.length, harmless],
     ] as const) {
-      const activations = allocate(gpu, prompts.length, points, H);
-      classes.push(activations);
-      await prefillPrompts(model, prompts, {
-        batchSize: options.batchSize,
-        hooks: residualHooks(activations, config.numLayers),
-        onProgress: (done) => options.onProgress?.(offset + done, total),
-        signal: options.signal,
-      });
+      classes.push(
+        await collectLastTokenResiduals(model, prompts, {
+          batchSize: options.batchSize,
+          onProgress: (done) => options.onProgress?.(offset + done, total),
+          signal: options.signal,
+        }),
+      );
     }
     const [harmfulActs, harmlessActs] = classes as [ClassActivations, ClassActivations];
     const harmfulMeans = await means(gpu, harmfulActs, points, H);
@@ -104,11 +103,29 @@ export async function measure(model: LlamaModel, harmful: readonly (readonly num
     });
     return { hiddenSize: H, points, harmfulCount: harmful.length, harmlessCount: harmless.length, harmfulMeans, harmlessMeans, directions, scores, projections };
   } finally {
-    for (const c of classes) {
-      gpu.destroyBuffer(c.sums);
-      for (const b of c.rows) gpu.destroyBuffer(b);
-    }
+    for (const c of classes) releaseActivations(gpu, c);
   }
+}
+
+/**
+ * Runs prompts and keeps, at the embedding and after every layer, the running sum of the last-token
+ * residuals and each prompt's own last-token residual, all on the GPU. Free with `releaseActivations`.
+ */
+export async function collectLastTokenResiduals(model: LlamaModel, prompts: readonly (readonly number[])[], options: MeasureOptions = {}): Promise<ClassActivations> {
+  const { gpu, config } = model;
+  const activations = allocate(gpu, prompts.length, config.numLayers + 1, config.hiddenSize);
+  try {
+    await prefillPrompts(model, prompts, { batchSize: options.batchSize, hooks: residualHooks(activations, config.numLayers), onProgress: options.onProgress, signal: options.signal });
+  } catch (error) {
+    releaseActivations(gpu, activations);
+    throw error;
+  }
+  return activations;
+}
+
+export function releaseActivations(gpu: Gpu, activations: ClassActivations): void {
+  gpu.destroyBuffer(activations.sums);
+  for (const b of activations.rows) gpu.destroyBuffer(b);
 }
 
 function allocate(gpu: Gpu, count: number, points: number, hidden: number): ClassActivations {
@@ -143,7 +160,7 @@ async function means(gpu: Gpu, activations: ClassActivations, points: number, hi
 }
 
 /** Projections of every stored residual on its point's direction, as one matmul per point on the GPU. */
-async function project(gpu: Gpu, activations: ClassActivations, directions: Float32Array[], hidden: number): Promise<Float32Array[]> {
+export async function project(gpu: Gpu, activations: ClassActivations, directions: Float32Array[], hidden: number): Promise<Float32Array[]> {
   const out = gpu.createBuffer(directions.length * activations.count * 4, 'projections');
   const inputs: GPUBuffer[] = [];
   try {

@@ -2,6 +2,7 @@ import { Command, CommanderError } from 'commander';
 import { registerGenerate } from './generate.ts';
 import { registerInspect } from './inspect.ts';
 import { registerRun } from './run.ts';
+import { registerSteps } from './steps.ts';
 import { registerTaps } from './taps.ts';
 
 const program = new Command('abliterate')
@@ -11,6 +12,7 @@ const program = new Command('abliterate')
 
 registerInspect(program);
 registerRun(program);
+registerSteps(program);
 registerGenerate(program);
 registerTaps(program);
 

@@ -1,37 +1,11 @@
 import type { AbliterationResult } from '../abliterate/pipeline.ts';
-import type { Measurement } from '../abliterate/measure.ts';
+import { writeDirections } from '../abliterate/directionsFile.ts';
 import { exportModel } from '../abliterate/export.ts';
 import { createOutputFolder, type OutputFolder } from '../io/outputFolder.ts';
-import { writeSafetensors, type TensorToWrite } from '../io/safetensorsWriter.ts';
 import type { LlamaModel } from '../model/model.ts';
 
 export const REPORT_FILE = 'abliteration_report.json';
 export const DIRECTIONS_FILE = 'refusal_direction.safetensors';
-
-/** The directions at every point, the class means, and the chosen point, as safetensors. */
-export async function writeDirections(out: OutputFolder, file: string, measurement: Measurement, layer: number, extra: Record<string, string> = {}): Promise<void> {
-  const stack = (rows: readonly Float32Array[]) => {
-    const data = new Float32Array(rows.length * measurement.hiddenSize);
-    rows.forEach((r, i) => data.set(r, i * measurement.hiddenSize));
-    return new Uint8Array(data.buffer);
-  };
-  const tensor = (name: string, rows: readonly Float32Array[]): TensorToWrite => ({
-    name,
-    dtype: 'F32',
-    shape: rows.length === 1 ? [measurement.hiddenSize] : [rows.length, measurement.hiddenSize],
-    bytes: async () => stack(rows),
-  });
-  await writeSafetensors(
-    await out.sink(file),
-    [
-      tensor('direction', [measurement.directions[layer]!]),
-      tensor('directions', measurement.directions),
-      tensor('harmful_means', measurement.harmfulMeans),
-      tensor('harmless_means', measurement.harmlessMeans),
-    ],
-    { format: 'abliterate-directions', layer: String(layer), scores: JSON.stringify(measurement.scores), ...extra },
-  );
-}
 
 /** The JSON report of a run: the figures a user and a script need, without the per-token data. */
 export function reportOf(result: AbliterationResult, model: LlamaModel, parameters: Record<string, unknown>, output: string | null, adapter: string) {
@@ -61,29 +35,45 @@ export function reportOf(result: AbliterationResult, model: LlamaModel, paramete
   };
 }
 
-/** Writes the cut model, the report and the directions into a new folder, atomically. */
+/**
+ * Runs `work` with a new output folder, checked (not the input, not existing unless forced) before
+ * any work starts; everything is written under a temporary name and renamed at the end, and removed
+ * if anything fails or the process is interrupted.
+ */
+export async function withOutputFolder<T>(outPath: string, inputPath: string, force: boolean, work: (out: OutputFolder) => Promise<T>): Promise<T> {
+  const out = await createOutputFolder(outPath, { force, inputPath });
+  const interrupted = () => {
+    void out.abort().finally(() => process.exit(130));
+  };
+  process.once('SIGINT', interrupted);
+  process.once('SIGTERM', interrupted);
+  try {
+    const result = await work(out);
+    await out.commit();
+    return result;
+  } catch (error) {
+    await out.abort();
+    throw error;
+  } finally {
+    process.off('SIGINT', interrupted);
+    process.off('SIGTERM', interrupted);
+  }
+}
+
+/** Writes the cut model, the report and the directions into the output folder. */
 export async function writeRunOutput(
+  out: OutputFolder,
   model: LlamaModel,
-  outPath: string,
-  inputPath: string,
-  force: boolean,
   result: AbliterationResult,
   report: ReturnType<typeof reportOf>,
   parameters: Record<string, unknown>,
   onProgress?: (done: number, total: number) => void,
 ): Promise<void> {
-  const out = await createOutputFolder(outPath, { force, inputPath });
-  try {
-    const start = performance.now();
-    await exportModel(model, out, { parameters, onProgress });
-    report.timings_s = { ...report.timings_s, export: (performance.now() - start) / 1000 };
-    await writeDirections(out, DIRECTIONS_FILE, result.measurement, result.layer);
-    await out.writeFile(REPORT_FILE, `${JSON.stringify(report, null, 2)}\n`);
-    await out.commit();
-  } catch (error) {
-    await out.abort();
-    throw error;
-  }
+  const start = performance.now();
+  await exportModel(model, out, { parameters, onProgress });
+  report.timings_s = { ...report.timings_s, export: (performance.now() - start) / 1000 };
+  await writeDirections(await out.sink(DIRECTIONS_FILE), result.measurement, result.layer);
+  await out.writeFile(REPORT_FILE, `${JSON.stringify(report, null, 2)}\n`);
 }
 
 function pad(text: string, width: number): string {

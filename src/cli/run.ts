@@ -2,7 +2,7 @@ import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { runAbliteration, type Stage } from '../abliterate/pipeline.ts';
 import { addGpuOptions, printJson, progressBar, status, UsageError, withModel, type Progress } from './common.ts';
-import { reportOf, summaryTable, writeRunOutput } from './output.ts';
+import { reportOf, summaryTable, withOutputFolder, writeRunOutput } from './output.ts';
 import { addRunOptions, configFromCommand, type RunCommandOptions } from './runOptions.ts';
 import { loadPromptSets, settingsFrom } from './settings.ts';
 
@@ -24,7 +24,8 @@ export function registerRun(program: Command): void {
     if (!config.out) throw new UsageError('--out is required (a new folder for the abliterated model)');
     const settings = settingsFrom(config);
     const sets = await loadPromptSets(config, { plainText: true, validation: settings.select === 'ablation' });
-    await withModel(dir, { adapter: config.adapter }, async (model, gpu) => {
+    const output = resolve(config.out);
+    await withOutputFolder(output, resolve(dir), config.force ?? false, (out) => withModel(dir, { adapter: config.adapter }, async (model, gpu) => {
       let bar: Progress | undefined;
       const result = await runAbliteration(model, sets, settings, {
         onStage: (stage: Stage) => {
@@ -43,16 +44,15 @@ export function registerRun(program: Command): void {
         selection: result.selection.method,
         source_model: resolve(dir),
       };
-      const output = resolve(config.out!);
       const report = reportOf(result, model, parameters, output, gpu.adapter.name);
       const exportBar = progressBar('export', 1);
-      await writeRunOutput(model, output, resolve(dir), config.force ?? false, result, report, parameters, (done, total) => exportBar.update(done, total));
+      await writeRunOutput(out, model, result, report, parameters, (done, total) => exportBar.update(done, total));
       exportBar.stop();
       if (config.json) printJson(report);
       else {
         status(`adapter ${gpu.adapter.name}; stages ${Object.entries(report.timings_s).map(([k, s]) => `${k} ${s.toFixed(1)}s`).join(', ')}`);
         process.stdout.write(`${summaryTable(report)}\n`);
       }
-    });
+    }));
   });
 }
