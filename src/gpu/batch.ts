@@ -16,6 +16,15 @@ interface DispatchCommand {
   label: string;
 }
 
+/** Options of `ComputeBatch.submit`. */
+export interface SubmitOptions {
+  /**
+   * GPU timestamps (feature `timestamp-query`): `beginningOfPassWriteIndex` is written when the batch's
+   * first compute pass begins and `endOfPassWriteIndex` when its last one ends (src/gpu/profiler.ts).
+   */
+  timestampWrites?: GPUComputePassTimestampWrites;
+}
+
 type Command =
   | DispatchCommand
   | { type: 'copy'; from: GPUBuffer; fromOffset: number; to: GPUBuffer; toOffset: number; size: number }
@@ -78,29 +87,33 @@ export class ComputeBatch {
   }
 
   /** Encodes everything recorded, submits it, and throws if WebGPU reported an error. */
-  async submit(): Promise<void> {
+  async submit(options: SubmitOptions = {}): Promise<void> {
     const { device } = this.gpu;
     this.gpu.assertAlive();
     device.pushErrorScope('out-of-memory');
     device.pushErrorScope('validation');
     let transient: GPUBuffer[] = [];
+    let encodingError: unknown;
     try {
-      transient = this.encodeAndSubmit(device);
-    } finally {
-      const validation = await device.popErrorScope();
-      const memory = await device.popErrorScope();
-      for (const buffer of transient) buffer.destroy();
-      const error = validation ?? memory;
-      if (error) {
-        const Type = memory && !validation ? GpuOutOfMemoryError : GpuValidationError;
-        throw new Type(this.describeFailure(error.message));
-      }
-      await this.gpu.throwPendingErrors();
+      transient = this.encodeAndSubmit(device, options.timestampWrites);
+    } catch (error) {
+      encodingError = error;
     }
+    // The scopes are popped whatever happened, so that they never leak into later work.
+    const validation = await device.popErrorScope();
+    const memory = await device.popErrorScope();
+    for (const buffer of transient) buffer.destroy();
+    const error = validation ?? memory;
+    if (error) {
+      const Type = memory && !validation ? GpuOutOfMemoryError : GpuValidationError;
+      throw new Type(this.describeFailure(error.message));
+    }
+    if (encodingError !== undefined) throw encodingError;
+    await this.gpu.throwPendingErrors();
   }
 
   /** Encodes and submits; returns the buffers that live only for this submission. */
-  private encodeAndSubmit(device: GPUDevice): GPUBuffer[] {
+  private encodeAndSubmit(device: GPUDevice, timestamps: GPUComputePassTimestampWrites | undefined): GPUBuffer[] {
     const dispatches = this.commands.filter((c): c is DispatchCommand => c.type === 'dispatch');
     const align = this.gpu.limits.minUniformBufferOffsetAlignment;
     const slotOf = new Map<DispatchCommand, number>();
@@ -138,6 +151,25 @@ export class ComputeBatch {
       transient.push(staging);
     }
 
+    // Compute passes: a run of dispatches between copies, clears and writes.
+    let passCount = 0;
+    this.commands.forEach((c, i) => {
+      if (c.type === 'dispatch' && this.commands[i - 1]?.type !== 'dispatch') passCount++;
+    });
+    let passIndex = 0;
+    const passTimestamps = (): GPUComputePassTimestampWrites | undefined => {
+      const first = passIndex === 0;
+      const last = passIndex === passCount - 1;
+      passIndex++;
+      if (!timestamps || !(first || last)) return undefined;
+      const { querySet, beginningOfPassWriteIndex: begin, endOfPassWriteIndex: end } = timestamps;
+      return {
+        querySet,
+        ...(first && begin !== undefined ? { beginningOfPassWriteIndex: begin } : {}),
+        ...(last && end !== undefined ? { endOfPassWriteIndex: end } : {}),
+      };
+    };
+
     const encoder = device.createCommandEncoder({ label: this.label });
     let pass: GPUComputePassEncoder | undefined;
     const endPass = () => {
@@ -155,7 +187,10 @@ export class ComputeBatch {
         endPass();
         encoder.copyBufferToBuffer(staging!, stagingOffset.get(command)!, command.buffer, command.offset, command.data.byteLength);
       } else {
-        pass ??= encoder.beginComputePass({ label: this.label });
+        if (!pass) {
+          const timestampWrites = passTimestamps();
+          pass = encoder.beginComputePass(timestampWrites ? { label: this.label, timestampWrites } : { label: this.label });
+        }
         const bindGroup = this.bindGroup(device, command, arena, slotOf.get(command));
         pass.setPipeline(command.kernel.pipeline);
         pass.setBindGroup(0, bindGroup);
