@@ -131,6 +131,11 @@ export class Gpu {
     return kernel;
   }
 
+  /** Every kernel variant compiled on this device so far. */
+  compiledKernels(): Kernel[] {
+    return [...this.kernels.values()];
+  }
+
   batch(label: string): ComputeBatch {
     return new ComputeBatch(this, label);
   }

@@ -1,0 +1,66 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Gpu } from '../../src/gpu/gpu.ts';
+import { shaderSources } from '../../src/gpu/shaderSources.generated.ts';
+import { applyCut } from '../../src/abliterate/cut.ts';
+import { ablationHooks, uploadBasis } from '../../src/abliterate/ablation.ts';
+import { recordSoftmax } from '../../src/kernels/softmax.ts';
+import { recordCrossEntropy, recordKlDivergence } from '../../src/kernels/losses.ts';
+import { generate } from '../../src/model/generate.ts';
+import { testGpu } from '../helpers/gpu.ts';
+import { loadRandomModel } from '../helpers/models.ts';
+
+let gpu: Gpu;
+beforeAll(async () => {
+  gpu = await testGpu();
+});
+afterAll(() => gpu?.dispose());
+
+/** Kernels that only the benchmarks use, compiled here with the variants they sweep. */
+const BENCH_ONLY = new Set(['matmul_vec4.wgsl', 'matvec.wgsl']);
+
+describe('every shader compiles through Dawn without a message', () => {
+  it('compiles each kernel variant the engine uses', async () => {
+    // Exercise the engine's paths so that every variant it builds gets compiled: dtypes, biases,
+    // decode and prefill tilings, hooks, sampling, the cut (with and without norm preservation), losses.
+    for (const options of [
+      { dtype: 'BF16', attentionBias: true, mlpBias: true },
+      { dtype: 'F16', tieWordEmbeddings: true },
+      { dtype: 'F32', architecture: 'qwen2' },
+    ] as const) {
+      const { model } = await loadRandomModel(gpu, options);
+      const basis = uploadBasis(gpu, [Float32Array.from({ length: model.config.hiddenSize }, (_, i) => (i === 0 ? 1 : 0))]);
+      const hooks = [
+        ...ablationHooks(model.config, basis),
+        { point: 'resid_post' as const, positions: 'last' as const, action: { kind: 'add' as const, vector: basis, scale: 1, condition: { direction: basis, threshold: 0 } } },
+        { point: 'resid_mid' as const, positions: 'last' as const, action: { kind: 'project_out' as const, basis, directions: 1, alpha: 1, threshold: 0.5 } },
+        { point: 'resid_pre' as const, positions: 'last' as const, action: { kind: 'accumulate' as const, sums: gpu.createBuffer(model.config.numLayers * model.config.hiddenSize * 4, 'sums') } },
+        { point: 'mlp_out' as const, positions: 'last' as const, action: { kind: 'write' as const, buffer: gpu.createBuffer(20 * model.config.numLayers * model.config.hiddenSize * 4, 'rows'), rowsPerLayer: 20 } },
+      ];
+      await generate(model, [[1, 2, 3], [4, 5]], { maxNewTokens: 2, hooks, stopTokenIds: new Set() });
+      await generate(model, [[1, 2, 3]], { maxNewTokens: 2, temperature: 0.8, topK: 5, topP: 0.9, stopTokenIds: new Set() });
+      const direction = Float32Array.from({ length: model.config.hiddenSize }, (_, i) => (i === 1 ? 1 : 0));
+      (await applyCut(model, { direction, embedding: true })).release();
+      (await applyCut(model, { direction, embedding: true, preserveRowNorm: true })).release();
+      model.dispose();
+    }
+    const rows = 3;
+    const vocab = 50;
+    const logits = gpu.upload(new Float32Array(rows * vocab).map((_, i) => Math.sin(i)), 'logits');
+    const out = gpu.createBuffer(rows * vocab * 4, 'out');
+    const batch = gpu.batch('losses');
+    recordSoftmax(batch, { input: logits, output: out, rows, cols: vocab });
+    recordSoftmax(batch, { input: logits, output: out, rows, cols: vocab, log: true });
+    recordSoftmax(batch, { input: out, rows, cols: vocab });
+    recordCrossEntropy(batch, { logits, targets: gpu.upload(new Uint32Array([1, 2, 3]), 'targets'), nll: gpu.createBuffer(rows * 4, 'nll'), rows, vocab });
+    recordKlDivergence(batch, { logitsP: logits, logitsQ: out, kl: gpu.createBuffer(rows * 4, 'kl'), rows, vocab });
+    await batch.submit();
+
+    const kernels = gpu.compiledKernels();
+    const messages = (await Promise.all(kernels.map((k) => k.compilation))).flat();
+    expect(messages).toEqual([]);
+    const compiled = new Set(kernels.map((k) => k.name));
+    const files = Object.keys(shaderSources).filter((f) => !f.startsWith('common/') && !BENCH_ONLY.has(f));
+    expect(files.filter((f) => !compiled.has(f)), 'shaders that no engine path compiled').toEqual([]);
+    console.log(`${kernels.length} kernel variants of ${compiled.size} shaders compiled without a message`);
+  });
+});
