@@ -3,6 +3,8 @@ import { recordMatmul } from '../kernels/matmul.ts';
 import { recordColumnDot, recordRank1Update } from '../kernels/rank1.ts';
 import type { LlamaModel } from '../model/model.ts';
 import type { PackedMatrix } from '../model/packedMatrix.ts';
+import { isResident, type StreamedWeights } from '../model/weights.ts';
+import { bytesPerElement, unpackFromU32 } from '../io/dtype.ts';
 
 /** Which decoder layers a cut touches. */
 export type LayerSelection =
@@ -48,10 +50,17 @@ interface CutMatrix {
 }
 
 /**
- * A cut applied to the model's weights on the GPU. `undo()` puts the weights back, so a search can
- * try many cuts without reloading the model.
+ * A cut applied to the model's weights. `undo()` puts the weights back, so a search can try many
+ * cuts without reloading the model; `release()` frees what undo would need and keeps the cut.
  */
-export class AppliedCut {
+export interface AppliedCut {
+  readonly tensors: string[];
+  undo(): Promise<void>;
+  release(): void;
+}
+
+/** A cut of resident weights, in place on the GPU. */
+class ResidentCut implements AppliedCut {
   private done = false;
 
   constructor(
@@ -103,8 +112,9 @@ export async function applyCut(model: LlamaModel, spec: CutSpec): Promise<Applie
   const { gpu, config, weights } = model;
   if (spec.direction.length !== config.hiddenSize) throw new RangeError(`the direction has ${spec.direction.length} values; the model's hidden size is ${config.hiddenSize}`);
   const alpha = spec.alpha ?? 1;
-  const layerWeights = spec.layerWeights ?? weights.layers.map(() => 1);
+  const layerWeights = spec.layerWeights ?? Array.from({ length: config.numLayers }, () => 1);
   if (layerWeights.length !== config.numLayers) throw new RangeError(`${layerWeights.length} layer weights for ${config.numLayers} layers`);
+  if (!isResident(weights)) return applyStreamedCut(model, weights, spec, alpha, layerWeights);
   const direction = gpu.upload(spec.direction, 'cut direction');
   const matrices: CutMatrix[] = [];
   const batch = gpu.batch('cut');
@@ -130,11 +140,91 @@ export async function applyCut(model: LlamaModel, spec: CutSpec): Promise<Applie
     }
     await batch.submit();
   } catch (error) {
-    new AppliedCut(model, matrices, direction, false).release();
+    new ResidentCut(model, matrices, direction, false).release();
     throw error;
   }
   for (const m of matrices) model.modifiedTensors.add(m.matrix.name);
-  return new AppliedCut(model, matrices, direction, spec.preserveRowNorm ?? false);
+  return new ResidentCut(model, matrices, direction, spec.preserveRowNorm ?? false);
+}
+
+/**
+ * The same cut on streamed weights: each matrix is uploaded, cut on the GPU, read back into the
+ * host-side overlay that later uploads and the export read from, and freed. Undo restores the
+ * overlay as it was, exactly.
+ */
+async function applyStreamedCut(model: LlamaModel, weights: StreamedWeights, spec: CutSpec, alpha: number, layerWeights: readonly number[]): Promise<AppliedCut> {
+  const { gpu, config } = model;
+  const replaced = weights.source.replaced;
+  const previous = new Map<string, Uint8Array | undefined>();
+  const wasModified = new Set(model.modifiedTensors);
+  const direction = gpu.upload(spec.direction, 'cut direction');
+  const preserveRowNorm = spec.preserveRowNorm ?? false;
+  const cutOne = (name: string, matrixAlpha: number, embedding: boolean) =>
+    weights.withMatrix(name, async (matrix) => {
+      const scratch = gpu.createBuffer((embedding ? matrix.rows : matrix.cols) * 4, `${name} factor`);
+      try {
+        const batch = gpu.batch(`cut ${name}`);
+        if (embedding) {
+          recordMatmul(batch, { x: direction, tokens: 1, weight: matrix, y: scratch });
+          recordRank1Update(batch, { matrix, a: scratch, b: direction, alpha: matrixAlpha, preserveRowNorm });
+        } else {
+          recordColumnDot(batch, { matrix, d: direction, v: scratch });
+          recordRank1Update(batch, { matrix, a: direction, b: scratch, alpha: matrixAlpha, preserveRowNorm });
+        }
+        await batch.submit();
+        if (!previous.has(name)) previous.set(name, replaced.get(name));
+        replaced.set(name, await readMatrixBytes(gpu, matrix));
+        model.modifiedTensors.add(name);
+      } finally {
+        gpu.destroyBuffer(scratch);
+      }
+    });
+  try {
+    if (spec.embedding) await cutOne('model.embed_tokens.weight', alpha, true);
+    for (let l = 0; l < config.numLayers; l++) {
+      const layerAlpha = alpha * layerWeights[l]!;
+      if (layerAlpha === 0) continue;
+      await cutOne(`model.layers.${l}.self_attn.o_proj.weight`, layerAlpha, false);
+      await cutOne(`model.layers.${l}.mlp.down_proj.weight`, layerAlpha, false);
+    }
+  } catch (error) {
+    restore(previous, replaced);
+    gpu.destroyBuffer(direction);
+    throw error;
+  }
+  gpu.destroyBuffer(direction);
+  let done = false;
+  return {
+    tensors: [...previous.keys()],
+    async undo() {
+      if (done) return;
+      done = true;
+      restore(previous, replaced);
+      for (const name of previous.keys()) if (!wasModified.has(name)) model.modifiedTensors.delete(name);
+    },
+    release() {
+      done = true;
+    },
+  };
+}
+
+function restore(previous: ReadonlyMap<string, Uint8Array | undefined>, replaced: Map<string, Uint8Array>): void {
+  for (const [name, bytes] of previous) {
+    if (bytes) replaced.set(name, bytes);
+    else replaced.delete(name);
+  }
+}
+
+/** The stored bytes of a matrix on the GPU, in its dtype. */
+export async function readMatrixBytes(gpu: Gpu, matrix: PackedMatrix): Promise<Uint8Array> {
+  const elementBytes = bytesPerElement(matrix.dtype);
+  const out = new Uint8Array(matrix.rows * matrix.cols * elementBytes);
+  for (const chunk of matrix.chunks) {
+    const count = chunk.rows * matrix.cols;
+    const words = new Uint32Array(await gpu.read(chunk.buffer, 0, Math.ceil((count * elementBytes) / 4) * 4));
+    out.set(unpackFromU32(words, matrix.dtype, count), chunk.rowStart * matrix.cols * elementBytes);
+  }
+  return out;
 }
 
 function copyMatrix(gpu: Gpu, batch: ReturnType<Gpu['batch']>, matrix: PackedMatrix): GPUBuffer[] {

@@ -126,11 +126,9 @@ export async function perplexity(model: LlamaModel, text: string, options: { hoo
     const nll = gpu.createBuffer((T - 1) * 4, 'nll');
     try {
       const sequences = [{ slot: 0, start: 0, length: T, firstPosition: 0 }];
-      const batch = gpu.batch('perplexity');
-      const logits = model.forward.recordStep(batch, { tokens, sequences, logits: 'all' }, cache, hooks)!;
-      recordCrossEntropy(batch, { logits, targets, nll, rows: T - 1, vocab: config.vocabSize });
-      await batch.submit();
-      hooks.endStep(gpu, sequences);
+      await model.forward.run({ tokens, sequences, logits: 'all' }, cache, hooks, (batch, logits) =>
+        recordCrossEntropy(batch, { logits: logits!, targets, nll, rows: T - 1, vocab: config.vocabSize }),
+      );
       for (const v of await gpu.readF32(nll)) totalNll += v;
       counted += T - 1;
     } finally {

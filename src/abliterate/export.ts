@@ -3,6 +3,7 @@ import type { ModelWriteTarget, TensorToWrite } from '../io/safetensorsWriter.ts
 import { writeSafetensorsModel } from '../io/safetensorsWriter.ts';
 import type { LlamaModel } from '../model/model.ts';
 import type { PackedMatrix } from '../model/packedMatrix.ts';
+import { isResident } from '../model/weights.ts';
 
 /** Files of a model folder that are not weights and are copied unchanged (tokenizer, configs, templates, docs). */
 function isCompanionFile(name: string): boolean {
@@ -21,13 +22,14 @@ export interface ExportOptions {
  * Shards are written one after another, each tensor streamed, so host memory holds one chunk.
  */
 export async function exportModel(model: LlamaModel, target: ModelWriteTarget, options: ExportOptions): Promise<void> {
-  const { tensors } = model;
-  const matrices = model.matrices();
+  const { tensors, weights } = model;
+  const modified = (name: string): Promise<Uint8Array> | AsyncIterable<Uint8Array> =>
+    isResident(weights) ? readBack(model, model.matrices().get(name)!) : weights.source.read(name);
   const list: TensorToWrite[] = [...tensors.allTensors.values()].map((info) => ({
     name: info.name,
     dtype: info.dtype,
     shape: info.shape,
-    bytes: () => (model.modifiedTensors.has(info.name) ? readBack(model, matrices.get(info.name)!) : tensors.read(info.name)),
+    bytes: () => (model.modifiedTensors.has(info.name) ? modified(info.name) : tensors.read(info.name)),
   }));
   const inputMetadata = tensors.metadata.get(tensors.files[0]!) ?? {};
   const metadata = { ...inputMetadata, format: inputMetadata.format ?? 'pt', abliteration: JSON.stringify(options.parameters) };

@@ -41,11 +41,9 @@ export async function prefillPrompts(model: LlamaModel, prompts: readonly (reado
         sequences.push({ slot, start: tokens.length, length: prompt.length, firstPosition: 0 });
         tokens.push(...prompt);
       }
-      const batch = gpu.batch(`prefill ${first}..${first + part.length}`);
-      const logits = model.forward.recordStep(batch, { tokens, sequences, logits: options.onLogits ? 'last' : 'none' }, cache, hooks);
-      if (logits && options.onLogits) await options.onLogits(batch, logits, first, part.length);
-      await batch.submit();
-      hooks.endStep(gpu, sequences);
+      await model.forward.run({ tokens, sequences, logits: options.onLogits ? 'last' : 'none' }, cache, hooks, async (batch, logits) => {
+        if (logits && options.onLogits) await options.onLogits(batch, logits, first, part.length);
+      });
       await options.afterStep?.(first, part.length);
       options.onProgress?.(first + part.length, prompts.length);
     }

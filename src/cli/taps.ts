@@ -46,10 +46,7 @@ export function registerTaps(program: Command): void {
       const cache = new KvCache(gpu, model.config, 1, tokens.length);
       try {
         const hooks = new HookRunner([{ point, positions: selector, action: { kind: 'write', buffer: out, rowsPerLayer: rows.length } }], model.config.numLayers);
-        const batch = gpu.batch('taps');
-        model.forward.recordStep(batch, { tokens, sequences, logits: 'none' }, cache, hooks);
-        await batch.submit();
-        hooks.endStep(gpu, sequences);
+        await model.forward.run({ tokens, sequences, logits: 'none' }, cache, hooks);
         const values = await gpu.readF32(out);
         const vectors = Array.from({ length: layers }, (_, l) =>
           rows.map((_, r) => Array.from(values.subarray((l * rows.length + r) * H, (l * rows.length + r + 1) * H))),

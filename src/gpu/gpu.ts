@@ -59,7 +59,8 @@ export class Gpu {
   private readonly pendingErrors: string[] = [];
   private lostReason: string | undefined;
   private disposed = false;
-  private readonly memoryBudget: number;
+  /** Bytes of buffers this device may hold at once (Infinity: as many as the adapter allows). */
+  readonly memoryBudget: number;
 
   private constructor(
     readonly device: GPUDevice,

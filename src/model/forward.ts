@@ -10,8 +10,9 @@ import { recordRope } from '../kernels/rope.ts';
 import { recordGatherRows } from '../kernels/rows.ts';
 import { ropeInverseFrequencies, type ModelConfig } from './config.ts';
 import type { KvCache } from './kvCache.ts';
-import { selectRows, type HookRunner, type StepSequence } from './taps.ts';
-import type { LlamaWeights } from './weights.ts';
+import type { PackedMatrix } from './packedMatrix.ts';
+import { selectRows, type HookRunner, type StepSequence, type TapPoint } from './taps.ts';
+import { isResident, type LayerWeights, type LlamaWeights, type StreamedWeights } from './weights.ts';
 
 /** A sequence in a forward step: its rows, positions, and the KV-cache slot it writes and reads. */
 export interface SequenceStep extends StepSequence {
@@ -24,6 +25,27 @@ export interface ForwardStep {
   sequences: readonly SequenceStep[];
   /** Which rows get logits: the last row of each sequence, every row, or none (activations only). */
   logits: 'last' | 'all' | 'none';
+}
+
+/** The buffers and inputs of one forward step. */
+interface StepContext {
+  step: ForwardStep;
+  cache: KvCache;
+  hooks: HookRunner | undefined;
+  T: number;
+  ids: GPUBuffer;
+  positions: GPUBuffer;
+  slots: GPUBuffer;
+  resid: GPUBuffer;
+  normed: GPUBuffer;
+  q: GPUBuffer;
+  k: GPUBuffer;
+  v: GPUBuffer;
+  attn: GPUBuffer;
+  attnOut: GPUBuffer;
+  gate: GPUBuffer;
+  up: GPUBuffer;
+  mlpOut: GPUBuffer;
 }
 
 /** Per-step work buffers, grown on demand and reused between steps. */
@@ -59,83 +81,152 @@ export class LlamaForward {
   constructor(
     readonly gpu: Gpu,
     readonly config: ModelConfig,
-    readonly weights: LlamaWeights,
+    readonly weights: LlamaWeights | StreamedWeights,
   ) {
     this.workspace = new Workspace(gpu);
     this.invFreq = gpu.upload(ropeInverseFrequencies(config), 'rope inverse frequencies');
   }
 
   /**
-   * Records one forward step on `batch`. Returns the logits buffer: [sequences, vocab], one row per
-   * sequence in order, when `step.logits` is 'last'; [tokens, vocab] when it is 'all'.
+   * Records one forward step on `batch` with resident weights. Returns the logits buffer:
+   * [sequences, vocab], one row per sequence in order, when `step.logits` is 'last'; [tokens, vocab]
+   * when it is 'all'. One step per batch: the step's buffers are reused by the next.
    */
   recordStep(batch: ComputeBatch, step: ForwardStep, cache: KvCache, hooks?: HookRunner): GPUBuffer | undefined {
+    const weights = this.weights;
+    if (!isResident(weights)) throw new Error('recordStep needs resident weights; use run() with streamed weights');
+    const ctx = this.begin(batch, step, cache, hooks);
+    this.recordEmbed(batch, ctx, weights.embed);
+    for (const [l, w] of weights.layers.entries()) this.recordLayer(batch, ctx, l, w);
+    return this.recordHead(batch, ctx, weights.lmHead);
+  }
+
+  /**
+   * Runs one forward step and submits it. `finish` records more work on the logits before the
+   * (last) submission. With streamed weights, each layer is uploaded, run and freed in turn, so
+   * only one layer's weights are on the GPU at a time.
+   */
+  async run(step: ForwardStep, cache: KvCache, hooks?: HookRunner, finish?: (batch: ComputeBatch, logits: GPUBuffer | undefined) => void | Promise<void>): Promise<void> {
+    const weights = this.weights;
+    if (isResident(weights)) {
+      const batch = this.gpu.batch('forward');
+      const logits = this.recordStep(batch, step, cache, hooks);
+      await finish?.(batch, logits);
+      await batch.submit();
+    } else {
+      let batch = this.gpu.batch('forward: embedding');
+      const ctx = this.begin(batch, step, cache, hooks);
+      await weights.withEmbedding(async (embed) => {
+        this.recordEmbed(batch, ctx, embed);
+        await batch.submit();
+      });
+      for (let l = 0; l < this.config.numLayers; l++) {
+        await weights.withLayer(l, async (w) => {
+          batch = this.gpu.batch(`forward: layer ${l}`);
+          this.recordLayer(batch, ctx, l, w);
+          await batch.submit();
+        });
+      }
+      await weights.withOutputProjection(async (lmHead) => {
+        batch = this.gpu.batch('forward: output');
+        const logits = this.recordHead(batch, ctx, lmHead);
+        await finish?.(batch, logits);
+        await batch.submit();
+      });
+    }
+    hooks?.endStep(this.gpu, step.sequences);
+  }
+
+  /** Allocates the step's buffers and queues its token ids, positions and slots. */
+  private begin(batch: ComputeBatch, step: ForwardStep, cache: KvCache, hooks: HookRunner | undefined): StepContext {
     const c = this.config;
-    const { sequences } = step;
     const T = step.tokens.length;
     const H = c.hiddenSize;
     const qDim = c.numHeads * c.headDim;
     const kvDim = c.numKvHeads * c.headDim;
     const ws = this.workspace;
     const f32 = 4;
+    const ctx: StepContext = {
+      step,
+      cache,
+      hooks,
+      T,
+      ids: ws.get('ids', T * 4),
+      positions: ws.get('positions', T * 4),
+      slots: ws.get('slots', T * 4),
+      resid: ws.get('resid', T * H * f32),
+      normed: ws.get('normed', T * H * f32),
+      q: ws.get('q', T * qDim * f32),
+      k: ws.get('k', T * kvDim * f32),
+      v: ws.get('v', T * kvDim * f32),
+      attn: ws.get('attn', T * qDim * f32),
+      attnOut: ws.get('attn_out', T * H * f32),
+      gate: ws.get('gate', T * c.intermediateSize * f32),
+      up: ws.get('up', T * c.intermediateSize * f32),
+      mlpOut: ws.get('mlp_out', T * H * f32),
+    };
+    this.writeStepIndices(batch, step, ctx.ids, ctx.positions, ctx.slots, cache);
+    return ctx;
+  }
 
-    const ids = ws.get('ids', T * 4);
-    const positions = ws.get('positions', T * 4);
-    const slots = ws.get('slots', T * 4);
-    this.writeStepIndices(batch, step, ids, positions, slots, cache);
+  private tap(batch: ComputeBatch, ctx: StepContext, point: TapPoint, layer: number | undefined, x: GPUBuffer): void {
+    ctx.hooks?.record(batch, point, layer, x, this.config.hiddenSize, ctx.step.sequences);
+  }
 
-    const resid = ws.get('resid', T * H * f32);
-    const normed = ws.get('normed', T * H * f32);
-    const q = ws.get('q', T * qDim * f32);
-    const k = ws.get('k', T * kvDim * f32);
-    const v = ws.get('v', T * kvDim * f32);
-    const attn = ws.get('attn', T * qDim * f32);
-    const attnOut = ws.get('attn_out', T * H * f32);
-    const gate = ws.get('gate', T * c.intermediateSize * f32);
-    const up = ws.get('up', T * c.intermediateSize * f32);
-    const mlpOut = ws.get('mlp_out', T * H * f32);
-    const tap = (point: Parameters<HookRunner['record']>[1], layer: number | undefined, x: GPUBuffer) =>
-      hooks?.record(batch, point, layer, x, H, sequences);
+  private recordEmbed(batch: ComputeBatch, ctx: StepContext, embed: PackedMatrix): void {
+    recordEmbedding(batch, { ids: ctx.ids, table: embed, out: ctx.resid, tokens: ctx.T });
+    this.tap(batch, ctx, 'embed', undefined, ctx.resid);
+  }
 
-    recordEmbedding(batch, { ids, table: this.weights.embed, out: resid, tokens: T });
-    tap('embed', undefined, resid);
+  /** One decoder layer: norm, q/k/v, rope, cache, attention, o, add, norm, gate/up, silu·mul, down, add. */
+  private recordLayer(batch: ComputeBatch, ctx: StepContext, l: number, w: LayerWeights): void {
+    const c = this.config;
+    const { T, resid, normed, q, k, v, attn, attnOut, gate, up, mlpOut, positions, slots, cache } = ctx;
+    const H = c.hiddenSize;
     const heads = { heads: c.numHeads, kvHeads: c.numKvHeads, headDim: c.headDim };
-    for (const [l, w] of this.weights.layers.entries()) {
-      tap('resid_pre', l, resid);
-      recordRmsNorm(batch, { x: resid, weight: w.inputNorm, y: normed, rows: T, dim: H, eps: c.rmsNormEps });
-      recordMatmul(batch, { x: normed, tokens: T, weight: w.q, bias: w.qBias, y: q });
-      recordMatmul(batch, { x: normed, tokens: T, weight: w.k, bias: w.kBias, y: k });
-      recordMatmul(batch, { x: normed, tokens: T, weight: w.v, bias: w.vBias, y: v });
-      recordRope(batch, { x: q, positions, invFreq: this.invFreq, tokens: T, heads: c.numHeads, headDim: c.headDim });
-      recordRope(batch, { x: k, positions, invFreq: this.invFreq, tokens: T, heads: c.numKvHeads, headDim: c.headDim });
-      recordKvCacheWrite(batch, { k, v, kCache: cache.keys[l]!, vCache: cache.values[l]!, positions, slots, tokens: T, kvHeads: c.numKvHeads, headDim: c.headDim, maxLen: cache.maxLen });
-      recordAttention(batch, { q, kCache: cache.keys[l]!, vCache: cache.values[l]!, positions, slots, out: attn, tokens: T, ...heads, maxLen: cache.maxLen });
-      recordMatmul(batch, { x: attn, tokens: T, weight: w.o, bias: w.oBias, y: attnOut });
-      tap('attn_out', l, attnOut);
-      recordAdd(batch, { x: resid, y: attnOut, n: T * H });
-      tap('resid_mid', l, resid);
-      recordRmsNorm(batch, { x: resid, weight: w.postAttentionNorm, y: normed, rows: T, dim: H, eps: c.rmsNormEps });
-      recordMatmul(batch, { x: normed, tokens: T, weight: w.gate, bias: w.gateBias, y: gate });
-      recordMatmul(batch, { x: normed, tokens: T, weight: w.up, bias: w.upBias, y: up });
-      recordSiluMul(batch, { gate, up, n: T * c.intermediateSize });
-      recordMatmul(batch, { x: gate, tokens: T, weight: w.down, bias: w.downBias, y: mlpOut });
-      tap('mlp_out', l, mlpOut);
-      recordAdd(batch, { x: resid, y: mlpOut, n: T * H });
-      tap('resid_post', l, resid);
-    }
+    this.tap(batch, ctx, 'resid_pre', l, resid);
+    recordRmsNorm(batch, { x: resid, weight: w.inputNorm, y: normed, rows: T, dim: H, eps: c.rmsNormEps });
+    recordMatmul(batch, { x: normed, tokens: T, weight: w.q, bias: w.qBias, y: q });
+    recordMatmul(batch, { x: normed, tokens: T, weight: w.k, bias: w.kBias, y: k });
+    recordMatmul(batch, { x: normed, tokens: T, weight: w.v, bias: w.vBias, y: v });
+    recordRope(batch, { x: q, positions, invFreq: this.invFreq, tokens: T, heads: c.numHeads, headDim: c.headDim });
+    recordRope(batch, { x: k, positions, invFreq: this.invFreq, tokens: T, heads: c.numKvHeads, headDim: c.headDim });
+    recordKvCacheWrite(batch, { k, v, kCache: cache.keys[l]!, vCache: cache.values[l]!, positions, slots, tokens: T, kvHeads: c.numKvHeads, headDim: c.headDim, maxLen: cache.maxLen });
+    recordAttention(batch, { q, kCache: cache.keys[l]!, vCache: cache.values[l]!, positions, slots, out: attn, tokens: T, ...heads, maxLen: cache.maxLen });
+    recordMatmul(batch, { x: attn, tokens: T, weight: w.o, bias: w.oBias, y: attnOut });
+    this.tap(batch, ctx, 'attn_out', l, attnOut);
+    recordAdd(batch, { x: resid, y: attnOut, n: T * H });
+    this.tap(batch, ctx, 'resid_mid', l, resid);
+    recordRmsNorm(batch, { x: resid, weight: w.postAttentionNorm, y: normed, rows: T, dim: H, eps: c.rmsNormEps });
+    recordMatmul(batch, { x: normed, tokens: T, weight: w.gate, bias: w.gateBias, y: gate });
+    recordMatmul(batch, { x: normed, tokens: T, weight: w.up, bias: w.upBias, y: up });
+    recordSiluMul(batch, { gate, up, n: T * c.intermediateSize });
+    recordMatmul(batch, { x: gate, tokens: T, weight: w.down, bias: w.downBias, y: mlpOut });
+    this.tap(batch, ctx, 'mlp_out', l, mlpOut);
+    recordAdd(batch, { x: resid, y: mlpOut, n: T * H });
+    this.tap(batch, ctx, 'resid_post', l, resid);
+  }
 
-    const normAll = (hooks?.has('final_norm') ?? false) || step.logits === 'all';
+  /** The final norm and the output projection, for the rows that need logits. */
+  private recordHead(batch: ComputeBatch, ctx: StepContext, lmHead: PackedMatrix): GPUBuffer | undefined {
+    const c = this.config;
+    const { T, resid, normed, step } = ctx;
+    const { sequences } = step;
+    const H = c.hiddenSize;
+    const ws = this.workspace;
+    const f32 = 4;
+    const finalNorm = this.weights.finalNorm;
+    const normAll = (ctx.hooks?.has('final_norm') ?? false) || step.logits === 'all';
     if (normAll) {
-      recordRmsNorm(batch, { x: resid, weight: this.weights.finalNorm, y: normed, rows: T, dim: H, eps: c.rmsNormEps });
-      tap('final_norm', undefined, normed);
+      recordRmsNorm(batch, { x: resid, weight: finalNorm, y: normed, rows: T, dim: H, eps: c.rmsNormEps });
+      this.tap(batch, ctx, 'final_norm', undefined, normed);
     }
     if (step.logits === 'none') return undefined;
     if (step.logits === 'all') {
       const logits = ws.get('logits', T * c.vocabSize * f32);
-      recordMatmul(batch, { x: normed, tokens: T, weight: this.weights.lmHead, y: logits });
+      recordMatmul(batch, { x: normed, tokens: T, weight: lmHead, y: logits });
       return logits;
     }
-
     // Logits only for the last row of each sequence: gather, normalise, project.
     const S = sequences.length;
     const lastRows = ws.get('last_rows', S * 4);
@@ -146,10 +237,10 @@ export class LlamaForward {
     } else {
       const lastResid = ws.get('last_resid', S * H * f32);
       recordGatherRows(batch, { x: resid, rows: lastRows, count: S, dim: H, out: lastResid });
-      recordRmsNorm(batch, { x: lastResid, weight: this.weights.finalNorm, y: last, rows: S, dim: H, eps: c.rmsNormEps });
+      recordRmsNorm(batch, { x: lastResid, weight: finalNorm, y: last, rows: S, dim: H, eps: c.rmsNormEps });
     }
     const logits = ws.get('logits', S * c.vocabSize * f32);
-    recordMatmul(batch, { x: last, tokens: S, weight: this.weights.lmHead, y: logits });
+    recordMatmul(batch, { x: last, tokens: S, weight: lmHead, y: logits });
     return logits;
   }
 

@@ -76,17 +76,15 @@ async function generateBatch(model: LlamaModel, prompts: readonly (readonly numb
     }
     for (let step = 0; step < options.maxNewTokens && sequences.length > 0; step++) {
       if (options.signal?.aborted) throw options.signal.reason ?? new Error('aborted');
-      const batch = gpu.batch(step === 0 ? 'prefill' : 'decode');
-      const logits = model.forward.recordStep(batch, { tokens: stepTokens, sequences, logits: 'last' }, cache, hooks)!;
       const rows = sequences.length;
-      if (temperature > 0) {
-        batch.write(uniforms, Float32Array.from({ length: rows }, () => random()));
-        recordSample(batch, { logits, rows, cols: config.vocabSize, random: uniforms, out: chosen, temperature, topK: options.topK ?? 0, topP: options.topP ?? 1 });
-      } else {
-        recordArgmax(batch, { logits, rows, cols: config.vocabSize, out: chosen });
-      }
-      await batch.submit();
-      hooks.endStep(gpu, sequences);
+      await model.forward.run({ tokens: stepTokens, sequences, logits: 'last' }, cache, hooks, (batch, logits) => {
+        if (temperature > 0) {
+          batch.write(uniforms, Float32Array.from({ length: rows }, () => random()));
+          recordSample(batch, { logits: logits!, rows, cols: config.vocabSize, random: uniforms, out: chosen, temperature, topK: options.topK ?? 0, topP: options.topP ?? 1 });
+        } else {
+          recordArgmax(batch, { logits: logits!, rows, cols: config.vocabSize, out: chosen });
+        }
+      });
       const picked = await gpu.readU32(chosen, 0, rows);
       const next: SequenceStep[] = [];
       stepTokens = [];

@@ -1,19 +1,42 @@
 import type { FileFolder } from '../io/byteSource.ts';
+import { formatBytes, GpuOutOfMemoryError } from '../gpu/errors.ts';
 import type { Gpu } from '../gpu/gpu.ts';
 import { SafetensorsModel } from '../io/safetensors.ts';
 import { loadModelConfig, type ModelConfig } from './config.ts';
 import { LlamaForward } from './forward.ts';
 import { ChatTokenizer, TokenizerError } from './tokenizer.ts';
 import type { PackedMatrix } from './packedMatrix.ts';
-import { destroyLlamaWeights, uploadLlamaWeights, type LlamaWeights } from './weights.ts';
+import {
+  checkTensors,
+  destroyLlamaWeights,
+  isResident,
+  layerMatrices,
+  StreamedWeights,
+  TensorOverlay,
+  uploadLlamaWeights,
+  uploadVector,
+  type LlamaWeights,
+} from './weights.ts';
+
+/**
+ * Where the weights live: all on the GPU (resident), or uploaded one layer at a time for each
+ * forward step (streamed) when they do not fit the GPU memory budget. 'auto' streams only then.
+ */
+export type Residency = 'auto' | 'resident' | 'streamed';
 
 export interface LoadOptions {
+  residency?: Residency;
   onProgress?: (done: number, total: number) => void;
 }
+
+/** Share of the memory budget the weights may take before 'auto' streams them (the rest: activations, KV cache). */
+const RESIDENT_SHARE = 0.75;
 
 /** A Llama-family model on the GPU: config, tokenizer, weights, and its forward pass. */
 export class LlamaModel {
   private disposed = false;
+  /** Names of tensors changed since loading (by a cut); export writes these from the GPU or the overlay. */
+  readonly modifiedTensors = new Set<string>();
 
   private constructor(
     readonly gpu: Gpu,
@@ -21,7 +44,7 @@ export class LlamaModel {
     readonly config: ModelConfig,
     private readonly chatTokenizer: ChatTokenizer | undefined,
     readonly tensors: SafetensorsModel,
-    readonly weights: LlamaWeights,
+    readonly weights: LlamaWeights | StreamedWeights,
     readonly forward: LlamaForward,
   ) {}
 
@@ -30,8 +53,28 @@ export class LlamaModel {
     // The forward pass needs no tokenizer: a folder of weights alone can still be run on token ids.
     const tokenizer = (await folder.has('tokenizer.json')) ? await ChatTokenizer.fromFolder(folder, { modelConfig: config }) : undefined;
     const tensors = await SafetensorsModel.open(folder);
-    const weights = await uploadLlamaWeights(gpu, config, tensors, options.onProgress);
+    checkTensors(config, tensors);
+    const residency = options.residency ?? 'auto';
+    const total = [...tensors.tensors.values()].reduce((n, t) => n + t.byteLength, 0);
+    const streamed = residency === 'streamed' || (residency === 'auto' && total > gpu.memoryBudget * RESIDENT_SHARE);
+    let weights: LlamaWeights | StreamedWeights;
+    if (streamed) {
+      const peak = StreamedWeights.peakBytes(config, tensors);
+      if (peak > gpu.memoryBudget) {
+        throw new GpuOutOfMemoryError(
+          `${folder.name}: even streamed one layer at a time, the weights need ${formatBytes(peak)} of GPU memory at once, more than the budget of ${formatBytes(gpu.memoryBudget)}`,
+        );
+      }
+      weights = new StreamedWeights(gpu, config, new TensorOverlay(tensors), await uploadVector(gpu, tensors, 'model.norm.weight'));
+      options.onProgress?.(1, 1);
+    } else {
+      weights = await uploadLlamaWeights(gpu, config, tensors, options.onProgress);
+    }
     return new LlamaModel(gpu, folder, config, tokenizer, tensors, weights, new LlamaForward(gpu, config, weights));
+  }
+
+  get residency(): 'resident' | 'streamed' {
+    return isResident(this.weights) ? 'resident' : 'streamed';
   }
 
   get tokenizer(): ChatTokenizer {
@@ -39,17 +82,15 @@ export class LlamaModel {
     return this.chatTokenizer;
   }
 
-  /** Names of tensors changed on the GPU since loading (by a cut); export writes these from the GPU. */
-  readonly modifiedTensors = new Set<string>();
-
-  /** Every weight matrix on the GPU by its tensor name (the tied output projection appears once). */
+  /** Every weight matrix on the GPU by its tensor name (resident weights; the tied output projection appears once). */
   matrices(): Map<string, PackedMatrix> {
     const w = this.weights;
-    const all = [w.embed, w.lmHead, ...w.layers.flatMap((l) => [l.q, l.k, l.v, l.o, l.gate, l.up, l.down])];
+    if (!isResident(w)) throw new Error('the weights are streamed: no matrix stays on the GPU');
+    const all = [w.embed, w.lmHead, ...w.layers.flatMap(layerMatrices)];
     return new Map(all.map((m) => [m.name, m]));
   }
 
-  /** Bytes of weights on the GPU. */
+  /** Bytes of the weights in their files. */
   get weightBytes(): number {
     let total = 0;
     for (const info of this.tensors.tensors.values()) total += info.byteLength;
@@ -60,6 +101,7 @@ export class LlamaModel {
     if (this.disposed) return;
     this.disposed = true;
     this.forward.dispose();
-    destroyLlamaWeights(this.gpu, this.weights);
+    if (isResident(this.weights)) destroyLlamaWeights(this.gpu, this.weights);
+    else this.weights.dispose();
   }
 }

@@ -83,8 +83,11 @@ export function checkTensors(config: ModelConfig, model: SafetensorsModel): void
   }
 }
 
+/** Reads tensors by name: the safetensors files, or those with some tensors replaced (a streamed cut). */
+export type TensorSource = Pick<SafetensorsModel, 'tensor' | 'read' | 'readRange'>;
+
 /** Uploads a 2-D tensor of the file in its dtype, reading it chunk by chunk. */
-export function uploadTensorMatrix(gpu: Gpu, model: SafetensorsModel, name: string): Promise<PackedMatrix> {
+export function uploadTensorMatrix(gpu: Gpu, model: TensorSource, name: string): Promise<PackedMatrix> {
   const info = model.tensor(name);
   const [rows, cols] = info.shape as [number, number];
   const rowBytes = cols * bytesPerElement(info.dtype);
@@ -92,51 +95,177 @@ export function uploadTensorMatrix(gpu: Gpu, model: SafetensorsModel, name: stri
 }
 
 /** Uploads a 1-D tensor (norm weights, biases) converted to f32: they are small and never modified. */
-export async function uploadVector(gpu: Gpu, model: SafetensorsModel, name: string): Promise<GPUBuffer> {
+export async function uploadVector(gpu: Gpu, model: TensorSource, name: string): Promise<GPUBuffer> {
   return gpu.upload(decodeToFloat32(await model.read(name), model.tensor(name).dtype), name);
 }
 
-export async function uploadLlamaWeights(gpu: Gpu, config: ModelConfig, model: SafetensorsModel, onProgress?: (done: number, total: number) => void): Promise<LlamaWeights> {
-  checkTensors(config, model);
-  const total = config.numLayers + 2;
-  const embed = await uploadTensorMatrix(gpu, model, 'model.embed_tokens.weight');
-  onProgress?.(1, total);
-  const layers: LayerWeights[] = [];
-  for (let l = 0; l < config.numLayers; l++) {
-    const p = `model.layers.${l}`;
-    const bias = (present: boolean, name: string) => (present ? uploadVector(gpu, model, `${p}.${name}.bias`) : undefined);
-    layers.push({
-      inputNorm: await uploadVector(gpu, model, `${p}.input_layernorm.weight`),
-      postAttentionNorm: await uploadVector(gpu, model, `${p}.post_attention_layernorm.weight`),
-      q: await uploadTensorMatrix(gpu, model, `${p}.self_attn.q_proj.weight`),
-      k: await uploadTensorMatrix(gpu, model, `${p}.self_attn.k_proj.weight`),
-      v: await uploadTensorMatrix(gpu, model, `${p}.self_attn.v_proj.weight`),
-      o: await uploadTensorMatrix(gpu, model, `${p}.self_attn.o_proj.weight`),
+/** Uploads one decoder layer's weights; on failure (out of memory, a read error) frees what it uploaded. */
+export async function uploadLayer(gpu: Gpu, config: ModelConfig, model: TensorSource, l: number): Promise<LayerWeights> {
+  const p = `model.layers.${l}`;
+  const uploaded: (GPUBuffer | PackedMatrix)[] = [];
+  const track = async <T extends GPUBuffer | PackedMatrix>(upload: Promise<T>): Promise<T> => {
+    const item = await upload;
+    uploaded.push(item);
+    return item;
+  };
+  const matrix = (name: string) => track(uploadTensorMatrix(gpu, model, `${p}.${name}.weight`));
+  const vector = (name: string) => track(uploadVector(gpu, model, `${p}.${name}`));
+  const bias = (present: boolean, name: string) => (present ? vector(`${name}.bias`) : undefined);
+  try {
+    return {
+      inputNorm: await vector('input_layernorm.weight'),
+      postAttentionNorm: await vector('post_attention_layernorm.weight'),
+      q: await matrix('self_attn.q_proj'),
+      k: await matrix('self_attn.k_proj'),
+      v: await matrix('self_attn.v_proj'),
+      o: await matrix('self_attn.o_proj'),
       qBias: await bias(config.attentionBias, 'self_attn.q_proj'),
       kBias: await bias(config.attentionBias, 'self_attn.k_proj'),
       vBias: await bias(config.attentionBias, 'self_attn.v_proj'),
       oBias: await bias(config.oProjBias, 'self_attn.o_proj'),
-      gate: await uploadTensorMatrix(gpu, model, `${p}.mlp.gate_proj.weight`),
-      up: await uploadTensorMatrix(gpu, model, `${p}.mlp.up_proj.weight`),
-      down: await uploadTensorMatrix(gpu, model, `${p}.mlp.down_proj.weight`),
+      gate: await matrix('mlp.gate_proj'),
+      up: await matrix('mlp.up_proj'),
+      down: await matrix('mlp.down_proj'),
       gateBias: await bias(config.mlpBias, 'mlp.gate_proj'),
       upBias: await bias(config.mlpBias, 'mlp.up_proj'),
       downBias: await bias(config.mlpBias, 'mlp.down_proj'),
-    });
-    onProgress?.(l + 2, total);
+    };
+  } catch (error) {
+    for (const item of uploaded) {
+      if ('chunks' in item) destroyMatrix(gpu, item);
+      else gpu.destroyBuffer(item);
+    }
+    throw error;
   }
-  const finalNorm = await uploadVector(gpu, model, 'model.norm.weight');
-  const lmHead = config.tieWordEmbeddings ? embed : await uploadTensorMatrix(gpu, model, 'lm_head.weight');
+}
+
+export function layerMatrices(layer: LayerWeights): PackedMatrix[] {
+  return [layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up, layer.down];
+}
+
+export function destroyMatrix(gpu: Gpu, matrix: PackedMatrix): void {
+  for (const c of matrix.chunks) gpu.destroyBuffer(c.buffer);
+}
+
+export function destroyLayer(gpu: Gpu, layer: LayerWeights): void {
+  for (const m of layerMatrices(layer)) destroyMatrix(gpu, m);
+  for (const v of [layer.inputNorm, layer.postAttentionNorm, layer.qBias, layer.kBias, layer.vBias, layer.oBias, layer.gateBias, layer.upBias, layer.downBias]) {
+    if (v) gpu.destroyBuffer(v);
+  }
+}
+
+export async function uploadLlamaWeights(gpu: Gpu, config: ModelConfig, model: TensorSource, onProgress?: (done: number, total: number) => void): Promise<LlamaWeights> {
+  const total = config.numLayers + 2;
+  const layers: LayerWeights[] = [];
+  let embed: PackedMatrix | undefined;
+  let lmHead: PackedMatrix | undefined;
+  let finalNorm: GPUBuffer | undefined;
+  try {
+    embed = await uploadTensorMatrix(gpu, model, 'model.embed_tokens.weight');
+    onProgress?.(1, total);
+    for (let l = 0; l < config.numLayers; l++) {
+      layers.push(await uploadLayer(gpu, config, model, l));
+      onProgress?.(l + 2, total);
+    }
+    finalNorm = await uploadVector(gpu, model, 'model.norm.weight');
+    lmHead = config.tieWordEmbeddings ? embed : await uploadTensorMatrix(gpu, model, 'lm_head.weight');
+  } catch (error) {
+    // Out of memory half-way (or a read error): free what was uploaded.
+    if (embed) destroyMatrix(gpu, embed);
+    if (lmHead && lmHead !== embed) destroyMatrix(gpu, lmHead);
+    if (finalNorm) gpu.destroyBuffer(finalNorm);
+    for (const l of layers) destroyLayer(gpu, l);
+    throw error;
+  }
   onProgress?.(total, total);
   return { embed, layers, finalNorm, lmHead };
 }
 
 export function destroyLlamaWeights(gpu: Gpu, weights: LlamaWeights): void {
-  const matrices = [weights.embed, weights.lmHead, ...weights.layers.flatMap((l) => [l.q, l.k, l.v, l.o, l.gate, l.up, l.down])];
-  for (const m of matrices) for (const c of m.chunks) gpu.destroyBuffer(c.buffer);
-  const vectors = [
-    weights.finalNorm,
-    ...weights.layers.flatMap((l) => [l.inputNorm, l.postAttentionNorm, l.qBias, l.kBias, l.vBias, l.oBias, l.gateBias, l.upBias, l.downBias]),
-  ];
-  for (const v of vectors) if (v) gpu.destroyBuffer(v);
+  destroyMatrix(gpu, weights.embed);
+  if (weights.lmHead !== weights.embed) destroyMatrix(gpu, weights.lmHead);
+  for (const l of weights.layers) destroyLayer(gpu, l);
+  gpu.destroyBuffer(weights.finalNorm);
+}
+
+/**
+ * Tensors read from the model's files, except those replaced by new bytes (the matrices a cut
+ * changed while the weights are streamed): those stay in host memory until exported.
+ */
+export class TensorOverlay implements TensorSource {
+  readonly replaced = new Map<string, Uint8Array>();
+
+  constructor(private readonly files: SafetensorsModel) {}
+
+  tensor(name: string) {
+    return this.files.tensor(name);
+  }
+
+  async read(name: string): Promise<Uint8Array> {
+    return this.replaced.get(name) ?? this.files.read(name);
+  }
+
+  async readRange(name: string, byteStart: number, byteLength: number): Promise<Uint8Array> {
+    const bytes = this.replaced.get(name);
+    return bytes ? bytes.subarray(byteStart, byteStart + byteLength) : this.files.readRange(name, byteStart, byteLength);
+  }
+}
+
+/**
+ * Weights kept off the GPU and uploaded when needed: one decoder layer (or the embedding, or the
+ * output projection) at a time, for models larger than the GPU memory the run may use.
+ */
+export class StreamedWeights {
+  constructor(
+    private readonly gpu: Gpu,
+    private readonly config: ModelConfig,
+    readonly source: TensorOverlay,
+    readonly finalNorm: GPUBuffer,
+  ) {}
+
+  async withEmbedding<T>(work: (embed: PackedMatrix) => Promise<T>): Promise<T> {
+    return this.withMatrix('model.embed_tokens.weight', work);
+  }
+
+  async withOutputProjection<T>(work: (lmHead: PackedMatrix) => Promise<T>): Promise<T> {
+    return this.withMatrix(this.config.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight', work);
+  }
+
+  async withMatrix<T>(name: string, work: (matrix: PackedMatrix) => Promise<T>): Promise<T> {
+    const matrix = await uploadTensorMatrix(this.gpu, this.source, name);
+    try {
+      return await work(matrix);
+    } finally {
+      destroyMatrix(this.gpu, matrix);
+    }
+  }
+
+  async withLayer<T>(l: number, work: (layer: LayerWeights) => Promise<T>): Promise<T> {
+    const layer = await uploadLayer(this.gpu, this.config, this.source, l);
+    try {
+      return await work(layer);
+    } finally {
+      destroyLayer(this.gpu, layer);
+    }
+  }
+
+  /** Largest set of weights on the GPU at once: the biggest of the embedding, the output projection and one layer. */
+  static peakBytes(config: ModelConfig, files: SafetensorsModel): number {
+    const bytes = (name: string) => (files.tensors.get(name)?.byteLength ?? 0);
+    let layer = 0;
+    for (let l = 0; l < config.numLayers; l++) {
+      let sum = 0;
+      for (const [name, info] of files.tensors) if (name.startsWith(`model.layers.${l}.`)) sum += info.byteLength;
+      layer = Math.max(layer, sum);
+    }
+    return Math.max(bytes('model.embed_tokens.weight'), bytes('lm_head.weight'), layer);
+  }
+
+  dispose(): void {
+    this.gpu.destroyBuffer(this.finalNorm);
+  }
+}
+
+export function isResident(weights: LlamaWeights | StreamedWeights): weights is LlamaWeights {
+  return !(weights instanceof StreamedWeights);
 }

@@ -4,6 +4,7 @@ import { ablationHooks, uploadBasis } from '../../src/abliterate/ablation.ts';
 import { applyCut, layerWeights } from '../../src/abliterate/cut.ts';
 import { KvCache } from '../../src/model/kvCache.ts';
 import type { LlamaModel } from '../../src/model/model.ts';
+import type { LlamaWeights } from '../../src/model/weights.ts';
 import { HookRunner, type Hook } from '../../src/model/taps.ts';
 import { relativeError } from '../helpers/compare.ts';
 import { testGpu } from '../helpers/gpu.ts';
@@ -112,7 +113,7 @@ describe('cut', () => {
       const rng = new Random(random.seed);
       const direction = unit(rng, random.config.hiddenSize);
       const cut = await applyCut(model, { direction, layerWeights: [1, 0, 0.5] });
-      for (const [l, layer] of model.weights.layers.entries()) {
+      for (const [l, layer] of (model.weights as LlamaWeights).layers.entries()) {
         const w = new Float32Array(await gpu.read(layer.o.chunks[0]!.buffer));
         const cols = layer.o.cols;
         // dᵀW after the cut is (1 − α_l) times dᵀW before.
