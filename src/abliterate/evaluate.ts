@@ -33,8 +33,9 @@ export async function evaluateRefusals(
   prompts: readonly string[],
   options: EvaluationRunOptions & { maxNewTokens?: number; markers?: readonly string[] } = {},
 ): Promise<RefusalEvaluation> {
-  const result = await generate(model, chatTokens(model, prompts), {
-    maxNewTokens: options.maxNewTokens ?? 64,
+  const maxNewTokens = options.maxNewTokens ?? 64;
+  const result = await generate(model, chatTokens(model, prompts, { reserve: maxNewTokens }), {
+    maxNewTokens,
     hooks: options.hooks,
     batchSize: options.batchSize,
     onProgress: options.onProgress,

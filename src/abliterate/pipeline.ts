@@ -1,3 +1,4 @@
+import { mulberry32 } from '../model/generate.ts';
 import type { LlamaModel } from '../model/model.ts';
 import { ablationHooks, uploadBasis } from './ablation.ts';
 import { applyCut, layerWeights, type AppliedCut, type LayerKernel, type LayerSelection } from './cut.ts';
@@ -36,6 +37,11 @@ export interface AbliterationSettings {
   maxNewTokens: number;
   batchSize: number;
   markers: readonly string[];
+  /**
+   * Prompts of each kind measured, sampled evenly from the sets (0: all). The mean of a few hundred
+   * last-token residuals already fixes the direction; Arditi et al. use 128 of each.
+   */
+  measurePrompts: number;
 }
 
 export const DEFAULT_SETTINGS: AbliterationSettings = {
@@ -51,7 +57,20 @@ export const DEFAULT_SETTINGS: AbliterationSettings = {
   maxNewTokens: 64,
   batchSize: 32,
   markers: DEFAULT_REFUSAL_MARKERS,
+  measurePrompts: 256,
 };
+
+/** A seeded sample of n items in their original order (all of them when n is 0 or larger than the set). */
+export function samplePrompts<T>(items: readonly T[], n: number, seed = 1): T[] {
+  if (n <= 0 || n >= items.length) return [...items];
+  const random = mulberry32(seed);
+  const keys = items.map((_, i) => [random(), i] as const).sort((a, b) => a[0] - b[0]);
+  return keys
+    .slice(0, n)
+    .map(([, i]) => i)
+    .sort((a, b) => a - b)
+    .map((i) => items[i]!);
+}
 
 export interface ModelEvaluation {
   harmful_refusal_rate: number;
@@ -114,7 +133,11 @@ export async function runAbliteration(model: LlamaModel, sets: PromptSets, setti
   const { batchSize } = settings;
 
   const measurement = await stage('measure', (progress) =>
-    measure(model, chatTokens(model, sets.harmful), chatTokens(model, sets.harmless), { batchSize, onProgress: progress, signal }),
+    measure(model, chatTokens(model, samplePrompts(sets.harmful, settings.measurePrompts)), chatTokens(model, samplePrompts(sets.harmless, settings.measurePrompts)), {
+      batchSize,
+      onProgress: progress,
+      signal,
+    }),
   );
 
   const validationHarmful = sets.validationHarmful ?? sets.evalHarmful.slice(0, 32);

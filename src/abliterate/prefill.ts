@@ -1,5 +1,5 @@
 import type { ComputeBatch } from '../gpu/batch.ts';
-import { KvCache } from '../model/kvCache.ts';
+import { contextLength, KvCache } from '../model/kvCache.ts';
 import type { LlamaModel } from '../model/model.ts';
 import { HookRunner, type Hook } from '../model/taps.ts';
 import type { SequenceStep } from '../model/forward.ts';
@@ -52,7 +52,23 @@ export async function prefillPrompts(model: LlamaModel, prompts: readonly (reado
   }
 }
 
-/** Each prompt as one user message in the model's chat template, with the generation prompt. */
-export function chatTokens(model: LlamaModel, prompts: readonly string[]): number[][] {
-  return prompts.map((p) => model.tokenizer.encodeChat(p));
+/**
+ * Each prompt as one user message in the model's chat template, with the generation prompt. A prompt
+ * longer than the model's context (less `reserve` positions for new tokens, at most half of it) has
+ * the end of its message cut to fit, with a warning through the model.
+ */
+export function chatTokens(model: LlamaModel, prompts: readonly string[], options: { reserve?: number } = {}): number[][] {
+  const context = contextLength(model.config);
+  const limit = context - Math.min(options.reserve ?? 0, Math.floor(context / 2));
+  const cut: number[] = [];
+  const tokens = prompts.map((p, i) => {
+    const { ids, truncatedFrom } = model.tokenizer.encodeChatWithin(p, limit);
+    if (truncatedFrom !== undefined) cut.push(i);
+    return ids;
+  });
+  if (cut.length > 0) {
+    const shown = cut.slice(0, 5).map((i) => i + 1).join(', ') + (cut.length > 5 ? `, and ${cut.length - 5} more` : '');
+    model.warn(`${cut.length} of ${prompts.length} prompts cut to ${limit} tokens to fit the model's context of ${context} positions (prompt ${shown})`);
+  }
+  return tokens;
 }

@@ -54,7 +54,7 @@ export function progressBar(label: string, total: number): Progress {
 export async function loadModel(gpu: Gpu, dir: string): Promise<LlamaModel> {
   const bar = progressBar('loading weights', 1);
   try {
-    return await LlamaModel.load(gpu, new NodeFolder(resolve(dir)), { onProgress: (done, total) => bar.update(done, total) });
+    return await LlamaModel.load(gpu, new NodeFolder(resolve(dir)), { onProgress: (done, total) => bar.update(done, total), onWarning: (m) => status(`warning: ${m}`) });
   } finally {
     bar.stop();
   }

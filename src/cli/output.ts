@@ -1,39 +1,12 @@
 import type { AbliterationResult } from '../abliterate/pipeline.ts';
 import { writeDirections } from '../abliterate/directionsFile.ts';
 import { exportModel } from '../abliterate/export.ts';
-import { createOutputFolder, type OutputFolder } from '../io/outputFolder.ts';
+import { createOutputFolder, OutputWriteError, type OutputFolder } from '../io/outputFolder.ts';
 import type { LlamaModel } from '../model/model.ts';
+import { DIRECTIONS_FILE, REPORT_FILE, reportOf } from '../abliterate/report.ts';
 
-export const REPORT_FILE = 'abliteration_report.json';
-export const DIRECTIONS_FILE = 'refusal_direction.safetensors';
-
-/** The JSON report of a run: the figures a user and a script need, without the per-token data. */
-export function reportOf(result: AbliterationResult, model: LlamaModel, parameters: Record<string, unknown>, output: string | null, adapter: string) {
-  const evaluation = (e: AbliterationResult['before']) => ({
-    harmful_refusal_rate: e.harmful_refusal_rate,
-    harmless_refusal_rate: e.harmless_refusal_rate,
-    kl: e.kl,
-    perplexity: e.perplexity,
-    samples: {
-      harmful: e.harmful_answers.slice(0, 5),
-      harmless: e.harmless_answers.slice(0, 5),
-    },
-  });
-  return {
-    model: model.folder.name,
-    adapter,
-    layer: result.layer,
-    selection: result.selection,
-    scores: result.scores.map((s) => ({ layer: s.layer, gap: s.gap, relative_gap: s.relativeGap, cosine: s.cosine, effect_size: s.effectSize })),
-    layer_weights: result.layerWeights,
-    before: evaluation(result.before),
-    after: evaluation(result.after),
-    kl: result.kl,
-    parameters,
-    timings_s: result.timings,
-    output,
-  };
-}
+// The report is built by browser-safe code that the page shares.
+export { DIRECTIONS_FILE, REPORT_FILE, reportOf };
 
 /**
  * Runs `work` with a new output folder, checked (not the input, not existing unless forced) before
@@ -42,7 +15,8 @@ export function reportOf(result: AbliterationResult, model: LlamaModel, paramete
  */
 export async function withOutputFolder<T>(outPath: string, inputPath: string, force: boolean, work: (out: OutputFolder) => Promise<T>): Promise<T> {
   const out = await createOutputFolder(outPath, { force, inputPath });
-  const interrupted = () => {
+  const interrupted = (signal: NodeJS.Signals) => {
+    process.stderr.write(`abliterate: interrupted (${signal}); nothing was written to ${out.path}\n`);
     void out.abort().finally(() => process.exit(130));
   };
   process.once('SIGINT', interrupted);
@@ -53,6 +27,7 @@ export async function withOutputFolder<T>(outPath: string, inputPath: string, fo
     return result;
   } catch (error) {
     await out.abort();
+    if (error instanceof OutputWriteError) error.message += `; nothing was written to ${out.path}`;
     throw error;
   } finally {
     process.off('SIGINT', interrupted);

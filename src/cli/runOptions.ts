@@ -16,6 +16,7 @@ export function addRunOptions(command: Command): Command {
     .option('--plain-text <file>', 'plain text for perplexity; default: the bundled sample')
     .option('--column <name>', 'column or field holding the prompt in csv, jsonl, json and parquet files')
     .option('--limit <n>', 'use at most n prompts of each file', parseInteger('--limit', 1))
+    .option('--measure-prompts <n>', 'prompts of each kind measured, sampled from the sets (0: all; default 256)', parseInteger('--measure-prompts', 0))
     .option('--layer <n>', 'take the direction at this point (0: embedding, i: output of layer i − 1) instead of selecting', parseInteger('--layer', 0))
     .addOption(new Option('--select <method>', 'choose the layer by score, or by ablating the best candidates').choices(['score', 'ablation']))
     .option('--window <from,to>', 'depth window (fractions) to choose the layer in; default 0.2,0.8', parseWindow)
@@ -39,6 +40,7 @@ const RENAMED: Record<string, string> = {
   plainText: 'plain-text',
   preserveNorm: 'preserve-norm',
   maxTokens: 'max-tokens',
+  measurePrompts: 'measure-prompts',
   batchSize: 'batch-size',
 };
 

@@ -5,6 +5,7 @@ import { parse as parseToml } from 'smol-toml';
 import * as v from 'valibot';
 import { DEFAULT_SETTINGS, type AbliterationSettings, type PromptSets } from '../abliterate/pipeline.ts';
 import type { LayerKernel, LayerSelection } from '../abliterate/cut.ts';
+import { FileMissingError, type ByteSource } from '../io/byteSource.ts';
 import { NodeFolder } from '../io/nodeFolder.ts';
 import { readPrompts } from '../io/prompts.ts';
 import { status, UsageError } from './common.ts';
@@ -35,6 +36,7 @@ const RunFileSchema = v.strictObject({
   'plain-text': v.optional(path),
   column: v.optional(v.string()),
   limit: v.optional(positiveInt),
+  'measure-prompts': v.optional(v.pipe(v.number(), v.integer(), v.minValue(0))),
   layer: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0))),
   select: v.optional(v.picklist(['score', 'ablation'])),
   window: v.optional(v.pipe(v.tuple([v.number(), v.number()]), v.check(([a, b]) => a >= 0 && b <= 1 && a <= b, 'must be [from, to] with 0 ≤ from ≤ to ≤ 1'))),
@@ -119,7 +121,12 @@ export function parseWindow(text: string): [number, number] {
 export async function loadPrompts(file: string, column?: string, limit?: number): Promise<string[]> {
   const full = resolve(file);
   const folder = new NodeFolder(dirname(full));
-  const prompts = await readPrompts(await folder.open(basename(full)), { column, onWarning: (m) => status(`warning: ${m}`) });
+  const source = await folder.open(basename(full)).catch((error: unknown) => {
+    throw error instanceof FileMissingError ? new UsageError(`the prompt file ${full} does not exist`) : error;
+  });
+  // Messages name the file as the user gave it, not just its base name.
+  const named: ByteSource = { name: file, size: source.size, read: (offset, length) => source.read(offset, length) };
+  const prompts = await readPrompts(named, { column, onWarning: (m) => status(`warning: ${m}`) });
   return limit ? prompts.slice(0, limit) : prompts;
 }
 
@@ -158,5 +165,6 @@ export function settingsFrom(config: RunFileConfig): AbliterationSettings {
     maxNewTokens: config['max-tokens'] ?? DEFAULT_SETTINGS.maxNewTokens,
     batchSize: config['batch-size'] ?? DEFAULT_SETTINGS.batchSize,
     markers: config.markers ?? DEFAULT_SETTINGS.markers,
+    measurePrompts: config['measure-prompts'] ?? DEFAULT_SETTINGS.measurePrompts,
   };
 }

@@ -6,6 +6,7 @@ import { applyCut, layerWeights } from '../abliterate/cut.ts';
 import { evaluateRefusals, firstTokenKl, firstTokenLogits, perplexity } from '../abliterate/evaluate.ts';
 import { exportModel } from '../abliterate/export.ts';
 import { measure } from '../abliterate/measure.ts';
+import { samplePrompts } from '../abliterate/pipeline.ts';
 import { chatTokens } from '../abliterate/prefill.ts';
 import { probe } from '../abliterate/probe.ts';
 import { rankLayers } from '../abliterate/select.ts';
@@ -64,8 +65,8 @@ export function registerSteps(program: Command): void {
   ).action(async (dir: string, _o: unknown, command: Command) => {
     const config = await configFromCommand(command);
     const settings = settingsFrom(config);
-    const harmful = await loadPrompts(config.harmful ?? BUNDLED.harmful, config.column, config.limit);
-    const harmless = await loadPrompts(config.harmless ?? BUNDLED.harmless, config.column, config.limit);
+    const harmful = samplePrompts(await loadPrompts(config.harmful ?? BUNDLED.harmful, config.column, config.limit), settings.measurePrompts);
+    const harmless = samplePrompts(await loadPrompts(config.harmless ?? BUNDLED.harmless, config.column, config.limit), settings.measurePrompts);
     await withModel(dir, { adapter: config.adapter }, async (model) => {
       const measurement = await bar('measure', (update) =>
         measure(model, chatTokens(model, harmful), chatTokens(model, harmless), { batchSize: settings.batchSize, onProgress: update }),
@@ -138,7 +139,10 @@ export function registerSteps(program: Command): void {
   ).action(async (dir: string, options: { baseline?: string; evalHarmful?: string; evalHarmless?: string; plainText?: string; column?: string; limit?: number; maxTokens: number; batchSize: number; json?: boolean; adapter?: 'auto' }) => {
     const harmful = await loadPrompts(options.evalHarmful ?? BUNDLED['eval-harmful'], options.column, options.limit);
     const harmless = await loadPrompts(options.evalHarmless ?? BUNDLED['eval-harmless'], options.column, options.limit);
-    const text = await readFile(options.plainText ?? BUNDLED['plain-text'], 'utf8');
+    const textFile = options.plainText ?? BUNDLED['plain-text'];
+    const text = await readFile(textFile, 'utf8').catch(() => {
+      throw new UsageError(`cannot read the plain text ${textFile}`);
+    });
     const gpu = await openGpu(options);
     try {
       let baseline: GPUBuffer | undefined;

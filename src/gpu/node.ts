@@ -1,6 +1,6 @@
 import { existsSync } from 'node:fs';
 import { create, globals } from 'webgpu';
-import { NoAdapterError } from './errors.ts';
+import { GpuError, NoAdapterError } from './errors.ts';
 import { Gpu, type GpuRestrictions } from './gpu.ts';
 import { summarizeAdapter } from './adapter.ts';
 
@@ -19,6 +19,9 @@ export interface NodeGpuOptions extends GpuRestrictions {
   adapter?: AdapterChoice;
 }
 
+/** Environment variable that caps the GPU memory the engine allocates (bytes, or e.g. 512MiB, 2GiB). */
+export const MEMORY_BUDGET_ENV = 'ABLITERATE_MEMORY_BUDGET';
+
 /**
  * Opens a WebGPU device in Node through Dawn. 'auto' takes a hardware adapter when the Vulkan loader
  * finds one, and otherwise falls back to lavapipe, then SwiftShader.
@@ -26,6 +29,7 @@ export interface NodeGpuOptions extends GpuRestrictions {
 export async function createNodeGpu(options: NodeGpuOptions = {}): Promise<Gpu> {
   Object.assign(globalThis, globals);
   const choice = options.adapter ?? parseAdapterChoice(process.env.ABLITERATE_ADAPTER) ?? 'auto';
+  const memoryBudget = options.memoryBudget ?? parseMemoryBudget(process.env[MEMORY_BUDGET_ENV]);
   const userIcd = process.env.VK_ICD_FILENAMES;
   const tried: string[] = [];
   const candidates: { label: string; icd: string | undefined }[] = [];
@@ -55,7 +59,7 @@ export async function createNodeGpu(options: NodeGpuOptions = {}): Promise<Gpu> 
       continue;
     }
     // dawn.node crashes if the instance is garbage-collected while its device lives, so the Gpu holds it.
-    return Gpu.fromAdapter(adapter, summary, options, instance);
+    return Gpu.fromAdapter(adapter, summary, { ...options, memoryBudget }, instance);
   }
   throw new NoAdapterError(
     `no WebGPU adapter (${choice}): ${tried.join('; ')}. Install a Vulkan driver (scripts/setup-system.sh installs libvulkan1 and Mesa lavapipe)`,
@@ -79,4 +83,18 @@ export function parseAdapterChoice(value: string | undefined): AdapterChoice | u
   if (value === undefined || value === '') return undefined;
   if ((ADAPTER_CHOICES as readonly string[]).includes(value)) return value as AdapterChoice;
   throw new NoAdapterError(`unknown adapter "${value}"; choose one of ${ADAPTER_CHOICES.join(', ')}`);
+}
+
+const BYTE_UNITS: Record<string, number> = { '': 1, b: 1, k: 2 ** 10, kb: 2 ** 10, kib: 2 ** 10, m: 2 ** 20, mb: 2 ** 20, mib: 2 ** 20, g: 2 ** 30, gb: 2 ** 30, gib: 2 ** 30 };
+
+/** A memory budget in bytes: "1073741824", "512MiB", "1.5 GiB" (K, M and G count in powers of 1024). */
+export function parseMemoryBudget(value: string | undefined): number | undefined {
+  if (value === undefined || value.trim() === '') return undefined;
+  const match = /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(value);
+  const unit = match ? BYTE_UNITS[match[2]!.toLowerCase()] : undefined;
+  const bytes = match && unit !== undefined ? Math.floor(Number(match[1]) * unit) : NaN;
+  if (!(bytes > 0) || !Number.isSafeInteger(bytes)) {
+    throw new GpuError(`${MEMORY_BUDGET_ENV} must be a positive number of bytes, optionally with a KiB, MiB or GiB suffix (e.g. 512MiB); got "${value}"`);
+  }
+  return bytes;
 }

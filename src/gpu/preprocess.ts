@@ -18,7 +18,9 @@ export function preprocessShader(
     .filter((entry): entry is [string, number] => typeof entry[1] === 'number')
     .map(([key, value]) => `const ${key} = ${formatNumber(key, value)};`);
   const body = expand(name, defines, sources, []);
-  return [...header, ...body].join('\n');
+  // WGSL directives (`enable`, `requires`, `diagnostic`) must precede the define constants.
+  const isDirective = (line: string) => /^\s*(enable|requires|diagnostic)\b[^;]*;\s*$/.test(line);
+  return [...body.filter(isDirective), ...header, ...body.filter((line) => !isDirective(line))].join('\n');
 }
 
 function formatNumber(key: string, value: number): string {

@@ -41,6 +41,15 @@ export class OutputFolderError extends Error {
   }
 }
 
+/** Writing into the output failed (disk full, file too large, I/O error); the message names the file. */
+export class OutputWriteError extends Error {
+  override name = 'OutputWriteError';
+}
+
+function writeError(what: string, error: unknown): OutputWriteError {
+  return new OutputWriteError(`${what}: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
+}
+
 export interface OutputFolderOptions {
   /** Replace an existing output folder (at commit). */
   force?: boolean;
@@ -72,9 +81,13 @@ export async function createOutputFolder(finalPath: string, options: OutputFolde
   const inputs = options.inputPath === undefined ? [] : typeof options.inputPath === 'string' ? [options.inputPath] : [...options.inputPath];
   await checkPaths(path, inputs, options.force === true);
   const parent = dirname(path);
-  await mkdir(parent, { recursive: true });
   const tempPath = join(parent, `.${basename(path)}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
-  await mkdir(tempPath);
+  try {
+    await mkdir(parent, { recursive: true });
+    await mkdir(tempPath);
+  } catch (error) {
+    throw writeError(`cannot create the output folder ${path}`, error);
+  }
   return new NodeOutputFolder(path, tempPath, inputs, options.force === true);
 }
 
@@ -102,7 +115,9 @@ class NodeOutputFolder implements OutputFolder {
 
   async copyFile(name: string, from: string): Promise<void> {
     const target = await this.prepare(name);
-    await fsCopyFile(from, target, 1 /* COPYFILE_EXCL */);
+    await fsCopyFile(from, target, 1 /* COPYFILE_EXCL */).catch((error: unknown) => {
+      throw writeError(`cannot write ${name}`, error);
+    });
   }
 
   async sink(name: string): Promise<ByteSink> {
@@ -189,9 +204,13 @@ export class NodeFileSink implements ByteSink {
   async write(chunk: Uint8Array): Promise<void> {
     if (this.done) throw new Error(`${this.name}: write after close or abort`);
     let offset = 0;
-    while (offset < chunk.byteLength) {
-      const { bytesWritten } = await this.handle.write(chunk, offset, chunk.byteLength - offset);
-      offset += bytesWritten;
+    try {
+      while (offset < chunk.byteLength) {
+        const { bytesWritten } = await this.handle.write(chunk, offset, chunk.byteLength - offset);
+        offset += bytesWritten;
+      }
+    } catch (error) {
+      throw writeError(`cannot write ${this.name}`, error);
     }
   }
 
@@ -201,6 +220,8 @@ export class NodeFileSink implements ByteSink {
     this.done = true;
     try {
       await this.handle.sync();
+    } catch (error) {
+      throw writeError(`cannot write ${this.name}`, error);
     } finally {
       await this.handle.close();
       this.onFinish?.(this);

@@ -1,5 +1,6 @@
 import type { ComputeBatch } from '../gpu/batch.ts';
 import { weightDefines, type PackedMatrix } from '../model/packedMatrix.ts';
+import { tunedMatmulVariant } from './tuning.ts';
 
 export interface MatmulTiling {
   /** Tokens and output features per invocation. */
@@ -7,6 +8,27 @@ export interface MatmulTiling {
   TN: number;
   WG_X: number;
   WG_Y: number;
+  /** 16-byte loads of x and W (shaders/matmul_vec4.wgsl) when k % 8 == 0. */
+  VEC4?: boolean;
+}
+
+/**
+ * The split-k variant (shaders/matvec.wgsl): a workgroup of WG invocations computes TM tokens × TN
+ * features, its invocations splitting each dot product along k, then summing (with subgroup
+ * operations when SUBGROUPS and the device has them).
+ */
+export interface MatvecTiling {
+  TM: number;
+  TN: number;
+  WG: number;
+  SUBGROUPS: boolean;
+}
+
+/** A matmul kernel variant: register-blocked (matmul.wgsl) or split-k (matvec.wgsl). */
+export type MatmulVariant = MatmulTiling | MatvecTiling;
+
+export function isMatvecTiling(variant: MatmulVariant): variant is MatvecTiling {
+  return 'WG' in variant;
 }
 
 /** Register-blocked tiles; one token per invocation when there are few tokens (decode). */
@@ -29,22 +51,35 @@ export function recordMatmul(
     /** Row stride of y in elements (defaults to the weight's rows). */
     outStride?: number;
     outOffset?: number;
-    tiling?: MatmulTiling;
+    /** Default: the variant tuned for this adapter (src/kernels/tuning.ts), else matmulTiling(tokens). */
+    tiling?: MatmulVariant;
   },
 ): void {
   const { x, tokens, weight, bias, y } = args;
   if (tokens === 0) return;
-  const tiling = args.tiling ?? matmulTiling(tokens);
-  const kernel = batch.gpu.kernel('matmul.wgsl', { ...weightDefines(weight.dtype), HAS_BIAS: bias !== undefined, ...tiling });
+  const { gpu } = batch;
+  const tiling = args.tiling ?? tunedMatmulVariant(gpu, tokens, weight.dtype) ?? matmulTiling(tokens);
+  const defines = { ...weightDefines(weight.dtype), HAS_BIAS: bias !== undefined };
+  const vec4 = !isMatvecTiling(tiling) && tiling.VEC4 === true && weight.cols % 8 === 0;
+  const kernel = isMatvecTiling(tiling)
+    ? gpu.kernel('matvec.wgsl', { ...defines, ...tiling, SUBGROUPS: tiling.SUBGROUPS && gpu.features.subgroups })
+    : gpu.kernel(vec4 ? 'matmul_vec4.wgsl' : 'matmul.wgsl', { ...defines, TM: tiling.TM, TN: tiling.TN, WG_X: tiling.WG_X, WG_Y: tiling.WG_Y });
   const outStride = args.outStride ?? weight.rows;
   const outOffset = args.outOffset ?? 0;
+  const limit = gpu.limits.maxComputeWorkgroupsPerDimension;
   for (const chunk of weight.chunks) {
     const params = { tokens, k: weight.cols, n: chunk.rows, out_stride: outStride, out_offset: outOffset + chunk.rowStart, row_start: chunk.rowStart };
-    batch.dispatch(
-      kernel,
-      { params, x, weight: chunk.buffer, bias, y },
-      [Math.ceil(chunk.rows / (tiling.TN * tiling.WG_X)), Math.ceil(tokens / (tiling.TM * tiling.WG_Y))],
-      `${weight.name} tokens=${tokens} k=${weight.cols} n=${chunk.rows}`,
-    );
+    const shape = `${weight.name} tokens=${tokens} k=${weight.cols} n=${chunk.rows}`;
+    if (isMatvecTiling(tiling)) {
+      // Feature blocks beyond the per-dimension limit fold into z (the kernel reads x + z · groups.x).
+      const blocks = Math.ceil(chunk.rows / tiling.TN);
+      const z = Math.ceil(blocks / limit);
+      batch.dispatch(kernel, { params, x, weight: chunk.buffer, bias, y }, [Math.ceil(blocks / z), Math.ceil(tokens / tiling.TM), z], shape);
+    } else {
+      const blocks = Math.ceil(chunk.rows / (tiling.TN * tiling.WG_X));
+      // matmul_vec4.wgsl folds blocks beyond the limit into z; matmul.wgsl's blocks fit with TN · WG_X ≥ 4.
+      const z = vec4 ? Math.ceil(blocks / limit) : 1;
+      batch.dispatch(kernel, { params, x, weight: chunk.buffer, bias, y }, [Math.ceil(blocks / z), Math.ceil(tokens / (tiling.TM * tiling.WG_Y)), z], shape);
+    }
   }
 }

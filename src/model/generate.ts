@@ -1,6 +1,6 @@
 import { recordArgmax } from '../kernels/argmax.ts';
 import { recordSample } from '../kernels/sample.ts';
-import { KvCache } from './kvCache.ts';
+import { contextLength, KvCache } from './kvCache.ts';
 import type { LlamaModel } from './model.ts';
 import { HookRunner, type Hook } from './taps.ts';
 import type { SequenceStep } from './forward.ts';
@@ -59,7 +59,13 @@ async function generateBatch(model: LlamaModel, prompts: readonly (readonly numb
   const temperature = options.temperature ?? 0;
   const random = mulberry32(options.seed ?? 0);
   for (const p of prompts) if (p.length === 0) throw new RangeError('cannot generate from an empty prompt');
-  const maxLen = Math.max(...prompts.map((p) => p.length)) + options.maxNewTokens;
+  // Generation stops at the end of the model's context.
+  const context = contextLength(config);
+  const longest = Math.max(...prompts.map((p) => p.length));
+  if (longest > context) {
+    throw new RangeError(`a prompt of ${longest} tokens is longer than this model's context of ${context} positions (max_position_embeddings); shorten it`);
+  }
+  const maxLen = Math.min(longest + options.maxNewTokens, context);
   const cache = new KvCache(gpu, config, prompts.length, maxLen);
   const hooks = new HookRunner(options.hooks ?? [], config.numLayers);
   const chosen = gpu.createBuffer(prompts.length * 4, 'sampled tokens');
@@ -96,6 +102,7 @@ async function generateBatch(model: LlamaModel, prompts: readonly (readonly numb
         }
         out[s.slot]!.push(id);
         const position = s.firstPosition + s.length;
+        if (position >= maxLen) return; // the context is full
         next.push({ slot: s.slot, start: next.length, length: 1, firstPosition: position });
         stepTokens.push(id);
       });

@@ -2,6 +2,11 @@ import type { Gpu } from '../gpu/gpu.ts';
 import { GpuOutOfMemoryError, formatBytes } from '../gpu/errors.ts';
 import type { ModelConfig } from './config.ts';
 
+/** The longest sequence (prompt and new tokens) the engine runs for this model: its context, within the sliding window. */
+export function contextLength(config: Pick<ModelConfig, 'maxPositionEmbeddings' | 'slidingWindow'>): number {
+  return Math.min(config.maxPositionEmbeddings, config.slidingWindow ?? Infinity);
+}
+
 /**
  * Keys and values of every layer for `slots` sequences of up to `maxLen` positions, f32,
  * laid out [slot, position, kvHead, headDim] per layer.
@@ -16,6 +21,11 @@ export class KvCache {
     readonly slots: number,
     readonly maxLen: number,
   ) {
+    if (maxLen > config.maxPositionEmbeddings) {
+      throw new RangeError(
+        `sequences of ${maxLen} positions exceed this model's context of ${config.maxPositionEmbeddings} positions (max_position_embeddings in config.json); use shorter prompts or fewer new tokens`,
+      );
+    }
     if (config.slidingWindow !== undefined && maxLen > config.slidingWindow) {
       // Within the window, sliding-window attention is plain causal attention.
       throw new RangeError(`sequences of ${maxLen} positions exceed this model's sliding attention window of ${config.slidingWindow}, which is not supported`);

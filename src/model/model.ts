@@ -27,6 +27,8 @@ export type Residency = 'auto' | 'resident' | 'streamed';
 export interface LoadOptions {
   residency?: Residency;
   onProgress?: (done: number, total: number) => void;
+  /** Told what the user should know that does not stop the work (prompts cut to fit the context). */
+  onWarning?: (message: string) => void;
 }
 
 /** Share of the memory budget the weights may take before 'auto' streams them (the rest: activations, KV cache). */
@@ -35,6 +37,8 @@ const RESIDENT_SHARE = 0.75;
 /** A Llama-family model on the GPU: config, tokenizer, weights, and its forward pass. */
 export class LlamaModel {
   private disposed = false;
+  private onWarning: ((message: string) => void) | undefined;
+  private readonly warned = new Set<string>();
   /** Names of tensors changed since loading (by a cut); export writes these from the GPU or the overlay. */
   readonly modifiedTensors = new Set<string>();
 
@@ -70,7 +74,16 @@ export class LlamaModel {
     } else {
       weights = await uploadLlamaWeights(gpu, config, tensors, options.onProgress);
     }
-    return new LlamaModel(gpu, folder, config, tokenizer, tensors, weights, new LlamaForward(gpu, config, weights));
+    const model = new LlamaModel(gpu, folder, config, tokenizer, tensors, weights, new LlamaForward(gpu, config, weights));
+    model.onWarning = options.onWarning;
+    return model;
+  }
+
+  /** Passes a warning to `LoadOptions.onWarning`, each distinct message once. */
+  warn(message: string): void {
+    if (this.warned.has(message)) return;
+    this.warned.add(message);
+    this.onWarning?.(message);
   }
 
   get residency(): 'resident' | 'streamed' {

@@ -240,7 +240,35 @@ export class ChatTokenizer {
   encodeChat(message: string | readonly ChatMessage[], options: { variables?: Json } = {}): number[] {
     const messages = typeof message === 'string' ? [{ role: 'user', content: message }] : message;
     const text = this.formatChat(messages, { addGenerationPrompt: true, ...options });
-    return this.encode(text, { addSpecialTokens: false });
+    const ids = this.encode(text, { addSpecialTokens: false });
+    if (ids.length === 0) throw new TokenizerError(`${this.templateSource}: the chat template rendered no text for a prompt (does it read the messages' "content"?)`);
+    return ids;
+  }
+
+  /**
+   * `encodeChat`, but a prompt longer than `maxTokens` tokens has the end of its last message cut
+   * until it fits, so that the template's own tokens (the generation prompt above all) stay whole.
+   * `truncatedFrom` is the length before the cut, when there was one.
+   */
+  encodeChatWithin(message: string | readonly ChatMessage[], maxTokens: number, options: { variables?: Json } = {}): { ids: number[]; truncatedFrom?: number } {
+    const messages = typeof message === 'string' ? [{ role: 'user', content: message }] : [...message];
+    const ids = this.encodeChat(messages, options);
+    if (ids.length <= maxTokens) return { ids };
+    const last = messages.length - 1;
+    const content = this.encode(messages[last]!.content, { addSpecialTokens: false });
+    const withContent = (count: number) =>
+      this.encodeChat([...messages.slice(0, last), { ...messages[last]!, content: this.decode(content.slice(0, count)) }], options);
+    // Drop as many content tokens as the prompt is over, then more while re-tokenisation still overflows.
+    let keep = content.length;
+    let cut = ids;
+    while (cut.length > maxTokens && keep > 0) {
+      keep = Math.max(0, keep - (cut.length - maxTokens));
+      cut = withContent(keep);
+    }
+    if (cut.length > maxTokens) {
+      throw new TokenizerError(`${this.templateSource}: the chat template alone takes ${cut.length} tokens, more than the ${maxTokens} a prompt may have`);
+    }
+    return { ids: cut, truncatedFrom: ids.length };
   }
 
   private compiledTemplate(): Template {

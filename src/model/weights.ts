@@ -1,6 +1,6 @@
 import type { Gpu } from '../gpu/gpu.ts';
 import { decodeToFloat32 } from '../io/dtype.ts';
-import { bytesPerElement } from '../io/dtype.ts';
+import { bytesPerElement, SUPPORTED_DTYPES } from '../io/dtype.ts';
 import type { SafetensorsModel } from '../io/safetensors.ts';
 import type { ModelConfig } from './config.ts';
 import { uploadMatrix, type PackedMatrix } from './packedMatrix.ts';
@@ -72,14 +72,16 @@ export function checkTensors(config: ModelConfig, model: SafetensorsModel): void
   const problems: string[] = [];
   for (const [name, shape] of expectedTensors(config)) {
     const info = model.tensors.get(name);
-    if (!info) problems.push(`${name} is missing`);
+    const stored = model.allTensors.get(name);
+    if (!info && stored) problems.push(`${name} has dtype ${stored.dtype}, which is not supported (only ${SUPPORTED_DTYPES.join(', ')})`);
+    else if (!info) problems.push(`${name} is missing`);
     else if (info.shape.length !== shape.length || info.shape.some((d, j) => d !== shape[j])) {
       problems.push(`${name} has shape [${info.shape.join(', ')}], expected [${shape.join(', ')}] from config.json`);
     }
   }
   if (problems.length) {
     const shown = problems.slice(0, 5).join('; ');
-    throw new WeightError(`the weights do not match config.json: ${shown}${problems.length > 5 ? `; and ${problems.length - 5} more` : ''}`);
+    throw new WeightError(`${model.folder}: the weights do not match config.json: ${shown}${problems.length > 5 ? `; and ${problems.length - 5} more` : ''}`);
   }
 }
 

@@ -1,0 +1,36 @@
+import type { LlamaModel } from '../model/model.ts';
+import type { AbliterationResult } from './pipeline.ts';
+
+/** Names of the files a run writes beside the model (CLI output folder, page downloads). */
+export const REPORT_FILE = 'abliteration_report.json';
+export const DIRECTIONS_FILE = 'refusal_direction.safetensors';
+
+/** The JSON report of a run: the figures a user and a script need, without the per-token data. */
+export function reportOf(result: AbliterationResult, model: LlamaModel, parameters: Record<string, unknown>, output: string | null, adapter: string) {
+  const evaluation = (e: AbliterationResult['before']) => ({
+    harmful_refusal_rate: e.harmful_refusal_rate,
+    harmless_refusal_rate: e.harmless_refusal_rate,
+    kl: e.kl,
+    perplexity: e.perplexity,
+    samples: {
+      harmful: e.harmful_answers.slice(0, 5),
+      harmless: e.harmless_answers.slice(0, 5),
+    },
+  });
+  return {
+    model: model.folder.name,
+    adapter,
+    layer: result.layer,
+    selection: result.selection,
+    scores: result.scores.map((s) => ({ layer: s.layer, gap: s.gap, relative_gap: s.relativeGap, cosine: s.cosine, effect_size: s.effectSize })),
+    layer_weights: result.layerWeights,
+    before: evaluation(result.before),
+    after: evaluation(result.after),
+    kl: result.kl,
+    parameters,
+    timings_s: result.timings,
+    output,
+  };
+}
+
+export type AbliterationReport = ReturnType<typeof reportOf>;

@@ -1,0 +1,57 @@
+/**
+ * Which matmul variant the engine uses, per adapter, from measurements: `npm run bench -- --sweep`
+ * times the variant grid on the adapter it runs on and writes the winners, with the timings that
+ * chose them, to bench/tuning/<adapter>.json. The files of the adapters measured so far are bundled
+ * here (the same in Node and the browser). Kernel shape matters by up to 10× on the software
+ * adapters, and differently on each, so their choices come from those files; see bench/RESULTS.md.
+ */
+import type { Gpu } from '../gpu/gpu.ts';
+import type { Dtype } from '../io/dtype.ts';
+import type { MatmulVariant } from './matmul.ts';
+
+/** Token counts tuned separately: decode (1–2), batched decode (3–31), prefill (32 and more). */
+export const TOKEN_CLASSES = ['decode', 'batch', 'prefill'] as const;
+export type TokenClass = (typeof TOKEN_CLASSES)[number];
+
+export function tokenClass(tokens: number): TokenClass {
+  return tokens <= 2 ? 'decode' : tokens < 32 ? 'batch' : 'prefill';
+}
+
+/** The part of bench/tuning/<adapter>.json the engine reads. */
+export interface TuningFile {
+  /** AdapterSummary.name of the adapter measured ("llvmpipe", "swiftshader", or a GPU's description). */
+  adapter: string;
+  winners: Partial<Record<TokenClass, Partial<Record<Dtype, MatmulVariant>>>>;
+}
+
+const tuned = new Map<string, TuningFile>();
+
+/** Adds (or replaces) the tuning of an adapter, e.g. a file produced by the sweep on a GPU server. */
+export function registerTuning(file: TuningFile): void {
+  tuned.set(file.adapter, file);
+}
+
+/**
+ * Hardware GPUs without a tuning file, few tokens: the split-k kernel (shaders/matvec.wgsl), whose
+ * neighbouring invocations read neighbouring words of a weight row (coalesced) and add their partial
+ * sums with subgroup operations — the usual shape of a bandwidth-bound matrix-vector product on GPUs.
+ * The register-blocked kernel gives each invocation whole rows, so a warp's loads are a row apart.
+ * Chosen by that reasoning, not by a measurement (no GPU was at hand); `bench/gpu/run.sh --sweep`
+ * measures the grid on a GPU, and its file, once registered, replaces this rule for that GPU.
+ */
+function hardwareDefault(tokens: number): MatmulVariant | undefined {
+  const cls = tokenClass(tokens);
+  if (cls === 'decode') return { TM: 1, TN: 2, WG: 128, SUBGROUPS: true };
+  if (cls === 'batch') return { TM: 4, TN: 2, WG: 128, SUBGROUPS: true };
+  return undefined;
+}
+
+/**
+ * The matmul variant for this adapter, token count and dtype: the measured winner when the adapter
+ * was tuned, the hardware rule above for GPUs, else undefined (recordMatmul then uses matmulTiling).
+ */
+export function tunedMatmulVariant(gpu: Gpu, tokens: number, dtype: Dtype): MatmulVariant | undefined {
+  const file = tuned.get(gpu.adapter.name);
+  if (file) return file.winners[tokenClass(tokens)]?.[dtype];
+  return gpu.adapter.software ? undefined : hardwareDefault(tokens);
+}
