@@ -1,0 +1,375 @@
+/**
+ * The web page in real headless Chromium with WebGPU (SwiftShader on machines without a GPU): the
+ * production build served from 127.0.0.1, the bundled model loaded with one click, the whole
+ * abliteration run in the page, the cut model downloaded and compared tensor by tensor with what
+ * the CLI writes for the same settings. Nothing is skipped: without Chromium or WebGPU the test fails
+ * and says why.
+ */
+import { execFile } from 'node:child_process';
+import { copyFileSync, existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path, { join } from 'node:path';
+import { createHash } from 'node:crypto';
+import { promisify } from 'node:util';
+import type { Browser, BrowserContext, Page } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomModel, toSafetensors } from '../reference/randomModel.ts';
+import { buildPage, compareTensors, launchChromium, readSafetensorsBytes, readTar, REPO_ROOT, serveStatic, type StaticServer, type StoredTensor } from './harness.ts';
+
+const run = promisify(execFile);
+
+/** Prompts per set (measure and evaluate, as the CLI's --limit) and new tokens per answer: one batch each, to keep CI time low. */
+const LIMIT = 32;
+const MAX_TOKENS = 24;
+const TRAINED_MODEL = join(REPO_ROOT, 'models/tiny-chat');
+const ARTIFACTS = join(REPO_ROOT, 'test-artifacts');
+
+const trained = existsSync(join(TRAINED_MODEL, 'model.safetensors')) || existsSync(join(TRAINED_MODEL, 'model.safetensors.index.json'));
+
+/**
+ * Until models/tiny-chat is trained, a random-weight model with its tokenizer stands in (same
+ * shapes as a tiny chat model); the refusal bounds are then not asserted, only the structure.
+ */
+async function standInModel(dir: string): Promise<string> {
+  for (const file of ['tokenizer.json', 'tokenizer_config.json']) {
+    if (!existsSync(join(TRAINED_MODEL, file))) throw new Error(`${TRAINED_MODEL}/${file} is missing: the browser test needs the bundled model's tokenizer`);
+  }
+  const model = randomModel({ seed: 5, hiddenSize: 64, intermediateSize: 160, numLayers: 4, numHeads: 4, numKvHeads: 2, vocabSize: 1024, dtype: 'BF16' });
+  const tokenizer = JSON.parse(await readFile(join(TRAINED_MODEL, 'tokenizer.json'), 'utf8')) as { added_tokens: { id: number; content: string }[] };
+  const id = (content: string) => tokenizer.added_tokens.find((t) => t.content === content)?.id;
+  const config = { ...model.configJson, bos_token_id: id('<|begin_of_text|>') ?? 1, eos_token_id: id('<|end|>') ?? 2 };
+  const out = join(dir, 'tiny-chat-stand-in');
+  await mkdir(out, { recursive: true });
+  await writeFile(join(out, 'config.json'), JSON.stringify(config));
+  await writeFile(join(out, 'model.safetensors'), toSafetensors(model.tensors));
+  for (const file of ['tokenizer.json', 'tokenizer_config.json']) copyFileSync(join(TRAINED_MODEL, file), join(out, file));
+  return out;
+}
+
+let work: string;
+let modelDir: string;
+let server: StaticServer;
+let browser: Browser;
+let context: BrowserContext;
+let page: Page;
+const pageErrors: string[] = [];
+const requests: string[] = [];
+
+async function memory(): Promise<{ bytes: number; buffers: number }> {
+  const out = page.locator('#gpu-memory');
+  // The element is refreshed every second and after each step; read it once the page is idle.
+  await page.waitForFunction(() => document.body.dataset.busy === '');
+  await page.evaluate(() => new Promise((done) => setTimeout(done, 1100)));
+  return { bytes: Number(await out.getAttribute('data-bytes')), buffers: Number(await out.getAttribute('data-buffers')) };
+}
+
+/** Starts a load with `action` and waits for its outcome. */
+async function load(action: () => Promise<unknown>, what: string): Promise<void> {
+  const attempt = Number((await page.getAttribute('#model-card', 'data-attempt')) ?? 0) + 1;
+  await action();
+  await page.waitForSelector(`#model-card[data-attempt="${attempt}"]:is([data-state=loaded], [data-state=error])`, { timeout: 120_000 });
+  const state = await page.getAttribute('#model-card', 'data-state');
+  if (state !== 'loaded') throw new Error(`${what} did not load: ${await page.textContent('#message')}`);
+}
+
+const loadBundled = () => load(() => page.click('#load-bundled'), 'the bundled model');
+
+/** Drops the bundled model's files on the page, as a user dragging them from the file manager. */
+const dropBundledFiles = () =>
+  load(
+    () =>
+      page.evaluate(async () => {
+        const manifest = (await (await fetch('bundled/manifest.json')).json()) as { model: { files: { name: string }[] } };
+        const data = new DataTransfer();
+        for (const { name } of manifest.model.files) data.items.add(new File([await (await fetch(`bundled/model/${name}`)).blob()], name));
+        document.getElementById('drop-zone')!.dispatchEvent(new DragEvent('drop', { dataTransfer: data, bubbles: true, cancelable: true }));
+      }),
+    'the dropped files',
+  );
+
+/** Loads a folder through the file dialog's input and returns the error message shown. */
+async function loadFolderExpectingError(dir: string): Promise<string> {
+  const attempt = Number((await page.getAttribute('#model-card', 'data-attempt')) ?? 0) + 1;
+  await page.setInputFiles('#folder-input', dir);
+  await page.waitForSelector(`#model-card[data-attempt="${attempt}"][data-state=error]`, { timeout: 60_000 });
+  const message = page.locator('#message[data-kind=error]');
+  await expect.poll(() => message.isVisible()).toBe(true);
+  return (await message.textContent()) ?? '';
+}
+
+async function cellValue(metric: string, when: 'before' | 'after'): Promise<number> {
+  return Number(await page.getAttribute(`#result-table td[data-metric="${metric}"][data-when="${when}"]`, 'data-value'));
+}
+
+beforeAll(async () => {
+  work = await mkdtemp(join(tmpdir(), 'abliterate-web-'));
+  modelDir = trained ? TRAINED_MODEL : await standInModel(work);
+  if (!trained) console.warn(`browser test: ${TRAINED_MODEL} has no weights yet; a random-weight stand-in with its tokenizer is used and the refusal bounds are not asserted`);
+  const dist = join(work, 'dist');
+  await buildPage(dist, modelDir);
+  server = await serveStatic(dist);
+  browser = await launchChromium();
+  context = await browser.newContext({ viewport: { width: 1280, height: 800 }, acceptDownloads: true });
+  page = await context.newPage();
+  page.on('pageerror', (error) => pageErrors.push(error.message));
+  page.on('request', (request) => requests.push(request.url()));
+  await page.goto(server.url);
+  await page.waitForSelector('body[data-ready=true]', { timeout: 60_000 });
+  if ((await page.getAttribute('#adapter', 'data-state')) !== 'ready') {
+    throw new Error(`headless Chromium has no WebGPU adapter with the flags of test/browser/harness.ts: ${await page.textContent('#webgpu-missing')}`);
+  }
+}, 240_000);
+
+afterAll(async () => {
+  await browser?.close();
+  await server?.close();
+  if (work) await rm(work, { recursive: true, force: true });
+});
+
+describe('the web page in headless Chromium with WebGPU', () => {
+  it('finds the WebGPU adapter and labels every control', async () => {
+    expect(await page.getAttribute('#adapter', 'data-adapter')).toMatch(/swiftshader|llvmpipe|\w/);
+    const unlabelled = await page.$$eval('input, select, textarea, button', (elements) =>
+      elements
+        .filter((e) => {
+          const control = e as HTMLInputElement;
+          if (control.type === 'hidden') return false;
+          const name = control.labels?.length ? [...control.labels].map((l) => l.textContent).join('') : '';
+          return !(name.trim() || control.getAttribute('aria-label') || (e.tagName === 'BUTTON' && e.textContent?.trim()));
+        })
+        .map((e) => e.id || e.outerHTML.slice(0, 80)),
+    );
+    expect(unlabelled).toEqual([]);
+  });
+
+  it('says clearly when the browser has no WebGPU', async () => {
+    const other = await context.newPage();
+    await other.addInitScript(() => {
+      delete (Navigator.prototype as { gpu?: unknown }).gpu;
+    });
+    await other.goto(server.url);
+    await other.waitForSelector('body[data-ready=true]');
+    expect(await other.isVisible('#webgpu-missing')).toBe(true);
+    expect(await other.textContent('#webgpu-missing')).toMatch(/WebGPU is not available/);
+    expect(await other.isDisabled('#load-bundled')).toBe(true);
+    await other.close();
+  });
+
+  it('explains a folder that is not a model, an unsupported architecture and a malformed weight file', async () => {
+    const notModel = join(work, 'prompts-folder');
+    await mkdir(notModel);
+    await writeFile(join(notModel, 'harmful.txt'), 'a prompt\n');
+    expect(await loadFolderExpectingError(notModel)).toMatch(/config\.json is missing.*model folder/);
+
+    const gpt2 = join(work, 'gpt2');
+    await mkdir(gpt2);
+    copyFileSync(join(REPO_ROOT, 'test/fixtures/configs/gpt2.json'), join(gpt2, 'config.json'));
+    expect(await loadFolderExpectingError(gpt2)).toMatch(/not supported; supported: LlamaForCausalLM/);
+
+    const broken = join(work, 'broken-weights');
+    await mkdir(broken);
+    for (const file of ['config.json', 'tokenizer.json', 'tokenizer_config.json']) copyFileSync(join(modelDir, file), join(broken, file));
+    await writeFile(join(broken, 'model.safetensors'), Buffer.concat([Buffer.from([200, 0, 0, 0, 0, 0, 0, 0]), Buffer.from('{"model.embed_tokens.weight": {"dtype": "BF16", "shape": [')]));
+    expect(await loadFolderExpectingError(broken)).toMatch(/model\.safetensors/);
+
+    expect(pageErrors).toEqual([]);
+    expect(await memory()).toEqual({ bytes: 0, buffers: 0 });
+  });
+
+  it('frees the GPU memory of a model that is closed or replaced', async () => {
+    const before = await memory();
+    const loaded: { bytes: number; buffers: number }[] = [];
+    for (const next of [loadBundled, dropBundledFiles, loadBundled]) {
+      await next();
+      loaded.push(await memory());
+    }
+    expect(await page.textContent('#model-summary dd[data-field="folder"]')).toBe(path.basename(modelDir));
+    console.log(`GPU memory with the model loaded, three loads in a row (click, drop, click): ${loaded.map((m) => `${m.bytes} B in ${m.buffers} buffers`).join(', ')}`);
+    expect(loaded[0]!.bytes).toBeGreaterThan(0);
+    expect(loaded[1]).toEqual(loaded[0]);
+    expect(loaded[2]).toEqual(loaded[0]);
+    await page.click('#close-model');
+    expect(await memory()).toEqual(before);
+    await loadBundled();
+    expect(await memory()).toEqual(loaded[0]);
+  }, 240_000);
+
+  it('cancels a run, keeps the model usable and leaks no GPU memory', async () => {
+    await page.fill('#setting-limit', String(LIMIT));
+    await page.fill('#setting-tokens', '64');
+    await page.click('#run');
+    await page.waitForSelector('#stages li[data-stage="evaluate before"][data-state=active]', { timeout: 120_000 });
+    await page.click('#cancel');
+    await page.waitForSelector('#message[data-kind=info]', { timeout: 60_000 });
+    expect(await page.textContent('#message')).toMatch(/Cancelled/);
+    expect(await page.isEnabled('#run')).toBe(true);
+    expect(await page.isHidden('#results')).toBe(true);
+    // The forward pass keeps its workspace for the next run; closing the model frees it with the weights.
+    await page.click('#close-model');
+    expect(await memory()).toEqual({ bytes: 0, buffers: 0 });
+    await loadBundled();
+  }, 240_000);
+
+  let layer: number;
+  let harmfulAfter: number;
+  it(`abliterates the bundled model (${LIMIT} prompts per set, ${MAX_TOKENS} new tokens)`, async () => {
+    await page.fill('#setting-limit', String(LIMIT));
+    await page.fill('#setting-tokens', String(MAX_TOKENS));
+    const start = Date.now();
+    await page.click('#run');
+    await page.waitForSelector('#results[data-state=done], #message[data-kind=error]', { timeout: 900_000 });
+    const failure = await page.locator('#message[data-kind=error]').count();
+    if (failure) throw new Error(`the run failed in the page: ${await page.textContent('#message')}`);
+    const rates = {
+      harmfulBefore: await cellValue('harmful_refusal_rate', 'before'),
+      harmfulAfter: await cellValue('harmful_refusal_rate', 'after'),
+      harmlessBefore: await cellValue('harmless_refusal_rate', 'before'),
+      harmlessAfter: await cellValue('harmless_refusal_rate', 'after'),
+      kl: await cellValue('kl', 'after'),
+    };
+    layer = Number(await page.getAttribute('#result-summary', 'data-layer'));
+    harmfulAfter = rates.harmfulAfter;
+    console.log(`page run on ${await page.getAttribute('#adapter', 'data-adapter')}: ${((Date.now() - start) / 1000).toFixed(1)} s (${await page.textContent('#stages')}); layer ${layer}; ${JSON.stringify(rates)}`);
+    for (const value of [rates.harmfulBefore, rates.harmfulAfter, rates.harmlessBefore, rates.harmlessAfter]) {
+      expect(value).toBeGreaterThanOrEqual(0);
+      expect(value).toBeLessThanOrEqual(1);
+    }
+    expect(Number.isFinite(rates.kl) && rates.kl >= 0).toBe(true);
+    if (trained) {
+      expect(rates.harmfulBefore).toBeGreaterThanOrEqual(0.9);
+      expect(rates.harmfulAfter).toBeLessThanOrEqual(0.1);
+      expect(rates.harmlessAfter).toBeLessThanOrEqual(0.1);
+    }
+    // The charts: one bar per residual-stream point with the chosen one marked, and both classes in the histogram.
+    const numLayers = Number(await page.textContent('#model-summary dd[data-field="layers"]'));
+    expect(await page.locator('#score-chart rect.bar').count()).toBe(numLayers + 1);
+    expect(await page.getAttribute('#score-chart rect.bar.chosen', 'data-layer')).toBe(String(layer));
+    expect(await page.locator('#histogram .series.harmful rect').count()).toBeGreaterThan(0);
+    expect(await page.locator('#histogram .series.harmless rect').count()).toBeGreaterThan(0);
+    expect(await page.locator('#generations .pair').count()).toBe(6);
+    expect(await page.locator('#generations .pair .answer').count()).toBe(12);
+    expect(pageErrors).toEqual([]);
+  }, 900_000);
+
+  it('downloads a cut model whose tensors equal the CLI output for the same settings', async () => {
+    await page.selectOption('#save-mode', 'download');
+    const [download] = await Promise.all([page.waitForEvent('download', { timeout: 120_000 }), page.click('#save-model')]);
+    expect(download.suggestedFilename()).toMatch(/-abliterated\.tar$/);
+    const tarPath = join(work, 'page-model.tar');
+    await download.saveAs(tarPath);
+    const files = readTar(new Uint8Array(await readFile(tarPath)));
+    const [root] = [...files.keys()][0]!.split('/');
+    const pageFiles = new Map([...files].map(([path, bytes]) => [path.slice(root!.length + 1), bytes]));
+
+    // The streamed path: the same export written file by file into a folder (the origin's private
+    // file system stands in for the folder a user picks with showDirectoryPicker).
+    await page.evaluate(() => {
+      (window as { showDirectoryPicker?: unknown }).showDirectoryPicker = () => navigator.storage.getDirectory();
+    });
+    await page.selectOption('#save-mode', 'folder');
+    await page.click('#save-model');
+    await page.waitForSelector('#message[data-kind=success], #message[data-kind=error]', { timeout: 120_000 });
+    expect(await page.textContent('#message')).toContain(`Saved to ${root}`);
+    const streamed = await page.evaluate(async (folder) => {
+      const dir = await (await navigator.storage.getDirectory()).getDirectoryHandle(folder);
+      const hashes: Record<string, string> = {};
+      for await (const handle of (dir as unknown as { values(): AsyncIterable<FileSystemFileHandle> }).values()) {
+        const digest = await crypto.subtle.digest('SHA-256', await (await handle.getFile()).arrayBuffer());
+        hashes[handle.name] = [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, '0')).join('');
+      }
+      return hashes;
+    }, root!);
+    const sha256 = (bytes: Uint8Array) => createHash('sha256').update(bytes).digest('hex');
+    expect(Object.keys(streamed).sort()).toEqual([...pageFiles.keys(), 'abliteration_report.json', 'refusal_direction.safetensors'].sort());
+    for (const [file, bytes] of pageFiles) expect(streamed[file], file).toBe(sha256(bytes));
+    await page.selectOption('#save-mode', 'download');
+
+    const [reportDownload] = await Promise.all([page.waitForEvent('download'), page.click('#save-report')]);
+    const report = JSON.parse(await readFile((await reportDownload.path())!, 'utf8')) as { layer: number; parameters: Record<string, unknown>; after: { harmful_refusal_rate: number }; scores: unknown[] };
+    // The CLI's report (reportOf is shared).
+    expect(Object.keys(report)).toEqual(['model', 'adapter', 'layer', 'selection', 'scores', 'layer_weights', 'before', 'after', 'kl', 'parameters', 'timings_s', 'output']);
+    expect(report.after.harmful_refusal_rate).toBe(harmfulAfter);
+    expect(report.parameters).toMatchObject({ layer, alpha: 1, embedding: true });
+    const [directionDownload] = await Promise.all([page.waitForEvent('download'), page.click('#save-direction')]);
+    const directions = readSafetensorsBytes(new Uint8Array(await readFile((await directionDownload.path())!)));
+    expect(report.layer).toBe(layer);
+    expect(directions.metadata.layer).toBe(String(layer));
+    expect(directions.tensors.get('direction')?.dtype).toBe('F32');
+
+    // The CLI's steps that decide the weights (measure, then cut) with the same settings, on the same
+    // kind of adapter as the page (SwiftShader), so that even the float rounding agrees. (`run` writes
+    // the same tensors; it also evaluates, which takes a minute and a half more on SwiftShader.)
+    const out = join(work, 'cli-out');
+    const cliDirections = join(work, 'cli-directions.safetensors');
+    const cliStart = Date.now();
+    const cli = async (...args: string[]) => {
+      const { stdout } = await run(process.execPath, ['bin/abliterate.js', ...args, '--json'], {
+        cwd: REPO_ROOT,
+        env: { ...process.env, ABLITERATE_ADAPTER: 'swiftshader' },
+        maxBuffer: 64 * 2 ** 20,
+        timeout: 10 * 60_000,
+      });
+      return JSON.parse(stdout) as { layer: number };
+    };
+    const measured = await cli('measure', modelDir, '--out', cliDirections, '--force', '--limit', String(LIMIT));
+    expect(measured.layer).toBe(layer);
+    await cli('cut', modelDir, '--direction', cliDirections, '--out', out, '--force');
+    const cliSeconds = (Date.now() - cliStart) / 1000;
+    const directionComparison = compareTensors(directions.tensors, readSafetensorsBytes(new Uint8Array(await readFile(cliDirections))).tensors);
+    expect(directionComparison.layoutMismatches).toEqual([]);
+    expect(directionComparison.maxUlp).toBeLessThanOrEqual(1);
+
+    const cliFiles = await readdir(out);
+    const weights = cliFiles.filter((f) => f.endsWith('.safetensors'));
+    expect([...pageFiles.keys()].sort()).toEqual(cliFiles.sort());
+    for (const file of cliFiles.filter((f) => !f.endsWith('.safetensors'))) {
+      expect(Buffer.compare(Buffer.from(pageFiles.get(file)!), await readFile(join(out, file))), file).toBe(0);
+    }
+    const pageTensors = new Map<string, StoredTensor>();
+    const cliTensors = new Map<string, StoredTensor>();
+    for (const file of weights) {
+      for (const [name, t] of readSafetensorsBytes(pageFiles.get(file)!).tensors) pageTensors.set(name, t);
+      for (const [name, t] of readSafetensorsBytes(new Uint8Array(await readFile(join(out, file)))).tensors) cliTensors.set(name, t);
+    }
+    const comparison = compareTensors(pageTensors, cliTensors);
+    console.log(
+      `page (${await page.getAttribute('#adapter', 'data-adapter')}) vs CLI measure + cut (swiftshader, ${cliSeconds.toFixed(1)} s): ` +
+        `${comparison.tensors} tensors, ${comparison.elements} elements, ${comparison.differing} differ (${((100 * comparison.differing) / comparison.elements).toFixed(4)} %), ` +
+        `at most ${comparison.maxUlp} ulp; per tensor ${JSON.stringify(comparison.perTensor)}; directions file: ${directionComparison.differing} of ${directionComparison.elements} f32 values differ`,
+    );
+    expect(comparison.layoutMismatches).toEqual([]);
+    expect(comparison.tensors).toBe(cliTensors.size);
+    expect(comparison.maxUlp).toBeLessThanOrEqual(1);
+    expect(comparison.differing / comparison.elements).toBeLessThanOrEqual(1e-4);
+    // Tensors the cut does not touch are the input's bytes exactly.
+    const original = new Map<string, StoredTensor>();
+    for (const file of weights) for (const [name, t] of readSafetensorsBytes(new Uint8Array(await readFile(join(modelDir, file)))).tensors) original.set(name, t);
+    const cut = (name: string) => /\.(o_proj|down_proj)\.weight$/.test(name) || name === 'model.embed_tokens.weight';
+    for (const [name, t] of pageTensors) expect(Buffer.compare(Buffer.from(t.bytes), Buffer.from(original.get(name)!.bytes)) === 0, name).toBe(!cut(name));
+  }, 900_000);
+
+  it('fits a narrow window and a 1280×800 one; the finished page is saved as a screenshot', async () => {
+    await mkdir(ARTIFACTS, { recursive: true });
+    await page.setViewportSize({ width: 400, height: 800 });
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+    await page.screenshot({ path: join(ARTIFACTS, 'web-narrow.png'), fullPage: true });
+    expect(overflow).toBeLessThanOrEqual(0);
+    await page.setViewportSize({ width: 1280, height: 800 });
+    expect(await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth)).toBeLessThanOrEqual(0);
+    await page.screenshot({ path: join(ARTIFACTS, 'web-finished.png'), fullPage: true });
+  });
+
+  it('frees everything on the GPU when the cut model is closed', async () => {
+    await page.click('#close-model');
+    expect(await memory()).toEqual({ bytes: 0, buffers: 0 });
+    expect(await page.isHidden('#results')).toBe(true);
+  });
+
+  it('made no request outside its own origin', () => {
+    const origin = new URL(server.url).origin;
+    const outside = requests.filter((url) => !url.startsWith(`${origin}/`) && !url.startsWith('blob:') && !url.startsWith('data:'));
+    expect(outside).toEqual([]);
+    expect(pageErrors).toEqual([]);
+  });
+});

@@ -1,0 +1,646 @@
+/**
+ * The page: pick a local model folder (or the bundled one), run measure → select → evaluate → cut
+ * → evaluate on WebGPU with the library's own code, look at the results, download the cut model.
+ */
+import type { PromptSets, Stage } from '../../src/abliterate/pipeline.ts';
+import { DIRECTIONS_FILE, REPORT_FILE } from '../../src/abliterate/report.ts';
+import { formatBytes } from '../../src/gpu/errors.ts';
+import type { Gpu } from '../../src/gpu/gpu.ts';
+import { BlobSource, FileMissingError, type FileFolder } from '../../src/io/byteSource.ts';
+import { readPrompts } from '../../src/io/prompts.ts';
+import { MemoryTarget } from '../../src/io/safetensorsWriter.ts';
+import type { LlamaModel } from '../../src/model/model.ts';
+import { bundledManifest, bundledModel, bundledPromptFile, directoryPicker, fetchBundled, folderFromDrop, folderFromHandle, folderFromInput, type BundledManifest } from './folders.ts';
+import { renderGenerations, renderHistogram, renderScoreChart, renderTable, selectionMetricKey, type ScoreKey } from './results.ts';
+import { abortableTarget, createSubfolder, DirectoryTarget, DownloadLinks, tarBlob } from './saving.ts';
+import { Workbench, type PageSettings, type Run } from './workbench.ts';
+
+function $<T extends HTMLElement = HTMLElement>(id: string): T {
+  const element = document.getElementById(id);
+  if (!element) throw new Error(`the page has no #${id}`);
+  return element as T;
+}
+
+const ui = {
+  adapter: $('adapter'),
+  webgpuMissing: $('webgpu-missing'),
+  message: $('message'),
+  dropZone: $('drop-zone'),
+  pickFolder: $<HTMLButtonElement>('pick-folder'),
+  folderInput: $<HTMLInputElement>('folder-input'),
+  folderInputLabel: $('folder-input-label'),
+  loadBundled: $<HTMLButtonElement>('load-bundled'),
+  closeModel: $<HTMLButtonElement>('close-model'),
+  bundledNote: $('bundled-note'),
+  loadProgress: $('load-progress'),
+  loadProgressLabel: $('load-progress-label'),
+  loadProgressBar: $<HTMLProgressElement>('load-progress-bar'),
+  modelCard: $('model-card'),
+  summary: $('model-summary'),
+  promptsOwn: $<HTMLInputElement>('prompts-own'),
+  promptsBundled: $<HTMLInputElement>('prompts-bundled'),
+  ownPrompts: $('own-prompts'),
+  fileHarmful: $<HTMLInputElement>('file-harmful'),
+  fileHarmless: $<HTMLInputElement>('file-harmless'),
+  fileEvalHarmful: $<HTMLInputElement>('file-eval-harmful'),
+  fileEvalHarmless: $<HTMLInputElement>('file-eval-harmless'),
+  promptColumn: $<HTMLInputElement>('prompt-column'),
+  settings: $<HTMLFormElement>('settings'),
+  layer: $<HTMLSelectElement>('setting-layer'),
+  alpha: $<HTMLInputElement>('setting-alpha'),
+  limit: $<HTMLInputElement>('setting-limit'),
+  tokens: $<HTMLInputElement>('setting-tokens'),
+  batch: $<HTMLInputElement>('setting-batch'),
+  embedding: $<HTMLInputElement>('setting-embedding'),
+  run: $<HTMLButtonElement>('run'),
+  cancel: $<HTMLButtonElement>('cancel'),
+  runProgress: $('run-progress'),
+  runProgressLabel: $('run-progress-label'),
+  runProgressBar: $<HTMLProgressElement>('run-progress-bar'),
+  stages: $<HTMLOListElement>('stages'),
+  results: $('results'),
+  resultSummary: $('result-summary'),
+  resultBody: $<HTMLTableElement>('result-table').tBodies[0]!,
+  scoreMetric: $<HTMLSelectElement>('score-metric'),
+  scoreChart: $('score-chart'),
+  histogramCaption: $('histogram-caption'),
+  histogram: $('histogram'),
+  generations: $('generations'),
+  saveMode: $<HTMLSelectElement>('save-mode'),
+  saveModel: $<HTMLButtonElement>('save-model'),
+  saveReport: $<HTMLButtonElement>('save-report'),
+  saveDirection: $<HTMLButtonElement>('save-direction'),
+  exportProgress: $('export-progress'),
+  exportProgressBar: $<HTMLProgressElement>('export-progress-bar'),
+  downloadLinks: $<HTMLUListElement>('download-links'),
+  gpuMemory: $<HTMLOutputElement>('gpu-memory'),
+};
+
+const workbench = new Workbench();
+const downloads = new DownloadLinks();
+let gpu: Gpu | undefined;
+let manifest: BundledManifest | undefined;
+let busy: 'loading' | 'running' | 'exporting' | undefined;
+let controller: AbortController | undefined;
+
+// ---------------------------------------------------------------------------------------------
+// Messages
+
+type MessageKind = 'error' | 'info' | 'success';
+
+function showMessage(kind: MessageKind, title: string, detail?: string): void {
+  ui.message.hidden = false;
+  ui.message.className = `banner ${kind}`;
+  ui.message.dataset.kind = kind;
+  const strong = document.createElement('strong');
+  strong.textContent = title;
+  ui.message.replaceChildren(strong);
+  if (detail) {
+    const p = document.createElement('p');
+    p.textContent = detail;
+    ui.message.append(p);
+  }
+}
+
+function clearMessage(): void {
+  ui.message.hidden = true;
+  ui.message.replaceChildren();
+  delete ui.message.dataset.kind;
+}
+
+function isAbort(error: unknown): boolean {
+  return error instanceof DOMException ? error.name === 'AbortError' : (error as Error | undefined)?.name === 'AbortError';
+}
+
+/** A sentence a user can act on, from any error the engine or the browser throws. */
+function describeError(error: unknown): string {
+  if (error instanceof FileMissingError && error.file === 'config.json') {
+    return `${error.folder}: there is no config.json, so this is not a Hugging Face model folder. Pick the folder that holds config.json, tokenizer.json and the *.safetensors weights.`;
+  }
+  if (error instanceof Error) return error.message || error.name;
+  return String(error);
+}
+
+function reportError(title: string, error: unknown): void {
+  if (isAbort(error)) {
+    showMessage('info', 'Cancelled.', `${title.replace(/^Could not /, 'Stopped before finishing: ')}`);
+    return;
+  }
+  console.error(error);
+  showMessage('error', title, describeError(error));
+}
+
+// ---------------------------------------------------------------------------------------------
+// State of the controls
+
+function setBusy(state: typeof busy): void {
+  busy = state;
+  document.body.dataset.busy = state ?? '';
+  const noGpu = !gpu;
+  const hasModel = !!workbench.model;
+  ui.pickFolder.disabled = !!state || noGpu;
+  ui.folderInput.disabled = !!state || noGpu;
+  ui.loadBundled.disabled = !!state || noGpu || !manifest || !!manifest.model.missing;
+  ui.closeModel.disabled = !!state || !hasModel;
+  ui.run.disabled = !!state || !hasModel;
+  ui.cancel.disabled = state !== 'running' && state !== 'exporting';
+  for (const button of [ui.saveModel, ui.saveReport, ui.saveDirection]) button.disabled = !!state || !workbench.run;
+  ui.dropZone.classList.toggle('disabled', !!state || noGpu);
+  updateMemory();
+}
+
+function updateMemory(): void {
+  const bytes = gpu?.allocatedBytes ?? 0;
+  const buffers = gpu?.bufferCount ?? 0;
+  ui.gpuMemory.dataset.bytes = String(bytes);
+  ui.gpuMemory.dataset.buffers = String(buffers);
+  ui.gpuMemory.textContent = buffers ? `GPU memory: ${formatBytes(bytes)} in ${buffers} buffers` : 'GPU memory: none in use';
+}
+
+// ---------------------------------------------------------------------------------------------
+// The GPU
+
+async function openGpu(): Promise<void> {
+  if (typeof navigator === 'undefined' || !('gpu' in navigator)) {
+    showNoWebGpu('This browser has no WebGPU (navigator.gpu is missing).');
+    return;
+  }
+  try {
+    gpu = await workbench.gpu();
+    const a = gpu.adapter;
+    const features = Object.entries(gpu.features)
+      .filter(([, on]) => on)
+      .map(([name]) => name)
+      .join(', ');
+    ui.adapter.textContent = `WebGPU adapter: ${a.name}${a.software ? ' (software, CPU)' : ''} · ${features || 'no optional features'} · largest binding ${formatBytes(gpu.limits.maxStorageBufferBindingSize)}`;
+    ui.adapter.dataset.adapter = a.name;
+    ui.adapter.dataset.state = 'ready';
+  } catch (error) {
+    showNoWebGpu(describeError(error));
+  }
+}
+
+function showNoWebGpu(reason: string): void {
+  ui.adapter.textContent = 'No WebGPU adapter';
+  ui.adapter.dataset.state = 'missing';
+  ui.webgpuMissing.hidden = false;
+  ui.webgpuMissing.replaceChildren();
+  const title = document.createElement('strong');
+  title.textContent = 'WebGPU is not available, so this page cannot run a model.';
+  const detail = document.createElement('p');
+  detail.textContent = `${reason} Use a recent Chrome or Edge (or Firefox with WebGPU enabled) on a machine whose GPU driver is not blocklisted; on Linux, Chrome may need chrome://flags/#enable-unsafe-webgpu and #enable-vulkan.`;
+  ui.webgpuMissing.append(title, detail);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading a model
+
+function summaryRows(model: LlamaModel, folder: FileFolder): [string, string][] {
+  const c = model.config;
+  const dtypes = new Map<string, number>();
+  for (const info of model.tensors.allTensors.values()) dtypes.set(info.dtype, (dtypes.get(info.dtype) ?? 0) + 1);
+  const tokenizer = (() => {
+    try {
+      return model.tokenizer;
+    } catch {
+      return undefined;
+    }
+  })();
+  return [
+    ['folder', folder.name],
+    ['architecture', `${c.architecture}${c.tieWordEmbeddings ? ', tied embeddings' : ''}${c.attentionBias ? ', q/k/v biases' : ''}`],
+    ['layers', String(c.numLayers)],
+    ['hidden size', `${c.hiddenSize} (MLP ${c.intermediateSize})`],
+    ['attention heads', `${c.numHeads} query, ${c.numKvHeads} key/value, ${c.headDim} per head`],
+    ['vocabulary', String(c.vocabSize)],
+    ['weights', `${formatBytes(model.weightBytes)} in ${model.tensors.files.length} file${model.tensors.files.length === 1 ? '' : 's'}; ${[...dtypes].map(([d, n]) => `${n} ${d}`).join(', ')}`],
+    ['tokenizer', tokenizer ? `chat template, ${tokenizer.stopTokenIds.size} stop token${tokenizer.stopTokenIds.size === 1 ? '' : 's'}` : 'missing (tokenizer.json): the model cannot be abliterated'],
+  ];
+}
+
+function showSummary(model: LlamaModel, folder: FileFolder): void {
+  ui.summary.replaceChildren(
+    ...summaryRows(model, folder).flatMap(([term, value]) => {
+      const dt = document.createElement('dt');
+      dt.textContent = term;
+      const dd = document.createElement('dd');
+      dd.textContent = value;
+      dd.dataset.field = term;
+      return [dt, dd];
+    }),
+  );
+  ui.summary.hidden = false;
+  const previous = ui.layer.value;
+  ui.layer.replaceChildren(new Option('auto (by score)', 'auto'));
+  for (let point = 0; point <= model.config.numLayers; point++) {
+    ui.layer.append(new Option(point === 0 ? '0 (embedding)' : `${point} (output of layer ${point - 1})`, String(point)));
+  }
+  ui.layer.value = [...ui.layer.options].some((o) => o.value === previous) ? previous : 'auto';
+}
+
+function clearResults(): void {
+  downloads.revokeAll();
+  ui.results.hidden = true;
+  ui.results.dataset.state = 'empty';
+  ui.downloadLinks.replaceChildren();
+  ui.runProgress.hidden = true;
+}
+
+function closeModel(): void {
+  workbench.close();
+  clearResults();
+  ui.summary.hidden = true;
+  ui.summary.replaceChildren();
+  ui.modelCard.dataset.state = 'empty';
+  clearMessage();
+  setBusy(undefined);
+}
+
+async function loadFolder(source: () => Promise<FileFolder>, what: string): Promise<void> {
+  if (busy) return;
+  clearMessage();
+  clearResults();
+  ui.summary.hidden = true;
+  workbench.close();
+  ui.modelCard.dataset.state = 'loading';
+  ui.modelCard.dataset.attempt = String(Number(ui.modelCard.dataset.attempt ?? 0) + 1);
+  setBusy('loading');
+  ui.loadProgress.hidden = false;
+  ui.loadProgressBar.value = 0;
+  ui.loadProgressLabel.textContent = `Reading ${what}`;
+  try {
+    const folder = await source();
+    ui.loadProgressLabel.textContent = `Loading ${folder.name} onto the GPU`;
+    const model = await workbench.load(folder, (done, total) => {
+      ui.loadProgressBar.max = total;
+      ui.loadProgressBar.value = done;
+      updateMemory();
+    });
+    showSummary(model, folder);
+    ui.modelCard.dataset.state = 'loaded';
+  } catch (error) {
+    workbench.close();
+    ui.modelCard.dataset.state = 'error';
+    reportError('Could not load the model', error);
+  } finally {
+    ui.loadProgress.hidden = true;
+    setBusy(undefined);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prompts and settings
+
+function readSettings(): { page: PageSettings; limit: number } {
+  const number = (input: HTMLInputElement, name: string, integer: boolean, min: number, max: number) => {
+    const value = Number(input.value);
+    if (input.value.trim() === '' || !Number.isFinite(value) || (integer && !Number.isInteger(value)) || value < min || value > max) {
+      input.focus();
+      throw new RangeError(`${name} must be ${integer ? 'a whole number' : 'a number'} from ${min} to ${max} (got "${input.value}")`);
+    }
+    return value;
+  };
+  return {
+    page: {
+      layer: ui.layer.value === 'auto' ? undefined : Number(ui.layer.value),
+      alpha: number(ui.alpha, 'the cut strength α', false, -10, 10),
+      embedding: ui.embedding.checked,
+      maxNewTokens: number(ui.tokens, 'new tokens per answer', true, 1, 1024),
+      batchSize: number(ui.batch, 'prompts per forward step', true, 1, 256),
+    },
+    limit: number(ui.limit, 'prompts per set', true, 0, 1_000_000),
+  };
+}
+
+async function promptFile(input: HTMLInputElement, bundled: string | undefined, label: string): Promise<string[]> {
+  const column = ui.promptColumn.value.trim() || undefined;
+  const file = ui.promptsOwn.checked ? input.files?.[0] : undefined;
+  if (file) return readPrompts(new BlobSource(file, file.name), { column });
+  if (!bundled) throw new Error(`choose a file of ${label}`);
+  if (!manifest?.data.files.some((f) => f.name === bundled)) throw new Error(`the bundled prompt set ${bundled} is not available from this server; choose your own file of ${label}`);
+  return readPrompts(await bundledPromptFile(bundled));
+}
+
+/** The same sets as the CLI's defaults (data/*.txt), or the user's files; `limit` cuts each set as --limit does. */
+async function loadPromptSets(limit: number): Promise<PromptSets> {
+  const own = ui.promptsOwn.checked;
+  const cut = (prompts: string[]) => (limit > 0 ? prompts.slice(0, limit) : prompts);
+  const sets: PromptSets = {
+    harmful: cut(await promptFile(ui.fileHarmful, own ? undefined : 'harmful_train.txt', 'harmful prompts to measure')),
+    harmless: cut(await promptFile(ui.fileHarmless, own ? undefined : 'harmless_train.txt', 'harmless prompts to measure')),
+    evalHarmful: cut(await promptFile(ui.fileEvalHarmful, 'harmful_test.txt', 'harmful prompts to evaluate')),
+    evalHarmless: cut(await promptFile(ui.fileEvalHarmless, 'harmless_test.txt', 'harmless prompts to evaluate')),
+  };
+  // Perplexity on the bundled plain text, read whole as the CLI does.
+  if (manifest?.data.files.some((f) => f.name === 'plain_text.txt')) sets.plainText = await (await fetchBundled('data/plain_text.txt')).text();
+  return sets;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running
+
+const STAGES: Stage[] = ['measure', 'select', 'evaluate before', 'cut', 'evaluate after'];
+const STAGE_LABELS: Record<Stage, string> = {
+  measure: 'Measuring the residual stream',
+  select: 'Choosing the layer',
+  'evaluate before': 'Evaluating the original model',
+  cut: 'Cutting the direction from the weights',
+  'evaluate after': 'Evaluating the abliterated model',
+};
+
+function renderStages(active: Stage | undefined, timings: Record<string, number>): void {
+  const activeIndex = active ? STAGES.indexOf(active) : STAGES.length;
+  ui.stages.replaceChildren(
+    ...STAGES.map((stage, i) => {
+      const li = document.createElement('li');
+      const state = i < activeIndex ? 'done' : i === activeIndex ? 'active' : 'pending';
+      li.dataset.state = state;
+      li.dataset.stage = stage;
+      const seconds = timings[stage];
+      li.textContent = `${stage}${state === 'done' && seconds !== undefined ? ` · ${seconds.toFixed(1)} s` : ''}`;
+      return li;
+    }),
+  );
+}
+
+async function runAbliteration(): Promise<void> {
+  if (busy || !workbench.model) return;
+  clearMessage();
+  let settings: ReturnType<typeof readSettings>;
+  try {
+    settings = readSettings();
+  } catch (error) {
+    showMessage('error', 'Check the settings', describeError(error));
+    return;
+  }
+  clearResults();
+  controller = new AbortController();
+  const { signal } = controller;
+  setBusy('running');
+  ui.runProgress.hidden = false;
+  ui.runProgressBar.value = 0;
+  ui.runProgressLabel.textContent = 'Reading the prompt sets';
+  const timings: Record<string, number> = {};
+  let stageStart = performance.now();
+  let current: Stage | undefined;
+  renderStages('measure', timings);
+  try {
+    const sets = await loadPromptSets(settings.limit);
+    signal.throwIfAborted();
+    const run = await workbench.abliterate(sets, settings.page, {
+      signal,
+      onReload: (done, total) => {
+        ui.runProgressLabel.textContent = 'Reloading the original weights';
+        ui.runProgressBar.max = total;
+        ui.runProgressBar.value = done;
+      },
+      onStage: (stage) => {
+        if (current) timings[current] = (performance.now() - stageStart) / 1000;
+        current = stage;
+        stageStart = performance.now();
+        ui.runProgressLabel.textContent = STAGE_LABELS[stage];
+        ui.runProgressBar.removeAttribute('value');
+        renderStages(stage, timings);
+        updateMemory();
+      },
+      onProgress: (_stage, done, total) => {
+        ui.runProgressBar.max = total;
+        ui.runProgressBar.value = done;
+        updateMemory();
+      },
+    });
+    renderStages(undefined, run.result.timings);
+    ui.runProgressLabel.textContent = `Done in ${Object.values(run.result.timings).reduce((a, b) => a + b, 0).toFixed(1)} s`;
+    ui.runProgressBar.max = 1;
+    ui.runProgressBar.value = 1;
+    showResults(run);
+  } catch (error) {
+    ui.runProgress.hidden = true;
+    reportError('Could not finish the abliteration', error);
+  } finally {
+    controller = undefined;
+    setBusy(undefined);
+  }
+}
+
+function showResults(run: Run): void {
+  const r = run.result;
+  const score = r.scores[r.layer];
+  const how = r.selection.method === 'forced' ? 'chosen in the settings' : `the best ${r.selection.metric.replace('_', ' ')} in the ${Math.round(r.selection.window[0] * 100)}–${Math.round(r.selection.window[1] * 100)} % depth window`;
+  ui.resultSummary.textContent =
+    `Direction taken at layer ${r.layer} (${how}; effect size ${score?.effectSize.toFixed(2) ?? '–'}), measured on ${r.measurement.harmfulCount} harmful and ${r.measurement.harmlessCount} harmless prompts, ` +
+    `cut from ${r.cut.tensors.length} weight matrices with α = ${run.settings.alpha}${run.settings.embedding ? ', embedding included' : ''}.`;
+  ui.resultSummary.dataset.layer = String(r.layer);
+  renderTable(ui.resultBody, run);
+  ui.scoreMetric.value = selectionMetricKey(run);
+  ui.histogramCaption.textContent = `Projections on the refusal direction at layer ${r.layer}: harmful vs harmless prompts`;
+  renderGenerations(ui.generations, run);
+  // Shown before the charts are drawn: they take the width of their container.
+  ui.results.hidden = false;
+  renderCharts();
+  ui.results.dataset.state = 'done';
+}
+
+function renderCharts(): void {
+  const run = workbench.run;
+  if (!run || ui.results.hidden) return;
+  renderScoreChart(ui.scoreChart, run, ui.scoreMetric.value as ScoreKey);
+  renderHistogram(ui.histogram, run);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Saving
+
+function outputName(): string {
+  const model = workbench.model;
+  const base = (model?.folder.name ?? 'model').split('/').filter(Boolean).pop() ?? 'model';
+  return `${base}-abliterated`;
+}
+
+async function saveModel(): Promise<void> {
+  if (busy || !workbench.run) return;
+  clearMessage();
+  const picker = directoryPicker();
+  const toFolder = ui.saveMode.value === 'folder' && picker !== undefined;
+  controller = new AbortController();
+  const { signal } = controller;
+  const progress = (done: number, total: number) => {
+    ui.exportProgressBar.max = total;
+    ui.exportProgressBar.value = done;
+  };
+  try {
+    if (toFolder) {
+      // Ask for the folder first: the picker needs the click's user activation.
+      const parent = await picker({ id: 'abliterate-output', mode: 'readwrite' });
+      setBusy('exporting');
+      ui.exportProgress.hidden = false;
+      const dir = await createSubfolder(parent, outputName());
+      try {
+        const target = new DirectoryTarget(dir, signal);
+        await workbench.exportModel(target, progress);
+        await target.writeFile(REPORT_FILE, `${JSON.stringify(workbench.report(gpu?.adapter.name ?? 'unknown'), null, 2)}\n`);
+        const directions = await workbench.directionsFile();
+        const sink = await target.sink(DIRECTIONS_FILE);
+        await sink.write(new Uint8Array(await directions.arrayBuffer()));
+        await sink.close();
+      } catch (error) {
+        await parent.removeEntry(dir.name, { recursive: true }).catch(() => undefined);
+        throw error;
+      }
+      showMessage('success', `Saved to ${parent.name ? `${parent.name}/` : ''}${dir.name}`, 'The cut model, its report and the direction file were written there.');
+    } else {
+      setBusy('exporting');
+      ui.exportProgress.hidden = false;
+      if (ui.saveMode.value === 'folder') showMessage('info', 'This browser cannot write to a folder you choose', 'The files are offered as downloads instead.');
+      downloads.revokeAll();
+      const memory = new MemoryTarget();
+      await workbench.exportModel(abortableTarget(memory, signal), progress);
+      const files = memory.blobs();
+      const name = outputName();
+      const tar = tarBlob(name, files);
+      ui.downloadLinks.replaceChildren(
+        link(tar, `${name}.tar`, `all files as ${name}.tar (${formatBytes(tar.size)})`),
+        ...[...files].map(([file, blob]) => link(blob, file, `${file} (${formatBytes(blob.size)})`)),
+      );
+      downloads.download(tar, `${name}.tar`);
+    }
+  } catch (error) {
+    if ((error as DOMException).name === 'AbortError' && !signal.aborted) return; // the folder picker was dismissed
+    reportError('Could not save the model', error);
+  } finally {
+    controller = undefined;
+    ui.exportProgress.hidden = true;
+    setBusy(undefined);
+  }
+}
+
+function link(blob: Blob, file: string, text: string): HTMLLIElement {
+  const li = document.createElement('li');
+  const a = document.createElement('a');
+  a.href = downloads.url(blob);
+  a.download = file;
+  a.textContent = text;
+  a.dataset.file = file;
+  li.append(a);
+  return li;
+}
+
+function saveReport(): void {
+  if (!workbench.run) return;
+  const report = workbench.report(gpu?.adapter.name ?? 'unknown');
+  downloads.download(new Blob([`${JSON.stringify(report, null, 2)}\n`], { type: 'application/json' }), REPORT_FILE);
+}
+
+async function saveDirection(): Promise<void> {
+  if (!workbench.run) return;
+  try {
+    downloads.download(await workbench.directionsFile(), DIRECTIONS_FILE);
+  } catch (error) {
+    reportError('Could not write the direction file', error);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events
+
+function wire(): void {
+  ui.pickFolder.addEventListener('click', () => {
+    const picker = directoryPicker();
+    if (!picker) {
+      ui.folderInput.click();
+      return;
+    }
+    void picker({ id: 'abliterate-model', mode: 'read' }).then(
+      (handle) => loadFolder(() => folderFromHandle(handle), handle.name),
+      (error: unknown) => {
+        if ((error as DOMException).name !== 'AbortError') reportError('Could not open the folder', error);
+      },
+    );
+  });
+  ui.folderInput.addEventListener('change', () => {
+    const files = ui.folderInput.files;
+    if (!files || files.length === 0) return;
+    void loadFolder(async () => folderFromInput(files), 'the folder').finally(() => (ui.folderInput.value = ''));
+  });
+  ui.loadBundled.addEventListener('click', () => {
+    if (!manifest) return;
+    const m = manifest;
+    void loadFolder(
+      () =>
+        bundledModel(m, (done, total) => {
+          ui.loadProgressBar.max = total;
+          ui.loadProgressBar.value = done;
+        }),
+      `the bundled model ${m.model.name}`,
+    );
+  });
+  ui.closeModel.addEventListener('click', closeModel);
+
+  // Drops anywhere on the page load the folder (and never make the browser open the file instead).
+  document.addEventListener('dragover', (event) => {
+    event.preventDefault();
+    if (event.dataTransfer) event.dataTransfer.dropEffect = busy || !gpu ? 'none' : 'copy';
+    ui.dropZone.dataset.state = 'over';
+  });
+  document.addEventListener('dragleave', (event) => {
+    if (event.relatedTarget === null) ui.dropZone.dataset.state = 'idle';
+  });
+  document.addEventListener('drop', (event) => {
+    event.preventDefault();
+    ui.dropZone.dataset.state = 'idle';
+    const data = event.dataTransfer;
+    if (!data || busy || !gpu) return;
+    const pending = folderFromDrop(data);
+    void loadFolder(() => pending, 'the dropped folder');
+  });
+
+  const togglePrompts = () => (ui.ownPrompts.hidden = !ui.promptsOwn.checked);
+  ui.promptsOwn.addEventListener('change', togglePrompts);
+  ui.promptsBundled.addEventListener('change', togglePrompts);
+  ui.settings.addEventListener('submit', (event) => {
+    event.preventDefault();
+    void runAbliteration();
+  });
+  ui.run.addEventListener('click', () => void runAbliteration());
+  ui.cancel.addEventListener('click', () => controller?.abort(new DOMException('cancelled by the user', 'AbortError')));
+  ui.scoreMetric.addEventListener('change', renderCharts);
+  let chartWidth = 0;
+  new ResizeObserver(() => {
+    const width = ui.scoreChart.clientWidth;
+    if (width === chartWidth) return;
+    chartWidth = width;
+    renderCharts();
+  }).observe(ui.scoreChart);
+  ui.saveModel.addEventListener('click', () => void saveModel());
+  ui.saveReport.addEventListener('click', saveReport);
+  ui.saveDirection.addEventListener('click', () => void saveDirection());
+  if (!directoryPicker()) {
+    ui.saveMode.value = 'download';
+    ui.saveMode.options[0]!.disabled = true;
+    ui.pickFolder.hidden = true;
+  } else {
+    // The directory picker covers it; the file dialog stays for browsers without one.
+    ui.folderInputLabel.hidden = true;
+  }
+  window.addEventListener('unhandledrejection', (event) => reportError('Something went wrong', event.reason));
+  setInterval(updateMemory, 1000);
+}
+
+async function start(): Promise<void> {
+  wire();
+  workbench.onWarning = (warning) => {
+    if (ui.message.hidden || ui.message.dataset.kind !== 'info') showMessage('info', 'Note', warning);
+    else ui.message.append(Object.assign(document.createElement('p'), { textContent: warning }));
+  };
+  setBusy('loading');
+  const [, found] = await Promise.all([openGpu(), bundledManifest()]);
+  manifest = found;
+  if (!manifest) ui.bundledNote.textContent = 'The bundled model is not served by this server.';
+  else if (manifest.model.missing) ui.bundledNote.textContent = `The bundled model is not available: ${manifest.model.missing}.`;
+  else ui.bundledNote.textContent = `Bundled: ${manifest.model.name} (${formatBytes(manifest.model.files.reduce((s, f) => s + f.size, 0))}), fetched from this page's own server.`;
+  ui.loadBundled.textContent = manifest && !manifest.model.missing ? `Try the bundled ${manifest.model.name}` : 'Try the bundled model';
+  setBusy(undefined);
+  document.body.dataset.ready = 'true';
+}
+
+void start();
