@@ -1,4 +1,6 @@
 import { Command, CommanderError } from 'commander';
+import { GpuOutOfMemoryError } from '../gpu/errors.ts';
+import { MEMORY_BUDGET_ENV } from '../gpu/node.ts';
 import { registerGenerate } from './generate.ts';
 import { registerInspect } from './inspect.ts';
 import { registerRun } from './run.ts';
@@ -23,8 +25,10 @@ try {
     // Commander already printed its message (usage errors, --help, --version).
     process.exitCode = error.exitCode;
   } else {
-    const message = error instanceof Error ? error.message : String(error);
-    process.stderr.write(`abliterate: ${message.split('\n')[0]}\n`);
+    let message = (error instanceof Error ? error.message : String(error)).split('\n')[0];
+    const budget = process.env[MEMORY_BUDGET_ENV];
+    if (error instanceof GpuOutOfMemoryError && budget) message += ` (${MEMORY_BUDGET_ENV}=${budget})`;
+    process.stderr.write(`abliterate: ${message}\n`);
     if (process.env.ABLITERATE_DEBUG && error instanceof Error) process.stderr.write(`${error.stack}\n`);
     process.exitCode = 1;
   }

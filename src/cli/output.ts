@@ -15,9 +15,10 @@ export { DIRECTIONS_FILE, REPORT_FILE, reportOf };
  */
 export async function withOutputFolder<T>(outPath: string, inputPath: string, force: boolean, work: (out: OutputFolder) => Promise<T>): Promise<T> {
   const out = await createOutputFolder(outPath, { force, inputPath });
+  let stopping: Promise<void> | undefined;
   const interrupted = (signal: NodeJS.Signals) => {
     process.stderr.write(`abliterate: interrupted (${signal}); nothing was written to ${out.path}\n`);
-    void out.abort().finally(() => process.exit(130));
+    stopping = out.abort().finally(() => process.exit(130));
   };
   process.once('SIGINT', interrupted);
   process.once('SIGTERM', interrupted);
@@ -26,8 +27,15 @@ export async function withOutputFolder<T>(outPath: string, inputPath: string, fo
     await out.commit();
     return result;
   } catch (error) {
-    await out.abort();
-    if (error instanceof OutputWriteError) error.message += `; nothing was written to ${out.path}`;
+    // Interrupted: the work failed because its folder went away; the exit is under way, say nothing more.
+    if (stopping) await stopping;
+    // A failed clean-up must not hide the error; it is reported with it.
+    const leftover = await out.abort().then(
+      () => undefined,
+      () => out.tempPath,
+    );
+    if (leftover && error instanceof Error) error.message += `; the partial output could not be removed: delete ${leftover}`;
+    else if (error instanceof OutputWriteError) error.message += `; nothing was written to ${out.path}`;
     throw error;
   } finally {
     process.off('SIGINT', interrupted);

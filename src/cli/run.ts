@@ -25,7 +25,8 @@ export function registerRun(program: Command): void {
     const settings = settingsFrom(config);
     const sets = await loadPromptSets(config, { plainText: true, validation: settings.select === 'ablation' });
     const output = resolve(config.out);
-    await withOutputFolder(output, resolve(dir), config.force ?? false, (out) => withModel(dir, { adapter: config.adapter }, async (model, gpu) => {
+    // The summary is printed once the output is in place under its final name.
+    const { report, adapter } = await withOutputFolder(output, resolve(dir), config.force ?? false, (out) => withModel(dir, { adapter: config.adapter }, async (model, gpu) => {
       let bar: Progress | undefined;
       const result = await runAbliteration(model, sets, settings, {
         onStage: (stage: Stage) => {
@@ -48,11 +49,12 @@ export function registerRun(program: Command): void {
       const exportBar = progressBar('export', 1);
       await writeRunOutput(out, model, result, report, parameters, (done, total) => exportBar.update(done, total));
       exportBar.stop();
-      if (config.json) printJson(report);
-      else {
-        status(`adapter ${gpu.adapter.name}; stages ${Object.entries(report.timings_s).map(([k, s]) => `${k} ${s.toFixed(1)}s`).join(', ')}`);
-        process.stdout.write(`${summaryTable(report)}\n`);
-      }
+      return { report, adapter: gpu.adapter.name };
     }));
+    if (config.json) printJson(report);
+    else {
+      status(`adapter ${adapter}; stages ${Object.entries(report.timings_s).map(([k, s]) => `${k} ${s.toFixed(1)}s`).join(', ')}`);
+      process.stdout.write(`${summaryTable(report)}\n`);
+    }
   });
 }

@@ -12,6 +12,7 @@ import { probe } from '../abliterate/probe.ts';
 import { rankLayers } from '../abliterate/select.ts';
 import { steeringHooks, type Steering } from '../abliterate/steer.ts';
 import { generate } from '../model/generate.ts';
+import { FileMissingError } from '../io/byteSource.ts';
 import { NodeFolder } from '../io/nodeFolder.ts';
 import { MemorySink } from '../io/safetensorsWriter.ts';
 import { addGpuOptions, loadModel, openGpu, parseInteger, parseNumber, printJson, progressBar, UsageError, withModel } from './common.ts';
@@ -21,7 +22,11 @@ import { BUNDLED, loadPrompts, settingsFrom } from './settings.ts';
 
 async function openDirections(file: string): Promise<Directions> {
   const path = resolve(file);
-  return readDirections(await new NodeFolder(dirname(path)).open(basename(path)));
+  const source = await new NodeFolder(dirname(path)).open(basename(path)).catch((error: unknown) => {
+    throw error instanceof FileMissingError ? new UsageError(`the directions file ${file} does not exist`) : error;
+  });
+  // Messages name the file as the user gave it.
+  return readDirections({ name: file, size: source.size, read: (offset, length) => source.read(offset, length) });
 }
 
 /** Writes a small file under a temporary name and renames it, refusing to replace one unless forced. */
@@ -106,7 +111,8 @@ export function registerSteps(program: Command): void {
     const directions = await openDirections(options.direction);
     const { layer, direction } = pointOf(directions, options.layer);
     const settings = settingsFrom({ layers: options.layers, kernel: options.kernel });
-    await withOutputFolder(options.out, resolve(dir), options.force ?? false, (out) => withModel(dir, options, async (model) => {
+    // The summary is printed once the output is in place under its final name.
+    const summary = await withOutputFolder(options.out, resolve(dir), options.force ?? false, (out) => withModel(dir, options, async (model) => {
       if (direction.length !== model.config.hiddenSize) throw new UsageError(`the direction has ${direction.length} values but the model's hidden size is ${model.config.hiddenSize}`);
       const scores = directions.scores.slice(1).map((s) => s.effectSize);
       const weights = layerWeights(model.config.numLayers, settings.layers, settings.kernel, scores.length === model.config.numLayers ? scores : undefined);
@@ -116,10 +122,10 @@ export function registerSteps(program: Command): void {
       const parameters = { layer, alpha: options.alpha, layer_weights: weights, embedding: options.embedding, preserve_row_norm: options.preserveNorm ?? false, source_model: resolve(dir) };
       const exportStart = performance.now();
       await bar('export', (update) => exportModel(model, out, { parameters, onProgress: update }));
-      const summary = { layer, output: out.path, tensors: [...model.modifiedTensors], cut_s: cutSeconds, export_s: (performance.now() - exportStart) / 1000 };
-      if (options.json) printJson(summary);
-      else process.stdout.write(`cut ${summary.tensors.length} tensors with the direction of point ${layer} in ${cutSeconds.toFixed(2)} s; written to ${out.path}\n`);
+      return { layer, output: out.path, tensors: [...model.modifiedTensors], cut_s: cutSeconds, export_s: (performance.now() - exportStart) / 1000 };
     }));
+    if (options.json) printJson(summary);
+    else process.stdout.write(`cut ${summary.tensors.length} tensors with the direction of point ${summary.layer} in ${summary.cut_s.toFixed(2)} s; written to ${summary.output}\n`);
   });
 
   addGpuOptions(

@@ -86,6 +86,11 @@ export async function createOutputFolder(finalPath: string, options: OutputFolde
     await mkdir(parent, { recursive: true });
     await mkdir(tempPath);
   } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    const where = (error as NodeJS.ErrnoException).path;
+    if ((code === 'EEXIST' || code === 'ENOTDIR') && where !== undefined && where !== tempPath) {
+      throw new OutputWriteError(`cannot create the output folder ${path}: ${where} is a file, not a folder`, { cause: error });
+    }
     throw writeError(`cannot create the output folder ${path}`, error);
   }
   return new NodeOutputFolder(path, tempPath, inputs, options.force === true);
@@ -139,17 +144,21 @@ class NodeOutputFolder implements OutputFolder {
       // checkPaths refused this without force; it may have appeared since.
       if (!this.force) throw new OutputFolderError('exists', this.path, `${this.path} already exists (appeared while writing); use --force to replace it`);
       const aside = join(dirname(this.path), `.${basename(this.path)}.old-${process.pid}-${randomBytes(4).toString('hex')}`);
-      await rename(this.path, aside);
+      await rename(this.path, aside).catch((error: unknown) => {
+        throw writeError(`cannot move the old ${this.path} aside`, error);
+      });
       try {
         await rename(this.tempPath, this.path);
       } catch (error) {
         await rename(aside, this.path).catch(() => undefined);
-        throw error;
+        throw writeError(`cannot rename the finished output to ${this.path}`, error);
       }
       this.state = 'committed';
       await rm(aside, { recursive: true, force: true });
     } else {
-      await rename(this.tempPath, this.path);
+      await rename(this.tempPath, this.path).catch((error: unknown) => {
+        throw writeError(`cannot rename the finished output to ${this.path}`, error);
+      });
       this.state = 'committed';
     }
   }

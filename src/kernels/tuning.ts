@@ -8,6 +8,8 @@
 import type { Gpu } from '../gpu/gpu.ts';
 import type { Dtype } from '../io/dtype.ts';
 import type { MatmulVariant } from './matmul.ts';
+import llvmpipe from '../../bench/tuning/llvmpipe.json' with { type: 'json' };
+import swiftshader from '../../bench/tuning/swiftshader.json' with { type: 'json' };
 
 /** Token counts tuned separately: decode (1–2), batched decode (3–31), prefill (32 and more). */
 export const TOKEN_CLASSES = ['decode', 'batch', 'prefill'] as const;
@@ -25,6 +27,7 @@ export interface TuningFile {
 }
 
 const tuned = new Map<string, TuningFile>();
+for (const file of [llvmpipe, swiftshader]) tuned.set(file.adapter, file as TuningFile);
 
 /** Adds (or replaces) the tuning of an adapter, e.g. a file produced by the sweep on a GPU server. */
 export function registerTuning(file: TuningFile): void {

@@ -66,7 +66,7 @@ export class LlamaModel {
       const peak = StreamedWeights.peakBytes(config, tensors);
       if (peak > gpu.memoryBudget) {
         throw new GpuOutOfMemoryError(
-          `${folder.name}: even streamed one layer at a time, the weights need ${formatBytes(peak)} of GPU memory at once, more than the budget of ${formatBytes(gpu.memoryBudget)}`,
+          `${folder.name}: even streamed one layer at a time, the weights need ${formatBytes(peak)} of GPU memory at once, more than the budget of ${formatBytes(gpu.memoryBudget)}; give it a larger memory budget`,
         );
       }
       weights = new StreamedWeights(gpu, config, new TensorOverlay(tensors), await uploadVector(gpu, tensors, 'model.norm.weight'));

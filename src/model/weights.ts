@@ -167,10 +167,13 @@ export async function uploadLlamaWeights(gpu: Gpu, config: ModelConfig, model: T
     onProgress?.(1, total);
     for (let l = 0; l < config.numLayers; l++) {
       layers.push(await uploadLayer(gpu, config, model, l));
+      // Lets Dawn release the staging copies of this layer's uploads: host memory holds one layer, not the model.
+      await gpu.finish();
       onProgress?.(l + 2, total);
     }
     finalNorm = await uploadVector(gpu, model, 'model.norm.weight');
     lmHead = config.tieWordEmbeddings ? embed : await uploadTensorMatrix(gpu, model, 'lm_head.weight');
+    await gpu.finish();
   } catch (error) {
     // Out of memory half-way (or a read error): free what was uploaded.
     if (embed) destroyMatrix(gpu, embed);
