@@ -155,6 +155,9 @@ export async function runAbliteration(model: LlamaModel, sets: PromptSets, setti
     return { layer: trials[0]!.layer, selection: { method: 'ablation' as const, metric: settings.metric, window: settings.window, trials } };
   });
   const direction = measurement.directions[layer]!;
+  if (!(measurement.scores[layer]!.gap > 0)) {
+    throw new RangeError(`the harmful and harmless prompts have the same mean activation at layer ${layer}: there is no direction to cut (are the two sets the same?)`);
+  }
 
   const scorePerLayer = measurement.scores.slice(1).map((s) => s[settings.metric === 'gap' ? 'gap' : settings.metric === 'relative_gap' ? 'relativeGap' : 'effectSize']);
   const weights = layerWeights(model.config.numLayers, settings.layers, settings.kernel, scorePerLayer);
