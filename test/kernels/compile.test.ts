@@ -6,7 +6,8 @@ import { ablationHooks, uploadBasis } from '../../src/abliterate/ablation.ts';
 import { recordSoftmax } from '../../src/kernels/softmax.ts';
 import { recordCrossEntropy, recordKlDivergence } from '../../src/kernels/losses.ts';
 import { generate } from '../../src/model/generate.ts';
-import { testGpu } from '../helpers/gpu.ts';
+import { recordMatmul } from '../../src/kernels/matmul.ts';
+import { packedMatrix, testGpu } from '../helpers/gpu.ts';
 import { loadRandomModel } from '../helpers/models.ts';
 
 let gpu: Gpu;
@@ -14,9 +15,6 @@ beforeAll(async () => {
   gpu = await testGpu();
 });
 afterAll(() => gpu?.dispose());
-
-/** Kernels that only the benchmarks use, compiled here with the variants they sweep. */
-const BENCH_ONLY = new Set(['matmul_vec4.wgsl', 'matvec.wgsl']);
 
 describe('every shader compiles through Dawn without a message', () => {
   it('compiles each kernel variant the engine uses', async () => {
@@ -53,13 +51,18 @@ describe('every shader compiles through Dawn without a message', () => {
     recordSoftmax(batch, { input: out, rows, cols: vocab });
     recordCrossEntropy(batch, { logits, targets: gpu.upload(new Uint32Array([1, 2, 3]), 'targets'), nll: gpu.createBuffer(rows * 4, 'nll'), rows, vocab });
     recordKlDivergence(batch, { logitsP: logits, logitsQ: out, kl: gpu.createBuffer(rows * 4, 'kl'), rows, vocab });
+    // The split-k decode kernel that adapters without a tuning file (real GPUs) use.
+    const { matrix } = await packedMatrix(gpu, 'w', 'BF16', 8, 64, new Float32Array(8 * 64).fill(0.5));
+    for (const SUBGROUPS of [false, true]) {
+      recordMatmul(batch, { x: gpu.createBuffer(64 * 4, 'x'), tokens: 1, weight: matrix, y: gpu.createBuffer(8 * 4, 'y'), tiling: { TM: 1, TN: 4, WG: 64, SUBGROUPS } });
+    }
     await batch.submit();
 
     const kernels = gpu.compiledKernels();
     const messages = (await Promise.all(kernels.map((k) => k.compilation))).flat();
     expect(messages).toEqual([]);
     const compiled = new Set(kernels.map((k) => k.name));
-    const files = Object.keys(shaderSources).filter((f) => !f.startsWith('common/') && !BENCH_ONLY.has(f));
+    const files = Object.keys(shaderSources).filter((f) => !f.startsWith('common/'));
     expect(files.filter((f) => !compiled.has(f)), 'shaders that no engine path compiled').toEqual([]);
     console.log(`${kernels.length} kernel variants of ${compiled.size} shaders compiled without a message`);
   });

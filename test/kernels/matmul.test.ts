@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Gpu } from '../../src/gpu/gpu.ts';
 import type { Dtype } from '../../src/io/dtype.ts';
-import { recordMatmul, type MatmulTiling } from '../../src/kernels/matmul.ts';
+import { recordMatmul, type MatmulTiling, type MatmulVariant } from '../../src/kernels/matmul.ts';
 import { expectClose } from '../helpers/compare.ts';
 import { destroyMatrix, f32, packedMatrix, poisonedBuffer, testGpu } from '../helpers/gpu.ts';
 import { Random } from '../helpers/random.ts';
@@ -34,7 +34,7 @@ function reference(x: Float64Array, w: Float64Array, bias: Float64Array | undefi
 const DECODE: MatmulTiling = { TM: 1, TN: 4, WG_X: 64, WG_Y: 1 };
 const PREFILL: MatmulTiling = { TM: 4, TN: 4, WG_X: 8, WG_Y: 8 };
 
-async function check(device: Gpu, dtype: Dtype, tokens: number, k: number, n: number, withBias: boolean, tiling?: MatmulTiling) {
+async function check(device: Gpu, dtype: Dtype, tokens: number, k: number, n: number, withBias: boolean, tiling?: MatmulVariant) {
   const rng = new Random();
   const x = Float64Array.from(f32(rng.normals(tokens * k)));
   const { matrix, stored } = await packedMatrix(device, 'w', dtype, n, k, rng.normals(n * k, 1 / Math.sqrt(k)));
@@ -80,6 +80,28 @@ describe('matmul over packed weights', () => {
     ['prefill', PREFILL],
   ] as const)('gives the same results with the %s tiling on any token count', async (_, tiling) => {
     for (const tokens of [1, 4, 9]) await check(gpu, 'BF16', tokens, 64, 70, true, tiling);
+  });
+
+  // Every variant the tuning can choose: register blocks with scalar or 16-byte loads (matmul.wgsl,
+  // matmul_vec4.wgsl) and split-k with and without subgroup sums (matvec.wgsl, the GPU decode default).
+  const VARIANTS: [string, MatmulVariant][] = [
+    ['vec4 1×4', { TM: 1, TN: 4, WG_X: 16, WG_Y: 1, VEC4: true }],
+    ['vec4 8×8', { TM: 8, TN: 8, WG_X: 16, WG_Y: 4, VEC4: true }],
+    ['split-k', { TM: 1, TN: 4, WG: 64, SUBGROUPS: false }],
+    ['split-k with subgroups', { TM: 2, TN: 2, WG: 64, SUBGROUPS: true }],
+  ];
+  it.each(VARIANTS)('the %s variant agrees with the reference for every dtype', async (_, tiling) => {
+    for (const dtype of ['F32', 'BF16', 'F16'] as const) {
+      for (const [tokens, k, n] of [
+        [1, 64, 37],
+        [3, 128, 130],
+        [17, 256, 33],
+        [2, 63, 20],
+      ] as const) {
+        await check(gpu, dtype, tokens, k, n, tokens !== 3, tiling);
+      }
+    }
+    await check(smallBindings, 'BF16', 5, 96, 101, true, tiling);
   });
 
   it('splits matrices larger than a storage binding into row chunks', async () => {
