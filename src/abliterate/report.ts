@@ -1,9 +1,22 @@
 import type { LlamaModel } from '../model/model.ts';
-import type { AbliterationResult } from './pipeline.ts';
+import type { AbliterationResult, AbliterationSettings } from './pipeline.ts';
 
 /** Names of the files a run writes beside the model (CLI output folder, page downloads). */
 export const REPORT_FILE = 'abliteration_report.json';
 export const DIRECTIONS_FILE = 'refusal_direction.safetensors';
+
+/** The parameters of a cut, as stored in the exported model's `__metadata__` and the report. */
+export function cutParameters(result: AbliterationResult, settings: AbliterationSettings, sourceModel: string): Record<string, unknown> {
+  return {
+    layer: result.layer,
+    alpha: settings.alpha,
+    layer_weights: result.layerWeights,
+    embedding: settings.embedding,
+    preserve_row_norm: settings.preserveRowNorm,
+    selection: result.selection.method,
+    source_model: sourceModel,
+  };
+}
 
 /** The JSON report of a run: the figures a user and a script need, without the per-token data. */
 export function reportOf(result: AbliterationResult, model: LlamaModel, parameters: Record<string, unknown>, output: string | null, adapter: string) {

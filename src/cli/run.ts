@@ -2,6 +2,7 @@ import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { runAbliteration, type Stage } from '../abliterate/pipeline.ts';
 import { addGpuOptions, printJson, progressBar, status, UsageError, withModel, type Progress } from './common.ts';
+import { cutParameters } from '../abliterate/report.ts';
 import { reportOf, summaryTable, withOutputFolder, writeRunOutput } from './output.ts';
 import { addRunOptions, configFromCommand, type RunCommandOptions } from './runOptions.ts';
 import { loadPromptSets, settingsFrom } from './settings.ts';
@@ -36,15 +37,7 @@ export function registerRun(program: Command): void {
         onProgress: (_stage, done, total) => bar?.update(done, total),
       });
       bar?.stop();
-      const parameters = {
-        layer: result.layer,
-        alpha: settings.alpha,
-        layer_weights: result.layerWeights,
-        embedding: settings.embedding,
-        preserve_row_norm: settings.preserveRowNorm,
-        selection: result.selection.method,
-        source_model: resolve(dir),
-      };
+      const parameters = cutParameters(result, settings, resolve(dir));
       const report = reportOf(result, model, parameters, output, gpu.adapter.name);
       const exportBar = progressBar('export', 1);
       await writeRunOutput(out, model, result, report, parameters, (done, total) => exportBar.update(done, total));

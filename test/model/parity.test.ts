@@ -1,12 +1,12 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Gpu } from '../../src/gpu/gpu.ts';
-import { BlobFolder } from '../../src/io/byteSource.ts';
 import { generate } from '../../src/model/generate.ts';
 import { KvCache } from '../../src/model/kvCache.ts';
-import { LlamaModel } from '../../src/model/model.ts';
+import type { LlamaModel } from '../../src/model/model.ts';
 import { HookRunner, type Hook, type TapPoint } from '../../src/model/taps.ts';
 import { ReferenceLlama } from '../reference/llama.ts';
-import { randomModel, toSafetensors, type RandomModel, type RandomModelOptions } from '../reference/randomModel.ts';
+import type { RandomModel, RandomModelOptions } from '../reference/randomModel.ts';
+import { loadRandomModel } from '../helpers/models.ts';
 import { relativeError } from '../helpers/compare.ts';
 import { testGpu } from '../helpers/gpu.ts';
 import { Random } from '../helpers/random.ts';
@@ -30,15 +30,7 @@ const VARIANTS: [string, RandomModelOptions][] = [
 ];
 
 async function loadRandom(options: RandomModelOptions): Promise<{ random: RandomModel; model: LlamaModel; reference: ReferenceLlama }> {
-  const random = randomModel({ hiddenSize: 64, intermediateSize: 160, numLayers: 3, vocabSize: 300, ...options });
-  const folder = new BlobFolder(
-    'random-model',
-    new Map([
-      ['config.json', new Blob([JSON.stringify(random.configJson)])],
-      ['model.safetensors', new Blob([toSafetensors(random.tensors) as Uint8Array<ArrayBuffer>])],
-    ]),
-  );
-  const model = await LlamaModel.load(gpu, folder);
+  const { random, model } = await loadRandomModel(gpu, options);
   return { random, model, reference: new ReferenceLlama(random.config, random.weights) };
 }
 

@@ -6,7 +6,7 @@
 import { writeDirections } from '../../src/abliterate/directionsFile.ts';
 import { exportModel } from '../../src/abliterate/export.ts';
 import { DEFAULT_SETTINGS, runAbliteration, type AbliterationResult, type AbliterationSettings, type PromptSets, type RunCallbacks } from '../../src/abliterate/pipeline.ts';
-import { reportOf, type AbliterationReport } from '../../src/abliterate/report.ts';
+import { cutParameters, reportOf, type AbliterationReport } from '../../src/abliterate/report.ts';
 import { createBrowserGpu } from '../../src/gpu/browser.ts';
 import type { Gpu } from '../../src/gpu/gpu.ts';
 import type { FileFolder } from '../../src/io/byteSource.ts';
@@ -125,15 +125,7 @@ export class Workbench {
       throw error;
     }
     this.cut = true;
-    const parameters = {
-      layer: result.layer,
-      alpha: settings.alpha,
-      layer_weights: result.layerWeights,
-      embedding: settings.embedding,
-      preserve_row_norm: settings.preserveRowNorm,
-      selection: result.selection.method,
-      source_model: this.current!.folder.name,
-    };
+    const parameters = cutParameters(result, settings, this.current!.folder.name);
     this.lastRun = { result, settings, parameters };
     return this.lastRun;
   }
