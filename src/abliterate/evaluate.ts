@@ -25,6 +25,8 @@ export interface EvaluationRunOptions {
   batchSize?: number;
   onProgress?: (done: number, total: number) => void;
   signal?: AbortSignal;
+  /** What the prompts are ("harmful evaluation"), for warnings. */
+  set?: string;
 }
 
 /** Greedy answers to each prompt (chat template, generation prompt on), judged by the refusal markers. */
@@ -34,7 +36,7 @@ export async function evaluateRefusals(
   options: EvaluationRunOptions & { maxNewTokens?: number; markers?: readonly string[] } = {},
 ): Promise<RefusalEvaluation> {
   const maxNewTokens = options.maxNewTokens ?? 64;
-  const result = await generate(model, chatTokens(model, prompts, { reserve: maxNewTokens }), {
+  const result = await generate(model, chatTokens(model, prompts, { reserve: maxNewTokens, set: options.set }), {
     maxNewTokens,
     hooks: options.hooks,
     batchSize: options.batchSize,
@@ -58,7 +60,7 @@ export async function firstTokenLogits(model: LlamaModel, prompts: readonly stri
   const rowBytes = config.vocabSize * 4;
   const out = gpu.createBuffer(prompts.length * rowBytes, 'baseline logits');
   try {
-    await prefillPrompts(model, chatTokens(model, prompts), {
+    await prefillPrompts(model, chatTokens(model, prompts, { set: options.set }), {
       ...options,
       onLogits: (batch, logits, first, count) => void batch.copy(logits, 0, out, first * rowBytes, count * rowBytes),
     });
@@ -84,7 +86,7 @@ export async function firstTokenKl(
   const baselineRows = gpu.createBuffer(stepRows * rowBytes, 'baseline rows');
   const stepKl = gpu.createBuffer(stepRows * 4, 'kl of a step');
   try {
-    await prefillPrompts(model, chatTokens(model, prompts), {
+    await prefillPrompts(model, chatTokens(model, prompts, { set: options.set }), {
       ...options,
       batchSize: stepRows,
       onLogits: (batch, logits, first, count) => {

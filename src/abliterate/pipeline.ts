@@ -133,7 +133,7 @@ export async function runAbliteration(model: LlamaModel, sets: PromptSets, setti
   const { batchSize } = settings;
 
   const measurement = await stage('measure', (progress) =>
-    measure(model, chatTokens(model, samplePrompts(sets.harmful, settings.measurePrompts)), chatTokens(model, samplePrompts(sets.harmless, settings.measurePrompts)), {
+    measure(model, chatTokens(model, samplePrompts(sets.harmful, settings.measurePrompts), { set: 'harmful' }), chatTokens(model, samplePrompts(sets.harmless, settings.measurePrompts), { set: 'harmless' }), {
       batchSize,
       onProgress: progress,
       signal,
@@ -165,7 +165,7 @@ export async function runAbliteration(model: LlamaModel, sets: PromptSets, setti
   let baseline: GPUBuffer | undefined;
   try {
     const before = await stage('evaluate before', async (progress) => {
-      baseline = await firstTokenLogits(model, sets.evalHarmless, { batchSize, signal });
+      baseline = await firstTokenLogits(model, sets.evalHarmless, { set: 'harmless evaluation', batchSize, signal });
       return evaluateModel(model, sets, settings, baseline, progress, signal);
     });
     const cut = await stage('cut', () =>
@@ -193,15 +193,16 @@ async function evaluateModel(
 ): Promise<ModelEvaluation> {
   const { batchSize, maxNewTokens, markers } = settings;
   const total = sets.evalHarmful.length + sets.evalHarmless.length;
-  const harmful = await evaluateRefusals(model, sets.evalHarmful, { batchSize, maxNewTokens, markers, signal, onProgress: (done) => progress(done, total) });
+  const harmful = await evaluateRefusals(model, sets.evalHarmful, { set: 'harmful evaluation', batchSize, maxNewTokens, markers, signal, onProgress: (done) => progress(done, total) });
   const harmless = await evaluateRefusals(model, sets.evalHarmless, {
+    set: 'harmless evaluation',
     batchSize,
     maxNewTokens,
     markers,
     signal,
     onProgress: (done) => progress(sets.evalHarmful.length + done, total),
   });
-  const kl = baseline ? (await firstTokenKl(model, baseline, sets.evalHarmless, { batchSize, signal })).mean : 0;
+  const kl = baseline ? (await firstTokenKl(model, baseline, sets.evalHarmless, { set: 'harmless evaluation', batchSize, signal })).mean : 0;
   const ppl = sets.plainText ? (await perplexity(model, sets.plainText)).perplexity : null;
   return {
     harmful_refusal_rate: harmful.rate,

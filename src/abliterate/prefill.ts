@@ -55,9 +55,9 @@ export async function prefillPrompts(model: LlamaModel, prompts: readonly (reado
 /**
  * Each prompt as one user message in the model's chat template, with the generation prompt. A prompt
  * longer than the model's context (less `reserve` positions for new tokens, at most half of it) has
- * the end of its message cut to fit, with a warning through the model.
+ * the end of its message cut to fit, with a warning through the model naming the `set`.
  */
-export function chatTokens(model: LlamaModel, prompts: readonly string[], options: { reserve?: number } = {}): number[][] {
+export function chatTokens(model: LlamaModel, prompts: readonly string[], options: { reserve?: number; set?: string } = {}): number[][] {
   const context = contextLength(model.config);
   const limit = context - Math.min(options.reserve ?? 0, Math.floor(context / 2));
   const cut: number[] = [];
@@ -68,7 +68,7 @@ export function chatTokens(model: LlamaModel, prompts: readonly string[], option
   });
   if (cut.length > 0) {
     const shown = cut.slice(0, 5).map((i) => i + 1).join(', ') + (cut.length > 5 ? `, and ${cut.length - 5} more` : '');
-    model.warn(`${cut.length} of ${prompts.length} prompts cut to ${limit} tokens to fit the model's context of ${context} positions (prompt ${shown})`);
+    model.warn(`${cut.length} of ${prompts.length} ${options.set ? `${options.set} ` : ''}prompts cut to ${limit} tokens to fit the model's context of ${context} positions (prompt ${shown})`);
   }
   return tokens;
 }

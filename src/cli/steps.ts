@@ -74,7 +74,7 @@ export function registerSteps(program: Command): void {
     const harmless = samplePrompts(await loadPrompts(config.harmless ?? BUNDLED.harmless, config.column, config.limit), settings.measurePrompts);
     await withModel(dir, { adapter: config.adapter }, async (model) => {
       const measurement = await bar('measure', (update) =>
-        measure(model, chatTokens(model, harmful), chatTokens(model, harmless), { batchSize: settings.batchSize, onProgress: update }),
+        measure(model, chatTokens(model, harmful, { set: 'harmful' }), chatTokens(model, harmless, { set: 'harmless' }), { batchSize: settings.batchSize, onProgress: update }),
       );
       const layer = settings.layer ?? rankLayers(measurement, { window: settings.window, metric: settings.metric })[0]!.layer;
       const sink = new MemorySink('directions');
@@ -163,8 +163,8 @@ export function registerSteps(program: Command): void {
       const model = await loadModel(gpu, dir);
       try {
         const run = { batchSize: options.batchSize, maxNewTokens: options.maxTokens };
-        const h = await bar('harmful', (update) => evaluateRefusals(model, harmful, { ...run, onProgress: update }));
-        const b = await bar('harmless', (update) => evaluateRefusals(model, harmless, { ...run, onProgress: update }));
+        const h = await bar('harmful', (update) => evaluateRefusals(model, harmful, { ...run, set: 'harmful', onProgress: update }));
+        const b = await bar('harmless', (update) => evaluateRefusals(model, harmless, { ...run, set: 'harmless', onProgress: update }));
         const kl = baseline ? (await firstTokenKl(model, baseline, harmless, { batchSize: options.batchSize })).mean : null;
         const ppl = (await perplexity(model, text)).perplexity;
         const report = { harmful_refusal_rate: h.rate, harmless_refusal_rate: b.rate, kl, perplexity: ppl, samples: { harmful: h.answers.slice(0, 5), harmless: b.answers.slice(0, 5) } };

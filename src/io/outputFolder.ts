@@ -4,10 +4,11 @@
  * removes it. An existing output is refused unless `force`, and even then it is only replaced at
  * commit: moved aside, the new folder renamed in, the old one deleted. The input model's folder is
  * never written: an output equal to it, inside it or containing it is refused (real paths, so
- * symbolic links do not get around the check). A crash leaves only the hidden temporary folder.
+ * symbolic links do not get around the check). A crash leaves only the hidden temporary folder,
+ * which the next write of the same output removes once its process is gone.
  */
 import { randomBytes } from 'node:crypto';
-import { copyFile as fsCopyFile, lstat, mkdir, open, realpath, rename, rm, type FileHandle } from 'node:fs/promises';
+import { copyFile as fsCopyFile, lstat, mkdir, open, readdir, realpath, rename, rm, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import type { ByteSink, ModelWriteTarget } from './safetensorsWriter.ts';
 
@@ -82,6 +83,7 @@ export async function createOutputFolder(finalPath: string, options: OutputFolde
   await checkPaths(path, inputs, options.force === true);
   const parent = dirname(path);
   const tempPath = join(parent, `.${basename(path)}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
+  await removeStaleTemporaries(parent, basename(path));
   try {
     await mkdir(parent, { recursive: true });
     await mkdir(tempPath);
@@ -94,6 +96,35 @@ export async function createOutputFolder(finalPath: string, options: OutputFolde
     throw writeError(`cannot create the output folder ${path}`, error);
   }
   return new NodeOutputFolder(path, tempPath, inputs, options.force === true);
+}
+
+/** Whether a process with this id is running (on this machine). */
+function isRunning(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Removes the temporary folders of this output left by killed writers (SIGKILL, power loss): those
+ * whose process id no longer runs. A live writer's folder is never touched.
+ */
+async function removeStaleTemporaries(parent: string, name: string): Promise<void> {
+  let entries: string[];
+  try {
+    entries = await readdir(parent);
+  } catch {
+    return; // the parent does not exist yet
+  }
+  const prefix = `.${name}.tmp-`;
+  for (const entry of entries) {
+    if (!entry.startsWith(prefix)) continue;
+    const match = /^(\d+)-[0-9a-f]{8}$/.exec(entry.slice(prefix.length));
+    if (match && !isRunning(Number(match[1]))) await rm(join(parent, entry), { recursive: true, force: true });
+  }
 }
 
 class NodeOutputFolder implements OutputFolder {

@@ -245,8 +245,8 @@ describe('the web page in headless Chromium with WebGPU', () => {
     const numLayers = Number(await page.textContent('#model-summary dd[data-field="layers"]'));
     expect(await page.locator('#score-chart rect.bar').count()).toBe(numLayers + 1);
     expect(await page.getAttribute('#score-chart rect.bar.chosen', 'data-layer')).toBe(String(layer));
-    expect(await page.locator('#histogram .series.harmful rect').count()).toBeGreaterThan(0);
-    expect(await page.locator('#histogram .series.harmless rect').count()).toBeGreaterThan(0);
+    expect(await page.locator('#histogram g.harmful rect').count()).toBeGreaterThan(0);
+    expect(await page.locator('#histogram g.harmless rect').count()).toBeGreaterThan(0);
     expect(await page.locator('#generations .pair').count()).toBe(6);
     expect(await page.locator('#generations .pair .answer').count()).toBe(12);
     expect(pageErrors).toEqual([]);

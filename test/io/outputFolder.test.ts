@@ -60,6 +60,17 @@ describe('output folders', () => {
     expect(await readdir(dir)).toEqual(['input-model']);
   });
 
+
+  it('removes the temporary folders of killed writers of the same output, never those of live ones', async () => {
+    // A process id that is free: the largest a Linux pid can be is 2^22.
+    const dead = `.out.tmp-${2 ** 22 + 1}-0badc0de`;
+    const live = `.out.tmp-${process.pid}-0a0b0c0d`;
+    const otherOutput = `.other.tmp-${2 ** 22 + 1}-0badc0de`;
+    for (const name of [dead, live, otherOutput]) await mkdir(join(dir, name, 'sub'), { recursive: true });
+    const out = await createOutputFolder(join(dir, 'out'));
+    await out.abort();
+    expect((await readdir(dir)).sort()).toEqual([otherOutput, live, 'input-model'].sort());
+  });
   it('refuses the input folder, a folder inside it, and a folder containing it', async () => {
     await refused(createOutputFolder(input, { inputPath: input, force: true }), 'is-input', /is the input folder/);
     await refused(createOutputFolder(join(input, '.'), { inputPath: `${input}/` }), 'is-input');

@@ -54,8 +54,8 @@ describe('prompts longer than the context', () => {
     expect(warnings).toEqual([
       `warning: ${prompts}: 1 prompt longer than ${DEFAULT_MAX_PROMPT_CHARS} characters truncated (line 3)`,
       `warning: ${evalPrompts}: 1 prompt longer than ${DEFAULT_MAX_PROMPT_CHARS} characters truncated (line 2)`,
-      `warning: 1 of 3 prompts cut to ${CONTEXT} tokens to fit the model's context of ${CONTEXT} positions (prompt 2)`,
-      `warning: 1 of 3 prompts cut to ${CONTEXT - 4} tokens to fit the model's context of ${CONTEXT} positions (prompt 2)`,
+      `warning: 1 of 3 harmful prompts cut to ${CONTEXT} tokens to fit the model's context of ${CONTEXT} positions (prompt 2)`,
+      `warning: 1 of 3 harmful evaluation prompts cut to ${CONTEXT - 4} tokens to fit the model's context of ${CONTEXT} positions (prompt 2)`,
     ]);
     expect(exists(join(out, 'model.safetensors'))).toBe(true);
     const report = JSON.parse(result.stdout) as { after: { samples: { harmful: { prompt: string }[] } } };

@@ -160,7 +160,7 @@ describe('faults during the export', () => {
     expect(snapshot(large.dir)).toEqual(largeInput);
   });
 
-  it('SIGKILL in the middle of the export: no output under the final name, only the hidden temporary folder, input untouched', async () => {
+  it('SIGKILL in the middle of the export: no output under the final name, only the hidden temporary folder, input untouched; the next run removes it', async () => {
     const out = join(work.path, 'sigkill-out');
     const { result } = await runWatched(['cut', large.dir, '--direction', directions, '--out', out], work.path, 'sigkill-out', (pid) => process.kill(pid, 'SIGKILL'));
     expect(result.signal).toBe('SIGKILL');
@@ -169,6 +169,9 @@ describe('faults during the export', () => {
     expect(traces).toHaveLength(1);
     expect(traces[0]).toMatch(/^\.sigkill-out\.tmp-\d+-[0-9a-f]{8}$/);
     expect(snapshot(large.dir)).toEqual(largeInput);
+    const again = await runCli(['cut', large.dir, '--direction', directions, '--out', out]);
+    expect(again.code, again.stderr).toBe(0);
+    expect(outputTraces(work.path, 'sigkill-out')).toEqual(['sigkill-out']);
   });
 
   it('with --force, a failure in the middle of the export leaves the previous output as it was', async () => {

@@ -1,67 +1,18 @@
 /**
- * The two charts of the results, drawn as SVG (no chart library): per-layer separation scores with
- * the chosen layer marked, and a histogram of harmful vs harmless projections on the direction.
- * Both scale with their container (viewBox) and carry a text description for screen readers.
+ * The two charts of the results, drawn with Observable Plot: per-layer separation scores with the
+ * chosen layer marked, and overlaid histograms of harmful vs harmless projections on the direction.
+ * Both are SVG as wide as their container and carry an ARIA label for screen readers.
  */
-const SVG = 'http://www.w3.org/2000/svg';
+import * as Plot from '@observablehq/plot';
 
-type Attributes = Record<string, string | number>;
+/** The stylesheet's --harmful and --harmless: Plot's colour scale needs the values themselves. */
+const SET_COLORS = { harmful: '#d0453b', harmless: '#2f6fd1' } as const;
+type PromptSet = keyof typeof SET_COLORS;
 
-function el<K extends keyof SVGElementTagNameMap>(name: K, attributes: Attributes = {}, text?: string): SVGElementTagNameMap[K] {
-  const node = document.createElementNS(SVG, name);
-  for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, String(value));
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
-
-/** About `count` round tick values covering [min, max]. */
-export function niceTicks(min: number, max: number, count = 5): number[] {
-  if (!Number.isFinite(min) || !Number.isFinite(max)) return [0];
-  if (min === max) return [min];
-  const raw = (max - min) / count;
-  const magnitude = 10 ** Math.floor(Math.log10(raw));
-  const step = [1, 2, 2.5, 5, 10].map((m) => m * magnitude).find((s) => s >= raw) ?? 10 * magnitude;
-  const ticks: number[] = [];
-  for (let v = Math.ceil(min / step) * step; v <= max + step * 1e-9; v += step) ticks.push(Math.abs(v) < step * 1e-9 ? 0 : v);
-  return ticks;
-}
-
-function formatTick(value: number): string {
-  const abs = Math.abs(value);
-  if (abs === 0) return '0';
-  if (abs >= 1000 || abs < 0.01) return value.toExponential(1);
-  return String(Number(value.toPrecision(3)));
-}
-
-interface Frame {
-  svg: SVGSVGElement;
-  left: number;
-  right: number;
-  top: number;
-  bottom: number;
-}
-
-/** An SVG as wide as its container (so text keeps its size on a phone), 640 units when not laid out. */
-function frame(container: HTMLElement, label: string): Frame {
-  container.replaceChildren();
+/** As wide as the container (so text keeps its size on a phone), 640 px when not laid out. */
+function chartSize(container: HTMLElement): { width: number; height: number } {
   const width = Math.max(300, Math.round(container.clientWidth || 640));
-  const height = width < 480 ? 240 : 280;
-  const svg = el('svg', { viewBox: `0 0 ${width} ${height}`, role: 'img', 'aria-label': label, preserveAspectRatio: 'xMidYMid meet' });
-  svg.append(el('title', {}, label));
-  container.append(svg);
-  return { svg, left: 56, right: width - 12, top: 28, bottom: height - 44 };
-}
-
-function yAxis(f: Frame, min: number, max: number, title: string): (v: number) => number {
-  const y = (v: number) => f.bottom - ((v - min) / (max - min || 1)) * (f.bottom - f.top);
-  const axis = el('g', { class: 'axis' });
-  for (const t of niceTicks(min, max)) {
-    axis.append(el('line', { x1: f.left, x2: f.right, y1: y(t), y2: y(t), class: 'grid' }));
-    axis.append(el('text', { x: f.left - 6, y: y(t) + 4, 'text-anchor': 'end' }, formatTick(t)));
-  }
-  axis.append(el('text', { x: 14, y: (f.top + f.bottom) / 2, transform: `rotate(-90 14 ${(f.top + f.bottom) / 2})`, 'text-anchor': 'middle', class: 'axis-title' }, title));
-  f.svg.append(axis);
-  return y;
+  return { width, height: width < 480 ? 240 : 280 };
 }
 
 export interface ScorePoint {
@@ -71,58 +22,74 @@ export interface ScorePoint {
 
 /**
  * Bars of one score per residual-stream point (0 = embedding), the selection window shaded and
- * the chosen point highlighted and labelled.
+ * the chosen point highlighted and labelled. Each bar is a `rect.bar` with `data-layer`, the
+ * chosen one also `.chosen`.
  */
 export function drawScoreChart(container: HTMLElement, points: readonly ScorePoint[], options: { chosen: number; window?: readonly [number, number]; metricName: string }): void {
-  const label = `${options.metricName} per layer; the direction was taken at layer ${options.chosen}`;
-  const f = frame(container, label);
-  const values = points.map((p) => p.value);
-  const min = Math.min(0, ...values);
-  const max = Math.max(...values, min + 1e-9);
-  const y = yAxis(f, min, max * 1.08, options.metricName);
-  const band = (f.right - f.left) / Math.max(points.length, 1);
-  const x = (i: number) => f.left + i * band;
-  if (options.window) {
-    const [from, to] = options.window;
-    const i0 = points.findIndex((p) => p.layer >= from);
-    const i1 = points.findLastIndex((p) => p.layer <= to);
-    if (i0 >= 0 && i1 >= i0) {
-      f.svg.append(el('rect', { x: x(i0), y: f.top, width: (i1 - i0 + 1) * band, height: f.bottom - f.top, class: 'window' }));
-      f.svg.append(el('text', { x: x(i0) + 4, y: f.top - 8, class: 'window-label' }, 'selection window'));
-    }
-  }
-  // Label every point when there is room (about 22 px each), else every few.
-  const every = Math.ceil((points.length * 22) / (f.right - f.left));
-  points.forEach((p, i) => {
-    const chosen = p.layer === options.chosen;
-    const top = y(Math.max(p.value, 0));
-    const bar = el('rect', {
-      x: x(i) + band * 0.15,
-      y: top,
-      width: band * 0.7,
-      height: Math.max(Math.abs(y(p.value) - y(0)), 0.5),
-      class: chosen ? 'bar chosen' : 'bar',
-      'data-layer': p.layer,
-    });
-    bar.append(el('title', {}, `layer ${p.layer}: ${p.value.toPrecision(4)}`));
-    f.svg.append(bar);
-    if (i % every === 0 || chosen) f.svg.append(el('text', { x: x(i) + band / 2, y: f.bottom + 16, 'text-anchor': 'middle', class: chosen ? 'tick chosen' : 'tick' }, String(p.layer)));
-    if (chosen) f.svg.append(el('text', { x: x(i) + band / 2, y: Math.max(top - 6, f.top + 10), 'text-anchor': 'middle', class: 'marker' }, `▼ layer ${p.layer}`));
+  const { width, height } = chartSize(container);
+  const layers = points.map((p) => p.layer);
+  // Label every point when there is room (about 22 px each), else every few; always the chosen one.
+  const every = Math.ceil((points.length * 22) / (width - 70));
+  const ticks = layers.filter((layer, i) => i % every === 0 || layer === options.chosen);
+  const window = options.window ? [options.window] : [];
+  const chart = Plot.plot({
+    width,
+    height,
+    marginLeft: 56,
+    marginTop: 28,
+    marginBottom: 44,
+    ariaLabel: `${options.metricName} per layer; the direction was taken at layer ${options.chosen}`,
+    x: {
+      domain: [Math.min(...layers) - 0.5, Math.max(...layers) + 0.5],
+      ticks,
+      tickFormat: 'd',
+      label: width < 480 ? 'layer (0 = embedding)' : 'layer (0 = embedding, i = output of decoder layer i − 1)',
+      labelAnchor: 'center',
+      labelArrow: 'none',
+    },
+    y: { label: options.metricName, grid: true, nice: true, labelArrow: 'none' },
+    marks: [
+      Plot.rect(window, { x1: (w: readonly [number, number]) => w[0] - 0.5, x2: (w: readonly [number, number]) => w[1] + 0.5, className: 'window' }),
+      Plot.text(window, { x: (w: readonly [number, number]) => w[0] - 0.5, frameAnchor: 'top', text: () => 'selection window', textAnchor: 'start', dx: 4, dy: -10, className: 'window-label' }),
+      Plot.ruleY([0]),
+      Plot.rectY(points, {
+        x1: (p: ScorePoint) => p.layer - 0.35,
+        x2: (p: ScorePoint) => p.layer + 0.35,
+        y: 'value',
+        title: (p: ScorePoint) => `layer ${p.layer}: ${p.value.toPrecision(4)}`,
+        render: (index, scales, values, dimensions, context, next) => {
+          const group = next!(index, scales, values, dimensions, context)!;
+          group.querySelectorAll('rect').forEach((rect, i) => {
+            const layer = points[index[i]!]!.layer;
+            rect.classList.add('bar');
+            if (layer === options.chosen) rect.classList.add('chosen');
+            rect.dataset.layer = String(layer);
+          });
+          return group;
+        },
+      }),
+      Plot.text(
+        points.filter((p) => p.layer === options.chosen),
+        { x: 'layer', y: (p: ScorePoint) => Math.max(p.value, 0), text: (p: ScorePoint) => `▼ layer ${p.layer}`, dy: -8, className: 'marker' },
+      ),
+    ],
   });
-  f.svg.append(el('text', { x: (f.left + f.right) / 2, y: f.bottom + 36, 'text-anchor': 'middle', class: 'axis-title' }, f.right - f.left < 420 ? 'layer (0 = embedding)' : 'layer (0 = embedding, i = output of decoder layer i − 1)'));
+  container.replaceChildren(chart);
 }
 
-function mean(values: ArrayLike<number>): number {
-  let sum = 0;
-  for (let i = 0; i < values.length; i++) sum += values[i]!;
-  return values.length ? sum / values.length : NaN;
+function mean(values: readonly number[]): number {
+  return values.reduce((sum, v) => sum + v, 0) / values.length;
 }
 
-/** Overlaid histograms of two sets of projections, with each set's mean as a dashed line. */
+/**
+ * Overlaid histograms of two sets of projections on shared bins, with each set's mean as a dashed
+ * line; the bars of a set are in a `g.harmful` / `g.harmless` group.
+ */
 export function drawHistogram(container: HTMLElement, harmful: ArrayLike<number>, harmless: ArrayLike<number>, options: { layer: number }): void {
-  const label = `Histogram of the projections of ${harmful.length} harmful and ${harmless.length} harmless prompts on the refusal direction at layer ${options.layer}`;
-  const f = frame(container, label);
-  const all = [...Array.from(harmful), ...Array.from(harmless)].filter(Number.isFinite);
+  const { width, height } = chartSize(container);
+  const sets = { harmful: Array.from(harmful).filter(Number.isFinite), harmless: Array.from(harmless).filter(Number.isFinite) };
+  const all = [...sets.harmful, ...sets.harmless];
+  container.replaceChildren();
   if (all.length === 0) return;
   let lo = Math.min(...all);
   let hi = Math.max(...all);
@@ -131,43 +98,27 @@ export function drawHistogram(container: HTMLElement, harmful: ArrayLike<number>
     hi += 0.5;
   }
   const bins = Math.min(40, Math.max(10, Math.round(Math.sqrt(all.length) * 2)));
-  const width = (hi - lo) / bins;
-  const count = (values: ArrayLike<number>) => {
-    const c = new Array<number>(bins).fill(0);
-    for (let i = 0; i < values.length; i++) {
-      const v = values[i]!;
-      if (Number.isFinite(v)) c[Math.min(bins - 1, Math.floor((v - lo) / width))]!++;
-    }
-    return c;
-  };
-  const series = [
-    { name: 'harmful', counts: count(harmful), values: harmful, cls: 'harmful' },
-    { name: 'harmless', counts: count(harmless), values: harmless, cls: 'harmless' },
-  ];
-  const top = Math.max(...series.flatMap((s) => s.counts), 1);
-  const y = yAxis(f, 0, top * 1.1, 'prompts');
-  const x = (v: number) => f.left + ((v - lo) / (hi - lo)) * (f.right - f.left);
-  for (const s of series) {
-    const g = el('g', { class: `series ${s.cls}` });
-    s.counts.forEach((c, b) => {
-      if (c === 0) return;
-      const rect = el('rect', { x: x(lo + b * width) + 0.5, y: y(c), width: Math.max(x(lo + width) - x(lo) - 1, 0.5), height: y(0) - y(c) });
-      rect.append(el('title', {}, `${s.name}: ${c} prompt${c === 1 ? '' : 's'} in [${formatTick(lo + b * width)}, ${formatTick(lo + (b + 1) * width)})`));
-      g.append(rect);
-    });
-    const m = mean(s.values);
-    if (Number.isFinite(m)) g.append(el('line', { x1: x(m), x2: x(m), y1: f.top, y2: f.bottom, class: 'mean' }));
-    f.svg.append(g);
-  }
-  const axis = el('g', { class: 'axis' });
-  for (const t of niceTicks(lo, hi, 6)) axis.append(el('text', { x: x(t), y: f.bottom + 16, 'text-anchor': 'middle' }, formatTick(t)));
-  axis.append(el('text', { x: (f.left + f.right) / 2, y: f.bottom + 36, 'text-anchor': 'middle', class: 'axis-title' }, `projection on the refusal direction at layer ${options.layer}`));
-  f.svg.append(axis);
-  const legend = el('g', { class: 'legend' });
-  series.forEach((s, i) => {
-    const lx = f.right - 190 + i * 95;
-    legend.append(el('rect', { x: lx, y: f.top - 20, width: 12, height: 12, class: `swatch ${s.cls}` }));
-    legend.append(el('text', { x: lx + 16, y: f.top - 10 }, `${s.name} (${s.values.length})`));
+  const thresholds = Array.from({ length: bins + 1 }, (_, i) => lo + ((hi - lo) * i) / bins);
+  const rows = (set: PromptSet) => sets[set].map((value) => ({ value, set }));
+  const series = (set: PromptSet) =>
+    Plot.rectY(rows(set), Plot.binX<Plot.RectYOptions>({ y: 'count', title: (bin: unknown[]) => `${set}: ${bin.length} prompt${bin.length === 1 ? '' : 's'}` }, { x: 'value', fill: 'set', fillOpacity: 0.6, thresholds, domain: [lo, hi], inset: 0.5, className: set }));
+  const means = (Object.keys(sets) as PromptSet[]).filter((set) => sets[set].length > 0).map((set) => ({ value: mean(sets[set]), set }));
+  const chart = Plot.plot({
+    width,
+    height,
+    marginLeft: 56,
+    marginTop: 16,
+    marginBottom: 44,
+    ariaLabel: `Histogram of the projections of ${sets.harmful.length} harmful and ${sets.harmless.length} harmless prompts on the refusal direction at layer ${options.layer}`,
+    x: { label: `projection on the refusal direction at layer ${options.layer}`, labelAnchor: 'center', labelArrow: 'none' },
+    y: { label: 'prompts', grid: true, nice: true, labelArrow: 'none' },
+    color: { domain: Object.keys(SET_COLORS), range: Object.values(SET_COLORS), legend: true, tickFormat: (set: PromptSet) => `${set} (${sets[set].length})` },
+    marks: [
+      series('harmful'),
+      series('harmless'),
+      Plot.ruleY([0]),
+      Plot.ruleX(means, { x: 'value', stroke: 'set', strokeDasharray: '4 3', strokeWidth: 1.5, className: 'mean' }),
+    ],
   });
-  f.svg.append(legend);
+  container.replaceChildren(chart);
 }
