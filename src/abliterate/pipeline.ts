@@ -85,6 +85,7 @@ export interface ModelEvaluation {
 export interface CandidateTrial {
   layer: number;
   harmful_refusal_rate: number;
+  harmless_refusal_rate: number;
   kl: number;
 }
 
@@ -168,14 +169,18 @@ export async function runAbliteration(model: LlamaModel, sets: PromptSets, setti
       baseline = await firstTokenLogits(model, sets.evalHarmless, { set: 'harmless evaluation', batchSize, signal });
       return evaluateModel(model, sets, settings, baseline, progress, signal);
     });
+    // With a snapshot of the changed matrices (the embedding, o_proj, down_proj: a few percent of a
+    // model's memory) undo() restores them bit for bit, also after a norm-preserving cut.
     const cut = await stage('cut', () =>
-      applyCut(model, { direction, alpha: settings.alpha, layerWeights: weights, preserveRowNorm: settings.preserveRowNorm, embedding: settings.embedding }),
+      applyCut(model, { direction, alpha: settings.alpha, layerWeights: weights, preserveRowNorm: settings.preserveRowNorm, embedding: settings.embedding, snapshot: true }),
     );
     try {
       const after = await stage('evaluate after', (progress) => evaluateModel(model, sets, settings, baseline, progress, signal));
       return { layer, selection, scores: measurement.scores, layerWeights: weights, before: { ...before, kl: 0 }, after, kl: after.kl, measurement, direction, timings, cut };
     } catch (error) {
-      await cut.undo();
+      await cut.undo().catch((undoError: unknown) => {
+        throw new AggregateError([error, undoError], `${error instanceof Error ? error.message : String(error)}; and the cut could not be undone`);
+      });
       throw error;
     }
   } finally {
@@ -239,9 +244,12 @@ async function rankByAblation(
       try {
         const hooks = ablationHooks(model.config, basis, 1, settings.alpha, { embedding: settings.embedding });
         // Fewer new tokens suffice to see whether an answer opens with a refusal.
-        const refusals = await evaluateRefusals(model, harmful, { hooks, batchSize, markers, maxNewTokens: Math.min(settings.maxNewTokens, 24), signal });
+        const run = { hooks, batchSize, markers, maxNewTokens: Math.min(settings.maxNewTokens, 24), signal };
+        const refusals = await evaluateRefusals(model, harmful, { ...run, set: 'harmful validation' });
+        // A direction can also push harmless answers into refusing (e.g. one from the embedding).
+        const harmlessRefusals = await evaluateRefusals(model, harmless, { ...run, set: 'harmless validation' });
         const kl = await firstTokenKl(model, baseline, harmless, { hooks, batchSize, signal });
-        trials.push({ layer, harmful_refusal_rate: refusals.rate, kl: kl.mean });
+        trials.push({ layer, harmful_refusal_rate: refusals.rate, harmless_refusal_rate: harmlessRefusals.rate, kl: kl.mean });
       } finally {
         gpu.destroyBuffer(basis);
       }
@@ -250,5 +258,6 @@ async function rankByAblation(
   } finally {
     gpu.destroyBuffer(baseline);
   }
-  return trials.sort((a, b) => a.harmful_refusal_rate - b.harmful_refusal_rate || a.kl - b.kl);
+  // Fewest refusals that should not be there (harmful ones, and harmless ones), then the least change.
+  return trials.sort((a, b) => a.harmful_refusal_rate + a.harmless_refusal_rate - (b.harmful_refusal_rate + b.harmless_refusal_rate) || a.kl - b.kl);
 }
