@@ -22,6 +22,8 @@ const run = promisify(execFile);
 /** Prompts per set (measure and evaluate, as the CLI's --limit) and new tokens per answer: one batch each, to keep CI time low. */
 const LIMIT = 32;
 const MAX_TOKENS = 24;
+/** The cut strength of the README's demo command. */
+const ALPHA = 1.25;
 const TRAINED_MODEL = join(REPO_ROOT, 'models/tiny-chat');
 const ARTIFACTS = join(REPO_ROOT, 'test-artifacts');
 
@@ -213,9 +215,11 @@ describe('the web page in headless Chromium with WebGPU', () => {
 
   let layer: number;
   let harmfulAfter: number;
-  it(`abliterates the bundled model (${LIMIT} prompts per set, ${MAX_TOKENS} new tokens)`, async () => {
+  it(`abliterates the bundled model (${LIMIT} prompts per set, ${MAX_TOKENS} new tokens, the README's settings)`, async () => {
     await page.fill('#setting-limit', String(LIMIT));
     await page.fill('#setting-tokens', String(MAX_TOKENS));
+    await page.selectOption('#setting-layer', 'ablation');
+    await page.fill('#setting-alpha', String(ALPHA));
     const start = Date.now();
     await page.click('#run');
     await page.waitForSelector('#results[data-state=done], #message[data-kind=error]', { timeout: 900_000 });
@@ -238,6 +242,7 @@ describe('the web page in headless Chromium with WebGPU', () => {
     expect(Number.isFinite(rates.kl) && rates.kl >= 0).toBe(true);
     if (trained) {
       expect(rates.harmfulBefore).toBeGreaterThanOrEqual(0.9);
+      expect(rates.harmlessBefore).toBeLessThanOrEqual(0.1);
       expect(rates.harmfulAfter).toBeLessThanOrEqual(0.1);
       expect(rates.harmlessAfter).toBeLessThanOrEqual(0.1);
     }
@@ -290,7 +295,7 @@ describe('the web page in headless Chromium with WebGPU', () => {
     // The CLI's report (reportOf is shared).
     expect(Object.keys(report)).toEqual(['model', 'adapter', 'layer', 'selection', 'scores', 'layer_weights', 'before', 'after', 'kl', 'parameters', 'timings_s', 'output']);
     expect(report.after.harmful_refusal_rate).toBe(harmfulAfter);
-    expect(report.parameters).toMatchObject({ layer, alpha: 1, embedding: true });
+    expect(report.parameters).toMatchObject({ layer, alpha: ALPHA, embedding: true });
     const [directionDownload] = await Promise.all([page.waitForEvent('download'), page.click('#save-direction')]);
     const directions = readSafetensorsBytes(new Uint8Array(await readFile((await directionDownload.path())!)));
     expect(report.layer).toBe(layer);
@@ -312,9 +317,9 @@ describe('the web page in headless Chromium with WebGPU', () => {
       });
       return JSON.parse(stdout) as { layer: number };
     };
-    const measured = await cli('measure', modelDir, '--out', cliDirections, '--force', '--limit', String(LIMIT));
+    const measured = await cli('measure', modelDir, '--out', cliDirections, '--force', '--limit', String(LIMIT), '--layer', String(layer));
     expect(measured.layer).toBe(layer);
-    await cli('cut', modelDir, '--direction', cliDirections, '--out', out, '--force');
+    await cli('cut', modelDir, '--direction', cliDirections, '--out', out, '--force', '--alpha', String(ALPHA));
     const cliSeconds = (Date.now() - cliStart) / 1000;
     const directionComparison = compareTensors(directions.tensors, readSafetensorsBytes(new Uint8Array(await readFile(cliDirections))).tensors);
     expect(directionComparison.layoutMismatches).toEqual([]);

@@ -9,6 +9,8 @@ import { SafetensorsModel } from '../../src/io/safetensors.ts';
 
 const run = promisify(execFile);
 const MODEL = 'models/tiny-chat';
+/** The README's demo command's settings. */
+const DEMO_SETTINGS = ['--select', 'ablation', '--alpha', '1.25'];
 
 /** Runs the CLI as a user would; returns the JSON it prints. */
 async function cli(...args: string[]): Promise<Record<string, unknown>> {
@@ -25,7 +27,7 @@ let dir: string;
 let report: Record<string, unknown> & { before: Rates; after: Rates & { kl: number }; layer: number; output: string };
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'abliterate-demo-'));
-  report = (await cli('run', MODEL, '--out', join(dir, 'out'))) as typeof report;
+  report = (await cli('run', MODEL, '--out', join(dir, 'out'), ...DEMO_SETTINGS)) as typeof report;
 }, 30 * 60_000);
 afterAll(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
@@ -64,6 +66,6 @@ describe('the demo: abliterating the bundled model end to end', () => {
     for (const file of ['config.json', 'tokenizer.json', 'tokenizer_config.json', 'generation_config.json', 'abliteration_report.json', 'refusal_direction.safetensors']) {
       expect(await folder.has(file), file).toBe(true);
     }
-    expect(JSON.parse(output.metadata.get('model.safetensors')!.abliteration!)).toMatchObject({ layer: report.layer, alpha: 1 });
+    expect(JSON.parse(output.metadata.get('model.safetensors')!.abliteration!)).toMatchObject({ layer: report.layer, alpha: 1.25 });
   });
 });

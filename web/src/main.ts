@@ -231,7 +231,7 @@ function showSummary(model: LlamaModel, folder: FileFolder): void {
   );
   ui.summary.hidden = false;
   const previous = ui.layer.value;
-  ui.layer.replaceChildren(new Option('auto (by score)', 'auto'));
+  ui.layer.replaceChildren(new Option('auto (by score)', 'auto'), new Option('auto (by ablating the best 4 on validation prompts)', 'ablation'));
   for (let point = 0; point <= model.config.numLayers; point++) {
     ui.layer.append(new Option(point === 0 ? '0 (embedding)' : `${point} (output of layer ${point - 1})`, String(point)));
   }
@@ -302,7 +302,8 @@ function readSettings(): { page: PageSettings; limit: number } {
   };
   return {
     page: {
-      layer: ui.layer.value === 'auto' ? undefined : Number(ui.layer.value),
+      layer: ui.layer.value === 'auto' || ui.layer.value === 'ablation' ? undefined : Number(ui.layer.value),
+      select: ui.layer.value === 'ablation' ? 'ablation' : 'score',
       alpha: number(ui.alpha, 'the cut strength α', false, -10, 10),
       embedding: ui.embedding.checked,
       maxNewTokens: number(ui.tokens, 'new tokens per answer', true, 1, 1024),
@@ -426,7 +427,14 @@ async function runAbliteration(): Promise<void> {
 function showResults(run: Run): void {
   const r = run.result;
   const score = r.scores[r.layer];
-  const how = r.selection.method === 'forced' ? 'chosen in the settings' : `the best ${r.selection.metric.replace('_', ' ')} in the ${Math.round(r.selection.window[0] * 100)}–${Math.round(r.selection.window[1] * 100)} % depth window`;
+  const window = `${Math.round(r.selection.window[0] * 100)}–${Math.round(r.selection.window[1] * 100)} % depth window`;
+  const metric = r.selection.metric.replace('_', ' ');
+  const how =
+    r.selection.method === 'forced'
+      ? 'chosen in the settings'
+      : r.selection.method === 'ablation'
+        ? `the fewest refusals when ablated, of the ${r.selection.trials?.length ?? 0} best by ${metric} in the ${window}`
+        : `the best ${metric} in the ${window}`;
   ui.resultSummary.textContent =
     `Direction taken at layer ${r.layer} (${how}; effect size ${score?.effectSize.toFixed(2) ?? '–'}), measured on ${r.measurement.harmfulCount} harmful and ${r.measurement.harmlessCount} harmless prompts, ` +
     `cut from ${r.cut.tensors.length} weight matrices with α = ${run.settings.alpha}${run.settings.embedding ? ', embedding included' : ''}.`;

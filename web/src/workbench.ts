@@ -14,8 +14,9 @@ import { MemorySink, type ModelWriteTarget } from '../../src/io/safetensorsWrite
 import { LlamaModel } from '../../src/model/model.ts';
 
 export interface PageSettings {
-  /** undefined: chosen by score. */
+  /** undefined: chosen by `select`. */
   layer: number | undefined;
+  select: 'score' | 'ablation';
   alpha: number;
   embedding: boolean;
   maxNewTokens: number;
@@ -23,7 +24,7 @@ export interface PageSettings {
 }
 
 export function abliterationSettings(page: PageSettings): AbliterationSettings {
-  return { ...DEFAULT_SETTINGS, layer: page.layer, alpha: page.alpha, embedding: page.embedding, maxNewTokens: page.maxNewTokens, batchSize: page.batchSize };
+  return { ...DEFAULT_SETTINGS, layer: page.layer, select: page.select, alpha: page.alpha, embedding: page.embedding, maxNewTokens: page.maxNewTokens, batchSize: page.batchSize };
 }
 
 export interface Run {
