@@ -1,5 +1,6 @@
 import { mulberry32 } from '../model/generate.ts';
 import type { LlamaModel } from '../model/model.ts';
+import { isResident } from '../model/weights.ts';
 import { ablationHooks, uploadBasis } from './ablation.ts';
 import { applyCut, layerWeights, type AppliedCut, type LayerKernel, type LayerSelection } from './cut.ts';
 import { evaluateRefusals, firstTokenKl, firstTokenLogits, perplexity, type Answer } from './evaluate.ts';
@@ -169,10 +170,11 @@ export async function runAbliteration(model: LlamaModel, sets: PromptSets, setti
       baseline = await firstTokenLogits(model, sets.evalHarmless, { set: 'harmless evaluation', batchSize, signal });
       return evaluateModel(model, sets, settings, baseline, progress, signal);
     });
-    // With a snapshot of the changed matrices (the embedding, o_proj, down_proj: a few percent of a
-    // model's memory) undo() restores them bit for bit, also after a norm-preserving cut.
+    // With a snapshot of the changed matrices undo() restores them bit for bit, also after a
+    // norm-preserving cut; without one (no room for it) undo is the inverse update.
+    const snapshot = snapshotBytes(model, weights, settings.embedding) <= model.gpu.memoryBudget - model.gpu.allocatedBytes;
     const cut = await stage('cut', () =>
-      applyCut(model, { direction, alpha: settings.alpha, layerWeights: weights, preserveRowNorm: settings.preserveRowNorm, embedding: settings.embedding, snapshot: true }),
+      applyCut(model, { direction, alpha: settings.alpha, layerWeights: weights, preserveRowNorm: settings.preserveRowNorm, embedding: settings.embedding, snapshot }),
     );
     try {
       const after = await stage('evaluate after', (progress) => evaluateModel(model, sets, settings, baseline, progress, signal));
@@ -186,6 +188,16 @@ export async function runAbliteration(model: LlamaModel, sets: PromptSets, setti
   } finally {
     if (baseline) model.gpu.destroyBuffer(baseline);
   }
+}
+
+/** GPU memory a snapshot of the matrices a cut changes takes (0 for streamed weights: their undo needs none). */
+function snapshotBytes(model: LlamaModel, layerWeights: readonly number[], embedding: boolean): number {
+  const { weights } = model;
+  if (!isResident(weights)) return 0;
+  const size = (matrix: { chunks: readonly { buffer: GPUBuffer }[] }) => matrix.chunks.reduce((sum, chunk) => sum + chunk.buffer.size, 0);
+  let bytes = embedding ? size(weights.embed) : 0;
+  for (const [l, layer] of weights.layers.entries()) if (layerWeights[l] !== 0) bytes += size(layer.o) + size(layer.down);
+  return bytes;
 }
 
 async function evaluateModel(
