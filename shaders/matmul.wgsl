@@ -3,22 +3,9 @@
 // Each invocation computes a TM×TN block of outputs from registers, with no workgroup memory or
 // barriers: on CPU Vulkan drivers this shape is ~10× faster than shared-memory tiling, and on GPUs
 // it is a reasonable register-blocked kernel for the small token counts of prefill batches.
-struct Params {
-  tokens: u32,
-  k: u32,
-  n: u32,
-  out_stride: u32,
-  out_offset: u32,
-  // First row of this chunk of W, to index the bias of the whole matrix.
-  row_start: u32,
-}
-@group(0) @binding(0) var<uniform> params: Params;
+#include "common/matmul_io.wgsl"
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> weight: array<u32>;
-#if HAS_BIAS
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-#endif
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
 #include "common/weights.wgsl"
 
@@ -74,11 +61,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
       if (n >= params.n) {
         break;
       }
-#if HAS_BIAS
-      y[t * params.out_stride + params.out_offset + n] = acc[i][j] + bias[params.row_start + n];
-#else
-      y[t * params.out_stride + params.out_offset + n] = acc[i][j];
-#endif
+      store(t, n, acc[i][j]);
     }
   }
 }

@@ -3,22 +3,9 @@
 // W (bf16, f16) or two (f32) and two loads of x, instead of one load a word. Needs k % 8 == 0
 // (every hidden and intermediate size of real models); the recorder uses matmul.wgsl otherwise.
 // Each invocation computes a TM×TN block of outputs from registers, with no workgroup memory.
-struct Params {
-  tokens: u32,
-  k: u32,
-  n: u32,
-  out_stride: u32,
-  out_offset: u32,
-  // First row of this chunk of W, to index the bias of the whole matrix.
-  row_start: u32,
-}
-@group(0) @binding(0) var<uniform> params: Params;
+#include "common/matmul_io.wgsl"
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> weight: array<vec4<u32>>;
-#if HAS_BIAS
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-#endif
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
 // Elements 8i .. 8i + 7 of W (row-major, counted in elements), as two vec4.
 struct W8 {
@@ -87,11 +74,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
       if (n >= params.n) {
         break;
       }
-#if HAS_BIAS
-      y[t * params.out_stride + params.out_offset + n] = acc[i][j] + bias[params.row_start + n];
-#else
-      y[t * params.out_stride + params.out_offset + n] = acc[i][j];
-#endif
+      store(t, n, acc[i][j]);
     }
   }
 }

@@ -10,22 +10,9 @@
 enable subgroups;
 #endif
 
-struct Params {
-  tokens: u32,
-  k: u32,
-  n: u32,
-  out_stride: u32,
-  out_offset: u32,
-  // First row of this chunk of W, to index the bias of the whole matrix.
-  row_start: u32,
-}
-@group(0) @binding(0) var<uniform> params: Params;
+#include "common/matmul_io.wgsl"
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> weight: array<u32>;
-#if HAS_BIAS
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-#endif
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
 #include "common/weights.wgsl"
 
@@ -127,16 +114,5 @@ fn main(
   for (var o = lane; o < OUTPUTS; o += WG) {
     store(t0 + o / TN, n0 + o % TN, partial[o * WG]);
   }
-#endif
-}
-
-fn store(t: u32, n: u32, value: f32) {
-  if (t >= params.tokens || n >= params.n) {
-    return;
-  }
-#if HAS_BIAS
-  y[t * params.out_stride + params.out_offset + n] = value + bias[params.row_start + n];
-#else
-  y[t * params.out_stride + params.out_offset + n] = value;
 #endif
 }
