@@ -1,5 +1,6 @@
 import { mulberry32 } from '../model/generate.ts';
 import type { LlamaModel } from '../model/model.ts';
+import type { PackedMatrix } from '../model/packedMatrix.ts';
 import { isResident } from '../model/weights.ts';
 import { ablationHooks, uploadBasis } from './ablation.ts';
 import { applyCut, layerWeights, type AppliedCut, type LayerKernel, type LayerSelection } from './cut.ts';
@@ -194,7 +195,7 @@ export async function runAbliteration(model: LlamaModel, sets: PromptSets, setti
 function snapshotBytes(model: LlamaModel, layerWeights: readonly number[], embedding: boolean): number {
   const { weights } = model;
   if (!isResident(weights)) return 0;
-  const size = (matrix: { chunks: readonly { buffer: GPUBuffer }[] }) => matrix.chunks.reduce((sum, chunk) => sum + chunk.buffer.size, 0);
+  const size = (matrix: PackedMatrix) => matrix.chunks.reduce((sum, chunk) => sum + chunk.buffer.size, 0);
   let bytes = embedding ? size(weights.embed) : 0;
   for (const [l, layer] of weights.layers.entries()) if (layerWeights[l] !== 0) bytes += size(layer.o) + size(layer.down);
   return bytes;
