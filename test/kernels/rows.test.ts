@@ -127,7 +127,13 @@ describe('row kernels', () => {
     const x = f32(rng.normals(5 * dim));
     const vector = f32(rng.normals(dim));
     const direction = orthonormal(rng, 1, dim);
-    for (let c = 0; c < dim; c++) x[3 * dim + c] = x[3 * dim + c]! + 4 * direction[c]!;
+    // Row 1 gets projection 0 on the direction (below the threshold), row 3 projection 4 (above it);
+    // left random, either could land on the other side of 2 a few times in a hundred.
+    for (const [row, projection] of [[1, 0], [3, 4]] as const) {
+      let dot = 0;
+      for (let c = 0; c < dim; c++) dot += x[row * dim + c]! * direction[c]!;
+      for (let c = 0; c < dim; c++) x[row * dim + c] = x[row * dim + c]! + (projection - dot) * direction[c]!;
+    }
     for (const conditional of [false, true]) {
       const xBuf = gpu.upload(x, 'x');
       const batch = gpu.batch('add_vector');
