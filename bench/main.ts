@@ -76,12 +76,12 @@ if (sections.has('kernels')) {
   for (const rows of quick ? [1, 512] : [1, 64, 512]) await benchRmsNorm(bench, rows, 2048);
   await benchAccumulateRows(bench, 512, 16, 2048);
   if (!quick) await benchAccumulateRows(bench, 4096, 256, 2048);
-  if (existsSync(new URL('../src/kernels/rank1.ts', import.meta.url))) {
+  if (existsSync(new URL('../src/kernels/lowRank.ts', import.meta.url))) {
     await benchRank1(bench, { name: '1B o_proj', n: 2048, k: 2048 }, 'BF16');
     await benchRank1(bench, { name: '1B down_proj', n: 2048, k: 8192 }, 'BF16');
     if (!quick) await benchRank1(bench, { name: '1B down_proj', n: 2048, k: 8192 }, 'F32');
   } else {
-    bench.note('src/kernels/rank1.ts is absent: rank1_update and column_dot are skipped');
+    bench.note('src/kernels/lowRank.ts is absent: rank1_update and column_dot are skipped');
   }
 }
 

@@ -233,7 +233,7 @@ export async function benchRank1(bench: Bench, shape: MatrixShape, dtype: Dtype)
   const wantUpdate = bench.wants('kernel', 'rank1_update', shape.name, dtype);
   if (!wantDot && !wantUpdate) return;
   const { gpu } = bench;
-  const rank1 = await import('../../src/kernels/rank1.ts');
+  const rank1 = await import('../../src/kernels/lowRank.ts');
   const { n: rows, k: cols } = shape;
   const matrix = await randomMatrix(gpu, shape.name, dtype, rows, cols);
   const unit = randomFloats(rows, 1, 9);

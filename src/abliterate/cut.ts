@@ -1,6 +1,6 @@
 import type { Gpu } from '../gpu/gpu.ts';
 import { recordMatmul } from '../kernels/matmul.ts';
-import { recordColumnDot, recordRank1Update } from '../kernels/rank1.ts';
+import { recordColumnDot, recordRank1Update } from '../kernels/lowRank.ts';
 import type { LlamaModel } from '../model/model.ts';
 import type { PackedMatrix } from '../model/packedMatrix.ts';
 import { isResident, type StreamedWeights } from '../model/weights.ts';

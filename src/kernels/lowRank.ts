@@ -81,7 +81,7 @@ export interface Rank1UpdateArgs {
  * - Embedding orthogonalisation (E ← E − α (E d) dᵀ): `{ rowDot: true, b: d }` — or
  *   `recordOrthogonalizeRows`.
  * - `preserveRowNorm`: each row of the stored matrix keeps its Euclidean norm (rows whose new norm
- *   falls below 1e-6 of the old one are left unscaled; see shaders/rank1_update.wgsl).
+ *   falls below 1e-6 of the old one are left unscaled; see shaders/low_rank_update.wgsl).
  *
  * One workgroup per row and one dispatch per row chunk; with a 16-bit dtype and an odd column
  * count, neighbouring rows share a u32 word, so even and odd rows go in two dispatches.
@@ -97,7 +97,7 @@ export function recordRank1Update(batch: ComputeBatch, args: Rank1UpdateArgs): v
   if (a !== undefined) requireFloats(a, matrix.rows, 'a', label);
   requireFloats(b, matrix.cols, 'b', label);
   if (matrix.rows === 0 || matrix.cols === 0) return;
-  const kernel = batch.gpu.kernel('rank1_update.wgsl', {
+  const kernel = batch.gpu.kernel('low_rank_update.wgsl', {
     ...weightDefines(matrix.dtype),
     WG: RANK1_WG,
     ROW_DOT: rowDot,
