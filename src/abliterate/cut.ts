@@ -29,6 +29,10 @@ export interface CutSpec {
   alpha?: number;
   /** Per decoder layer multipliers of alpha (0 leaves a layer alone); default 1 for every layer. */
   layerWeights?: readonly number[];
+  /** Per-layer multipliers for the attention output `o_proj` only, instead of `layerWeights`. */
+  attentionLayerWeights?: readonly number[];
+  /** Per-layer multipliers for the MLP output `down_proj` only, instead of `layerWeights`. */
+  mlpLayerWeights?: readonly number[];
   /** Rescale every changed row of W to its norm before the cut. */
   preserveRowNorm?: boolean;
   /** Also orthogonalise the embedding: E ← E − α (E d̂) d̂ᵀ. */
@@ -113,8 +117,12 @@ export async function applyCut(model: LlamaModel, spec: CutSpec): Promise<Applie
   if (spec.direction.length !== config.hiddenSize) throw new RangeError(`the direction has ${spec.direction.length} values; the model's hidden size is ${config.hiddenSize}`);
   const alpha = spec.alpha ?? 1;
   const layerWeights = spec.layerWeights ?? Array.from({ length: config.numLayers }, () => 1);
-  if (layerWeights.length !== config.numLayers) throw new RangeError(`${layerWeights.length} layer weights for ${config.numLayers} layers`);
-  if (!isResident(weights)) return applyStreamedCut(model, weights, spec, alpha, layerWeights);
+  const componentWeights = { o: spec.attentionLayerWeights ?? layerWeights, down: spec.mlpLayerWeights ?? layerWeights };
+  for (const w of [layerWeights, componentWeights.o, componentWeights.down]) {
+    if (w.length !== config.numLayers) throw new RangeError(`${w.length} layer weights for ${config.numLayers} layers`);
+    if (!w.every(Number.isFinite)) throw new RangeError('layer weights must be finite numbers');
+  }
+  if (!isResident(weights)) return applyStreamedCut(model, weights, spec, alpha, componentWeights);
   const direction = gpu.upload(spec.direction, 'cut direction');
   const matrices: CutMatrix[] = [];
   const batch = gpu.batch('cut');
@@ -129,9 +137,12 @@ export async function applyCut(model: LlamaModel, spec: CutSpec): Promise<Applie
       recordRank1Update(batch, { matrix: E, a: u, b: direction, alpha, preserveRowNorm: spec.preserveRowNorm ?? false });
     }
     for (const [l, layer] of weights.layers.entries()) {
-      const layerAlpha = alpha * layerWeights[l]!;
-      if (layerAlpha === 0) continue;
-      for (const matrix of [layer.o, layer.down]) {
+      for (const [matrix, matrixWeights] of [
+        [layer.o, componentWeights.o],
+        [layer.down, componentWeights.down],
+      ] as const) {
+        const layerAlpha = alpha * matrixWeights[l]!;
+        if (layerAlpha === 0) continue;
         const v = gpu.createBuffer(matrix.cols * 4, `${matrix.name} v`);
         matrices.push({ matrix, alpha: layerAlpha, a: direction, b: v, copies: snapshot(matrix) });
         recordColumnDot(batch, { matrix, d: direction, v });
@@ -152,7 +163,13 @@ export async function applyCut(model: LlamaModel, spec: CutSpec): Promise<Applie
  * host-side overlay that later uploads and the export read from, and freed. Undo restores the
  * overlay as it was, exactly.
  */
-async function applyStreamedCut(model: LlamaModel, weights: StreamedWeights, spec: CutSpec, alpha: number, layerWeights: readonly number[]): Promise<AppliedCut> {
+async function applyStreamedCut(
+  model: LlamaModel,
+  weights: StreamedWeights,
+  spec: CutSpec,
+  alpha: number,
+  layerWeights: { o: readonly number[]; down: readonly number[] },
+): Promise<AppliedCut> {
   const { gpu, config } = model;
   const replaced = weights.source.replaced;
   const previous = new Map<string, Uint8Array | undefined>();
@@ -182,10 +199,8 @@ async function applyStreamedCut(model: LlamaModel, weights: StreamedWeights, spe
   try {
     if (spec.embedding) await cutOne('model.embed_tokens.weight', alpha, true);
     for (let l = 0; l < config.numLayers; l++) {
-      const layerAlpha = alpha * layerWeights[l]!;
-      if (layerAlpha === 0) continue;
-      await cutOne(`model.layers.${l}.self_attn.o_proj.weight`, layerAlpha, false);
-      await cutOne(`model.layers.${l}.mlp.down_proj.weight`, layerAlpha, false);
+      if (layerWeights.o[l] !== 0) await cutOne(`model.layers.${l}.self_attn.o_proj.weight`, alpha * layerWeights.o[l]!, false);
+      if (layerWeights.down[l] !== 0) await cutOne(`model.layers.${l}.mlp.down_proj.weight`, alpha * layerWeights.down[l]!, false);
     }
   } catch (error) {
     restore(previous, replaced);

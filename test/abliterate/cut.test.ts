@@ -129,6 +129,34 @@ describe('cut', () => {
       model.dispose();
     }
   });
+
+  it('o_proj and down_proj take their own per-layer strengths', async () => {
+    const { random, model } = await loadRandomModel(gpu, { dtype: 'F32' });
+    try {
+      const rng = new Random(random.seed);
+      const direction = unit(rng, random.config.hiddenSize);
+      const strengths = { o_proj: [1, 0, 0.5], down_proj: [0, 1.25, 0.3] };
+      const cut = await applyCut(model, { direction, attentionLayerWeights: strengths.o_proj, mlpLayerWeights: strengths.down_proj, snapshot: true });
+      for (const [l, layer] of (model.weights as LlamaWeights).layers.entries()) {
+        for (const [matrix, name, tensor] of [
+          [layer.o, 'o_proj', `model.layers.${l}.self_attn.o_proj.weight`],
+          [layer.down, 'down_proj', `model.layers.${l}.mlp.down_proj.weight`],
+        ] as const) {
+          const w = new Float32Array(await gpu.read(matrix.chunks[0]!.buffer));
+          const original = random.weights.get(tensor);
+          const cols = matrix.cols;
+          const dw = Array.from({ length: cols }, (_, j) => direction.reduce((s, d, i) => s + d * w[i * cols + j]!, 0));
+          const dw0 = Array.from({ length: cols }, (_, j) => direction.reduce((s, d, i) => s + d * original[i * cols + j]!, 0));
+          const expected = dw0.map((v) => v * (1 - strengths[name][l]!));
+          expect(relativeError(dw, expected), `${name} of layer ${l}`).toBeLessThan(1e-4);
+        }
+      }
+      expect(cut.tensors).toHaveLength(4);
+      await cut.undo();
+    } finally {
+      model.dispose();
+    }
+  });
 });
 
 describe('layer weights', () => {
