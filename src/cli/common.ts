@@ -51,6 +51,12 @@ export function progressBar(label: string, total: number): Progress {
   };
 }
 
+/** Runs work that reports progress with a progress bar labelled `label`. */
+export function bar<T>(label: string, work: (update: (done: number, total: number) => void) => Promise<T>): Promise<T> {
+  const progress = progressBar(label, 1);
+  return work((done, total) => progress.update(done, total)).finally(() => progress.stop());
+}
+
 export async function loadModel(gpu: Gpu, dir: string): Promise<LlamaModel> {
   const bar = progressBar('loading weights', 1);
   try {

@@ -1,10 +1,14 @@
 import { Command, CommanderError } from 'commander';
 import { GpuOutOfMemoryError } from '../gpu/errors.ts';
 import { MEMORY_BUDGET_ENV } from '../gpu/node.ts';
+import { registerCut } from './cut.ts';
+import { registerEval } from './eval.ts';
 import { registerGenerate } from './generate.ts';
 import { registerInspect } from './inspect.ts';
+import { registerMeasure } from './measure.ts';
+import { registerProbe } from './probe.ts';
 import { registerRun } from './run.ts';
-import { registerSteps } from './steps.ts';
+import { registerSteer } from './steer.ts';
 import { registerTaps } from './taps.ts';
 
 const program = new Command('abliterate')
@@ -14,7 +18,11 @@ const program = new Command('abliterate')
 
 registerInspect(program);
 registerRun(program);
-registerSteps(program);
+registerMeasure(program);
+registerCut(program);
+registerEval(program);
+registerProbe(program);
+registerSteer(program);
 registerGenerate(program);
 registerTaps(program);
 

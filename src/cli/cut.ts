@@ -1,0 +1,46 @@
+import { resolve } from 'node:path';
+import type { Command } from 'commander';
+import { applyCut, layerWeights } from '../abliterate/cut.ts';
+import { exportModel } from '../abliterate/export.ts';
+import { addGpuOptions, bar, parseInteger, parseNumber, printJson, UsageError, withModel } from './common.ts';
+import { openDirections, pointOf } from './directions.ts';
+import { withOutputFolder } from './output.ts';
+import { settingsFrom } from './settings.ts';
+
+export function registerCut(program: Command): void {
+  addGpuOptions(
+    program
+      .command('cut')
+      .description('remove a measured direction from the weights and write the model')
+      .argument('<model-dir>')
+      .requiredOption('--direction <file>', 'directions file from abliterate measure or run')
+      .option('--layer <n>', "use this point's direction instead of the file's chosen one", parseInteger('--layer', 0))
+      .option('--alpha <a>', 'cut strength', parseNumber('--alpha', -100, 100), 1)
+      .option('--layers <which>', 'layers to cut: all, FROM-TO, 1,4,9, above_median, top_k:N', 'all')
+      .option('--kernel <shape>', 'per-layer strength: constant or tent:PEAK,WIDTH[,MIN[,MAX]]', 'constant')
+      .option('--preserve-norm', 'keep each cut row at its original norm')
+      .option('--no-embedding', 'leave the embedding alone')
+      .requiredOption('--out <dir>', 'new folder for the cut model')
+      .option('--force', 'replace --out if it exists')
+      .option('--json', 'print a JSON summary'),
+  ).action(async (dir: string, options: { direction: string; layer?: number; alpha: number; layers: string; kernel: string; preserveNorm?: boolean; embedding: boolean; out: string; force?: boolean; json?: boolean; adapter?: 'auto' }) => {
+    const directions = await openDirections(options.direction);
+    const { layer, direction } = pointOf(directions, options.layer);
+    const settings = settingsFrom({ layers: options.layers, kernel: options.kernel });
+    // The summary is printed once the output is in place under its final name.
+    const summary = await withOutputFolder(options.out, resolve(dir), options.force ?? false, (out) => withModel(dir, options, async (model) => {
+      if (direction.length !== model.config.hiddenSize) throw new UsageError(`the direction has ${direction.length} values but the model's hidden size is ${model.config.hiddenSize}`);
+      const scores = directions.scores.slice(1).map((s) => s.effectSize);
+      const weights = layerWeights(model.config.numLayers, settings.layers, settings.kernel, scores.length === model.config.numLayers ? scores : undefined);
+      const start = performance.now();
+      await applyCut(model, { direction, alpha: options.alpha, layerWeights: weights, preserveRowNorm: options.preserveNorm ?? false, embedding: options.embedding });
+      const cutSeconds = (performance.now() - start) / 1000;
+      const parameters = { layer, alpha: options.alpha, layer_weights: weights, embedding: options.embedding, preserve_row_norm: options.preserveNorm ?? false, source_model: resolve(dir) };
+      const exportStart = performance.now();
+      await bar('export', (update) => exportModel(model, out, { parameters, onProgress: update }));
+      return { layer, output: out.path, tensors: [...model.modifiedTensors], cut_s: cutSeconds, export_s: (performance.now() - exportStart) / 1000 };
+    }));
+    if (options.json) printJson(summary);
+    else process.stdout.write(`cut ${summary.tensors.length} tensors with the direction of point ${summary.layer} in ${summary.cut_s.toFixed(2)} s; written to ${summary.output}\n`);
+  });
+}

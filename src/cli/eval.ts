@@ -1,0 +1,63 @@
+import { readFile } from 'node:fs/promises';
+import type { Command } from 'commander';
+import { evaluateRefusals, firstTokenKl, firstTokenLogits, perplexity } from '../abliterate/evaluate.ts';
+import { addGpuOptions, bar, loadModel, openGpu, parseInteger, printJson, UsageError } from './common.ts';
+import { BUNDLED, loadPrompts } from './settings.ts';
+
+export function registerEval(program: Command): void {
+  addGpuOptions(
+    program
+      .command('eval')
+      .description('refusal rates on harmful and harmless prompts, perplexity, and KL against a baseline model')
+      .argument('<model-dir>')
+      .option('--baseline <model-dir>', 'the original model, for the first-token KL')
+      .option('--eval-harmful <file>', 'harmful prompts; default: the bundled test split')
+      .option('--eval-harmless <file>', 'harmless prompts; default: the bundled test split')
+      .option('--plain-text <file>', 'plain text for perplexity; default: the bundled sample')
+      .option('--column <name>', 'column or field holding the prompt')
+      .option('--limit <n>', 'use at most n prompts of each file', parseInteger('--limit', 1))
+      .option('--max-tokens <n>', 'new tokens per answer', parseInteger('--max-tokens', 1), 64)
+      .option('--batch-size <n>', 'prompts per step', parseInteger('--batch-size', 1), 32)
+      .option('--json', 'print JSON'),
+  ).action(async (dir: string, options: { baseline?: string; evalHarmful?: string; evalHarmless?: string; plainText?: string; column?: string; limit?: number; maxTokens: number; batchSize: number; json?: boolean; adapter?: 'auto' }) => {
+    const harmful = await loadPrompts(options.evalHarmful ?? BUNDLED['eval-harmful'], options.column, options.limit);
+    const harmless = await loadPrompts(options.evalHarmless ?? BUNDLED['eval-harmless'], options.column, options.limit);
+    const textFile = options.plainText ?? BUNDLED['plain-text'];
+    const text = await readFile(textFile, 'utf8').catch(() => {
+      throw new UsageError(`cannot read the plain text ${textFile}`);
+    });
+    const gpu = await openGpu(options);
+    try {
+      let baseline: GPUBuffer | undefined;
+      if (options.baseline) {
+        const original = await loadModel(gpu, options.baseline);
+        try {
+          baseline = await firstTokenLogits(original, harmless, { batchSize: options.batchSize });
+        } finally {
+          original.dispose();
+        }
+      }
+      const model = await loadModel(gpu, dir);
+      try {
+        const run = { batchSize: options.batchSize, maxNewTokens: options.maxTokens };
+        const h = await bar('harmful', (update) => evaluateRefusals(model, harmful, { ...run, set: 'harmful', onProgress: update }));
+        const b = await bar('harmless', (update) => evaluateRefusals(model, harmless, { ...run, set: 'harmless', onProgress: update }));
+        const kl = baseline ? (await firstTokenKl(model, baseline, harmless, { batchSize: options.batchSize })).mean : null;
+        const ppl = (await perplexity(model, text)).perplexity;
+        const report = { harmful_refusal_rate: h.rate, harmless_refusal_rate: b.rate, kl, perplexity: ppl, samples: { harmful: h.answers.slice(0, 5), harmless: b.answers.slice(0, 5) } };
+        if (options.json) printJson(report);
+        else {
+          process.stdout.write(
+            `harmful refusal  ${h.rate.toFixed(3)} (${h.refused}/${h.total})\nharmless refusal ${b.rate.toFixed(3)} (${b.refused}/${b.total})\n` +
+              `${kl === null ? '' : `first-token KL   ${kl.toFixed(4)}\n`}perplexity       ${ppl.toFixed(3)}\n`,
+          );
+        }
+      } finally {
+        model.dispose();
+        if (baseline) gpu.destroyBuffer(baseline);
+      }
+    } finally {
+      gpu.dispose();
+    }
+  });
+}
