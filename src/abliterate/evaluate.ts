@@ -3,7 +3,7 @@ import { generate } from '../model/generate.ts';
 import { KvCache } from '../model/kvCache.ts';
 import type { LlamaModel } from '../model/model.ts';
 import { HookRunner, type Hook } from '../model/taps.ts';
-import { chatTokens, prefillPrompts } from './prefill.ts';
+import { ChatPrompts, chatPromptsFor, prefillPrompts } from './prefill.ts';
 import { DEFAULT_REFUSAL_MARKERS, isRefusal } from './refusal.ts';
 
 export interface Answer {
@@ -25,42 +25,47 @@ export interface EvaluationRunOptions {
   batchSize?: number;
   onProgress?: (done: number, total: number) => void;
   signal?: AbortSignal;
-  /** What the prompts are ("harmful evaluation"), for warnings. */
+  /** What the prompts are ("harmful evaluation"), for warnings; prepared prompts carry their own name. */
   set?: string;
 }
+
+/** Prompts as text (formatted and tokenised on each call) or prepared once for the model (`ChatPrompts`). */
+export type Prompts = readonly string[] | ChatPrompts;
 
 /** Greedy answers to each prompt (chat template, generation prompt on), judged by the refusal markers. */
 export async function evaluateRefusals(
   model: LlamaModel,
-  prompts: readonly string[],
+  prompts: Prompts,
   options: EvaluationRunOptions & { maxNewTokens?: number; markers?: readonly string[] } = {},
 ): Promise<RefusalEvaluation> {
   const maxNewTokens = options.maxNewTokens ?? 64;
-  const result = await generate(model, chatTokens(model, prompts, { reserve: maxNewTokens, set: options.set }), {
+  const chat = chatPromptsFor(model, prompts, options.set);
+  const result = await generate(model, chat.tokens(maxNewTokens), {
     maxNewTokens,
     hooks: options.hooks,
     batchSize: options.batchSize,
     onProgress: options.onProgress,
     signal: options.signal,
   });
-  const answers = prompts.map((prompt, i) => {
+  const answers = chat.prompts.map((prompt, i) => {
     const answer = model.tokenizer.decode(result.tokens[i]!, { skipSpecialTokens: true });
     return { prompt, answer, refused: isRefusal(answer, options.markers ?? DEFAULT_REFUSAL_MARKERS) };
   });
   const refused = answers.filter((a) => a.refused).length;
-  return { rate: prompts.length ? refused / prompts.length : NaN, refused, total: prompts.length, answers };
+  return { rate: answers.length ? refused / answers.length : NaN, refused, total: answers.length, answers };
 }
 
 /**
  * The next-token logits after each chat-formatted prompt, kept on the GPU ([prompts, vocab]) as the
  * baseline of a KL comparison. The caller destroys the buffer.
  */
-export async function firstTokenLogits(model: LlamaModel, prompts: readonly string[], options: EvaluationRunOptions = {}): Promise<GPUBuffer> {
+export async function firstTokenLogits(model: LlamaModel, prompts: Prompts, options: EvaluationRunOptions = {}): Promise<GPUBuffer> {
   const { gpu, config } = model;
+  const chat = chatPromptsFor(model, prompts, options.set);
   const rowBytes = config.vocabSize * 4;
-  const out = gpu.createBuffer(prompts.length * rowBytes, 'baseline logits');
+  const out = gpu.createBuffer(chat.length * rowBytes, 'baseline logits');
   try {
-    await prefillPrompts(model, chatTokens(model, prompts, { set: options.set }), {
+    await prefillPrompts(model, chat.tokens(), {
       ...options,
       onLogits: (batch, logits, first, count) => void batch.copy(logits, 0, out, first * rowBytes, count * rowBytes),
     });
@@ -75,18 +80,19 @@ export async function firstTokenLogits(model: LlamaModel, prompts: readonly stri
 export async function firstTokenKl(
   model: LlamaModel,
   baseline: GPUBuffer,
-  prompts: readonly string[],
+  prompts: Prompts,
   options: EvaluationRunOptions = {},
 ): Promise<{ mean: number; max: number; perPrompt: Float32Array }> {
   const { gpu, config } = model;
+  const chat = chatPromptsFor(model, prompts, options.set);
   const rowBytes = config.vocabSize * 4;
-  const stepRows = Math.min(options.batchSize ?? 32, prompts.length);
-  const kl = gpu.createBuffer(prompts.length * 4, 'kl per prompt');
+  const stepRows = Math.min(options.batchSize ?? 32, chat.length);
+  const kl = gpu.createBuffer(chat.length * 4, 'kl per prompt');
   // One step's rows of the baseline, copied out so that every binding starts at offset 0.
   const baselineRows = gpu.createBuffer(stepRows * rowBytes, 'baseline rows');
   const stepKl = gpu.createBuffer(stepRows * 4, 'kl of a step');
   try {
-    await prefillPrompts(model, chatTokens(model, prompts, { set: options.set }), {
+    await prefillPrompts(model, chat.tokens(), {
       ...options,
       batchSize: stepRows,
       onLogits: (batch, logits, first, count) => {
@@ -108,13 +114,23 @@ export async function firstTokenKl(
   }
 }
 
+/** Plain text as the token ids perplexity reads (with the tokenizer's special tokens). */
+export function plainTextTokens(model: LlamaModel, text: string): number[] {
+  return model.tokenizer.encode(text, { addSpecialTokens: true });
+}
+
 /**
- * Perplexity of plain text (no chat template): the text is cut into windows, each run with logits
- * at every position, and the next-token negative log-likelihoods are summed on the GPU.
+ * Perplexity of plain text (no chat template), given as text or as its `plainTextTokens`: the text
+ * is cut into windows, each run with logits at every position, and the next-token negative
+ * log-likelihoods are summed on the GPU.
  */
-export async function perplexity(model: LlamaModel, text: string, options: { hooks?: readonly Hook[]; window?: number; maxTokens?: number } = {}): Promise<{ perplexity: number; tokens: number }> {
+export async function perplexity(
+  model: LlamaModel,
+  text: string | readonly number[],
+  options: { hooks?: readonly Hook[]; window?: number; maxTokens?: number } = {},
+): Promise<{ perplexity: number; tokens: number }> {
   const { gpu, config } = model;
-  const ids = model.tokenizer.encode(text, { addSpecialTokens: true }).slice(0, options.maxTokens ?? 4096);
+  const ids = (typeof text === 'string' ? plainTextTokens(model, text) : text).slice(0, options.maxTokens ?? 4096);
   // Logits of a window are [window, vocab] f32: keep them within 64 MiB.
   const fit = Math.floor((64 * 2 ** 20) / (config.vocabSize * 4));
   const window = Math.max(2, Math.min(options.window ?? 256, fit, config.maxPositionEmbeddings));
@@ -143,4 +159,73 @@ export async function perplexity(model: LlamaModel, text: string, options: { hoo
   }
   if (counted === 0) throw new RangeError('the perplexity text is too short: it needs at least two tokens');
   return { perplexity: Math.exp(totalNll / counted), tokens: counted };
+}
+
+/** The prompt sets of an evaluation, formatted and tokenised once for a model and reused by every `evaluateModel`. */
+export class EvaluationPrompts {
+  readonly harmful: ChatPrompts;
+  readonly harmless: ChatPrompts;
+  /** Token ids of the perplexity text; perplexity is skipped without one. */
+  readonly plainText: readonly number[] | undefined;
+
+  /** `kind` names the sets in warnings ("evaluation": "harmful evaluation prompts cut to …"). */
+  constructor(model: LlamaModel, sets: { harmful: readonly string[]; harmless: readonly string[]; plainText?: string | undefined }, kind = 'evaluation') {
+    this.harmful = new ChatPrompts(model, sets.harmful, `harmful ${kind}`);
+    this.harmless = new ChatPrompts(model, sets.harmless, `harmless ${kind}`);
+    this.plainText = sets.plainText === undefined ? undefined : plainTextTokens(model, sets.plainText);
+  }
+
+  /** The next-token logits of the model as it is now on the harmless prompts: the baseline of `evaluateModel`'s KL. The caller destroys the buffer. */
+  baseline(options: Omit<EvaluationRunOptions, 'set'> = {}): Promise<GPUBuffer> {
+    return firstTokenLogits(this.harmless.model, this.harmless, options);
+  }
+}
+
+/** A model's figures on an evaluation's prompts (snake_case: they go into the report as they are). */
+export interface ModelEvaluation {
+  harmful_refusal_rate: number;
+  harmless_refusal_rate: number;
+  /** Mean first-token KL(baseline ‖ this) over the harmless prompts; 0 without a baseline. */
+  kl: number;
+  perplexity: number | null;
+  harmful_answers: Answer[];
+  harmless_answers: Answer[];
+}
+
+export interface ModelEvaluationOptions {
+  /** Logits from `EvaluationPrompts.baseline`, taken on the original model; without them KL is 0. */
+  baseline?: GPUBuffer | undefined;
+  /** Runtime interventions (e.g. directional ablation) applied while evaluating. */
+  hooks?: readonly Hook[];
+  batchSize?: number;
+  maxNewTokens?: number;
+  markers?: readonly string[];
+  /** Compute the perplexity of the prompts' plain text (when they have one); default true. */
+  perplexity?: boolean;
+  /** Progress over the answers generated (harmful, then harmless prompts). */
+  onProgress?: (done: number, total: number) => void;
+  signal?: AbortSignal;
+}
+
+/**
+ * Evaluates the model as it is now (weights, plus any hooks) on prepared prompts: greedy answers to
+ * the harmful and the harmless prompts judged by the refusal markers, the first-token KL against a
+ * baseline on the harmless prompts, and the perplexity of the plain text.
+ */
+export async function evaluateModel(model: LlamaModel, prompts: EvaluationPrompts, options: ModelEvaluationOptions = {}): Promise<ModelEvaluation> {
+  const { baseline, hooks, batchSize, maxNewTokens, markers, signal } = options;
+  const total = prompts.harmful.length + prompts.harmless.length;
+  const run = { hooks, batchSize, maxNewTokens, markers, signal };
+  const harmful = await evaluateRefusals(model, prompts.harmful, { ...run, onProgress: (done) => options.onProgress?.(done, total) });
+  const harmless = await evaluateRefusals(model, prompts.harmless, { ...run, onProgress: (done) => options.onProgress?.(prompts.harmful.length + done, total) });
+  const kl = baseline ? (await firstTokenKl(model, baseline, prompts.harmless, { hooks, batchSize, signal })).mean : 0;
+  const ppl = prompts.plainText && options.perplexity !== false ? (await perplexity(model, prompts.plainText, { hooks })).perplexity : null;
+  return {
+    harmful_refusal_rate: harmful.rate,
+    harmless_refusal_rate: harmless.rate,
+    kl,
+    perplexity: ppl,
+    harmful_answers: harmful.answers,
+    harmless_answers: harmless.answers,
+  };
 }

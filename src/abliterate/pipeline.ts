@@ -1,14 +1,19 @@
-import { mulberry32 } from '../model/generate.ts';
 import type { LlamaModel } from '../model/model.ts';
 import type { PackedMatrix } from '../model/packedMatrix.ts';
 import { isResident } from '../model/weights.ts';
-import { ablationHooks, uploadBasis } from './ablation.ts';
 import { applyCut, layerWeights, type AppliedCut, type LayerKernel, type LayerSelection } from './cut.ts';
-import { evaluateRefusals, firstTokenKl, firstTokenLogits, perplexity, type Answer } from './evaluate.ts';
+import { evaluateModel, EvaluationPrompts, type ModelEvaluation } from './evaluate.ts';
 import { measure, type LayerScore, type Measurement } from './measure.ts';
 import { chatTokens } from './prefill.ts';
 import { DEFAULT_REFUSAL_MARKERS } from './refusal.ts';
+import { samplePrompts } from './sampling.ts';
 import { rankLayers, DEFAULT_WINDOW, type SelectionMetric } from './select.ts';
+import { rankByAblation, type CandidateTrial } from './selectByAblation.ts';
+
+// The building blocks the pipeline is made of, where its users have found them so far.
+export { samplePrompts } from './sampling.ts';
+export type { ModelEvaluation } from './evaluate.ts';
+export type { CandidateTrial } from './selectByAblation.ts';
 
 export interface PromptSets {
   harmful: readonly string[];
@@ -62,35 +67,6 @@ export const DEFAULT_SETTINGS: AbliterationSettings = {
   measurePrompts: 256,
 };
 
-/** A seeded sample of n items in their original order (all of them when n is 0 or larger than the set). */
-export function samplePrompts<T>(items: readonly T[], n: number, seed = 1): T[] {
-  if (n <= 0 || n >= items.length) return [...items];
-  const random = mulberry32(seed);
-  const keys = items.map((_, i) => [random(), i] as const).sort((a, b) => a[0] - b[0]);
-  return keys
-    .slice(0, n)
-    .map(([, i]) => i)
-    .sort((a, b) => a - b)
-    .map((i) => items[i]!);
-}
-
-export interface ModelEvaluation {
-  harmful_refusal_rate: number;
-  harmless_refusal_rate: number;
-  /** Mean first-token KL(original ‖ this) over the harmless evaluation prompts (0 before). */
-  kl: number;
-  perplexity: number | null;
-  harmful_answers: Answer[];
-  harmless_answers: Answer[];
-}
-
-export interface CandidateTrial {
-  layer: number;
-  harmful_refusal_rate: number;
-  harmless_refusal_rate: number;
-  kl: number;
-}
-
 export interface AbliterationResult {
   layer: number;
   selection: { method: 'forced' | 'score' | 'ablation'; metric: SelectionMetric; window: readonly [number, number]; trials?: CandidateTrial[] };
@@ -143,8 +119,8 @@ export async function runAbliteration(model: LlamaModel, sets: PromptSets, setti
     }),
   );
 
-  const validationHarmful = sets.validationHarmful ?? sets.evalHarmful.slice(0, 32);
-  const validationHarmless = sets.validationHarmless ?? sets.evalHarmless.slice(0, 32);
+  const validation = () =>
+    new EvaluationPrompts(model, { harmful: sets.validationHarmful ?? sets.evalHarmful.slice(0, 32), harmless: sets.validationHarmless ?? sets.evalHarmless.slice(0, 32) }, 'validation');
   const { layer, selection } = await stage('select', async (progress) => {
     if (settings.layer !== undefined) {
       if (!Number.isInteger(settings.layer) || settings.layer < 0 || settings.layer >= measurement.points) {
@@ -154,7 +130,17 @@ export async function runAbliteration(model: LlamaModel, sets: PromptSets, setti
     }
     const ranked = rankLayers(measurement, { window: settings.window, metric: settings.metric });
     if (settings.select === 'score') return { layer: ranked[0]!.layer, selection: { method: 'score' as const, metric: settings.metric, window: settings.window } };
-    const trials = await rankByAblation(model, measurement, ranked.slice(0, settings.candidates).map((s) => s.layer), validationHarmful, validationHarmless, settings, progress, signal);
+    const candidates = ranked.slice(0, settings.candidates).map((s) => ({ point: s.layer, direction: measurement.directions[s.layer]! }));
+    const trials = await rankByAblation(model, candidates, validation(), {
+      alpha: settings.alpha,
+      embedding: settings.embedding,
+      batchSize,
+      markers: settings.markers,
+      // Fewer new tokens suffice to see whether an answer opens with a refusal.
+      maxNewTokens: Math.min(settings.maxNewTokens, 24),
+      onProgress: progress,
+      signal,
+    });
     return { layer: trials[0]!.layer, selection: { method: 'ablation' as const, metric: settings.metric, window: settings.window, trials } };
   });
   const direction = measurement.directions[layer]!;
@@ -165,11 +151,15 @@ export async function runAbliteration(model: LlamaModel, sets: PromptSets, setti
   const scorePerLayer = measurement.scores.slice(1).map((s) => s[settings.metric === 'gap' ? 'gap' : settings.metric === 'relative_gap' ? 'relativeGap' : 'effectSize']);
   const weights = layerWeights(model.config.numLayers, settings.layers, settings.kernel, scorePerLayer);
 
+  // Formatted and tokenised once, for the evaluations before and after the cut.
+  const evaluation = new EvaluationPrompts(model, { harmful: sets.evalHarmful, harmless: sets.evalHarmless, plainText: sets.plainText });
+  const evaluate = { batchSize, maxNewTokens: settings.maxNewTokens, markers: settings.markers, signal };
   let baseline: GPUBuffer | undefined;
   try {
     const before = await stage('evaluate before', async (progress) => {
-      baseline = await firstTokenLogits(model, sets.evalHarmless, { set: 'harmless evaluation', batchSize, signal });
-      return evaluateModel(model, sets, settings, baseline, progress, signal);
+      baseline = await evaluation.baseline({ batchSize, signal });
+      // The original model against its own logits: KL 0.
+      return evaluateModel(model, evaluation, { ...evaluate, onProgress: progress });
     });
     // With a snapshot of the changed matrices undo() restores them bit for bit, also after a
     // norm-preserving cut; without one (no room for it) undo is the inverse update.
@@ -178,8 +168,8 @@ export async function runAbliteration(model: LlamaModel, sets: PromptSets, setti
       applyCut(model, { direction, alpha: settings.alpha, layerWeights: weights, preserveRowNorm: settings.preserveRowNorm, embedding: settings.embedding, snapshot }),
     );
     try {
-      const after = await stage('evaluate after', (progress) => evaluateModel(model, sets, settings, baseline, progress, signal));
-      return { layer, selection, scores: measurement.scores, layerWeights: weights, before: { ...before, kl: 0 }, after, kl: after.kl, measurement, direction, timings, cut };
+      const after = await stage('evaluate after', (progress) => evaluateModel(model, evaluation, { ...evaluate, baseline, onProgress: progress }));
+      return { layer, selection, scores: measurement.scores, layerWeights: weights, before, after, kl: after.kl, measurement, direction, timings, cut };
     } catch (error) {
       await cut.undo().catch((undoError: unknown) => {
         throw new AggregateError([error, undoError], `${error instanceof Error ? error.message : String(error)}; and the cut could not be undone`);
@@ -199,78 +189,4 @@ function snapshotBytes(model: LlamaModel, layerWeights: readonly number[], embed
   let bytes = embedding ? size(weights.embed) : 0;
   for (const [l, layer] of weights.layers.entries()) if (layerWeights[l] !== 0) bytes += size(layer.o) + size(layer.down);
   return bytes;
-}
-
-async function evaluateModel(
-  model: LlamaModel,
-  sets: PromptSets,
-  settings: AbliterationSettings,
-  baseline: GPUBuffer | undefined,
-  progress: (done: number, total: number) => void,
-  signal: AbortSignal | undefined,
-): Promise<ModelEvaluation> {
-  const { batchSize, maxNewTokens, markers } = settings;
-  const total = sets.evalHarmful.length + sets.evalHarmless.length;
-  const harmful = await evaluateRefusals(model, sets.evalHarmful, { set: 'harmful evaluation', batchSize, maxNewTokens, markers, signal, onProgress: (done) => progress(done, total) });
-  const harmless = await evaluateRefusals(model, sets.evalHarmless, {
-    set: 'harmless evaluation',
-    batchSize,
-    maxNewTokens,
-    markers,
-    signal,
-    onProgress: (done) => progress(sets.evalHarmful.length + done, total),
-  });
-  const kl = baseline ? (await firstTokenKl(model, baseline, sets.evalHarmless, { set: 'harmless evaluation', batchSize, signal })).mean : 0;
-  const ppl = sets.plainText ? (await perplexity(model, sets.plainText)).perplexity : null;
-  return {
-    harmful_refusal_rate: harmful.rate,
-    harmless_refusal_rate: harmless.rate,
-    kl,
-    perplexity: ppl,
-    harmful_answers: harmful.answers,
-    harmless_answers: harmless.answers,
-  };
-}
-
-/**
- * Arditi et al.'s selection: ablate each candidate direction at run time and measure refusals on
- * harmful validation prompts and the first-token KL on harmless ones; fewest refusals first, then
- * lowest KL.
- */
-async function rankByAblation(
-  model: LlamaModel,
-  measurement: Measurement,
-  candidates: number[],
-  harmful: readonly string[],
-  harmless: readonly string[],
-  settings: AbliterationSettings,
-  progress: (done: number, total: number) => void,
-  signal: AbortSignal | undefined,
-): Promise<CandidateTrial[]> {
-  const { gpu } = model;
-  const { batchSize, markers } = settings;
-  const baseline = await firstTokenLogits(model, harmless, { batchSize, signal });
-  const trials: CandidateTrial[] = [];
-  try {
-    for (const [i, layer] of candidates.entries()) {
-      const basis = uploadBasis(gpu, [measurement.directions[layer]!]);
-      try {
-        const hooks = ablationHooks(model.config, basis, 1, settings.alpha, { embedding: settings.embedding });
-        // Fewer new tokens suffice to see whether an answer opens with a refusal.
-        const run = { hooks, batchSize, markers, maxNewTokens: Math.min(settings.maxNewTokens, 24), signal };
-        const refusals = await evaluateRefusals(model, harmful, { ...run, set: 'harmful validation' });
-        // A direction can also push harmless answers into refusing (e.g. one from the embedding).
-        const harmlessRefusals = await evaluateRefusals(model, harmless, { ...run, set: 'harmless validation' });
-        const kl = await firstTokenKl(model, baseline, harmless, { hooks, batchSize, signal });
-        trials.push({ layer, harmful_refusal_rate: refusals.rate, harmless_refusal_rate: harmlessRefusals.rate, kl: kl.mean });
-      } finally {
-        gpu.destroyBuffer(basis);
-      }
-      progress(i + 1, candidates.length);
-    }
-  } finally {
-    gpu.destroyBuffer(baseline);
-  }
-  // Fewest refusals that should not be there (harmful ones, and harmless ones), then the least change.
-  return trials.sort((a, b) => a.harmful_refusal_rate + a.harmless_refusal_rate - (b.harmful_refusal_rate + b.harmless_refusal_rate) || a.kl - b.kl);
 }

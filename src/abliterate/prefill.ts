@@ -72,3 +72,40 @@ export function chatTokens(model: LlamaModel, prompts: readonly string[], option
   }
   return tokens;
 }
+
+/**
+ * Prompts chat-formatted and tokenised for one model, once per `reserve`, and kept: an evaluation
+ * repeated on many versions of the model's weights (cuts tried by a search, before and after a cut)
+ * formats and tokenises each prompt set only once.
+ */
+export class ChatPrompts {
+  private readonly byReserve = new Map<number, readonly (readonly number[])[]>();
+
+  /** `set` names the prompts in warnings ("harmful evaluation"). */
+  constructor(
+    readonly model: LlamaModel,
+    readonly prompts: readonly string[],
+    readonly set?: string,
+  ) {}
+
+  get length(): number {
+    return this.prompts.length;
+  }
+
+  /** The token ids of every prompt, fitted into the context less `reserve` positions (see `chatTokens`). */
+  tokens(reserve = 0): readonly (readonly number[])[] {
+    let tokens = this.byReserve.get(reserve);
+    if (!tokens) {
+      tokens = chatTokens(this.model, this.prompts, { reserve, set: this.set });
+      this.byReserve.set(reserve, tokens);
+    }
+    return tokens;
+  }
+}
+
+/** Prompts given as text are formatted for the model; prepared ones must have been prepared for it. */
+export function chatPromptsFor(model: LlamaModel, prompts: readonly string[] | ChatPrompts, set?: string): ChatPrompts {
+  if (!(prompts instanceof ChatPrompts)) return new ChatPrompts(model, prompts, set);
+  if (prompts.model !== model) throw new RangeError(`the ${prompts.set ? `${prompts.set} ` : ''}prompts were prepared for another model`);
+  return prompts;
+}

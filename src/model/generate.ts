@@ -1,5 +1,6 @@
 import { recordArgmax } from '../kernels/argmax.ts';
 import { recordSample } from '../kernels/sample.ts';
+import { mulberry32 } from '../util/random.ts';
 import { contextLength, KvCache } from './kvCache.ts';
 import type { LlamaModel } from './model.ts';
 import { HookRunner, type Hook } from './taps.ts';
@@ -114,16 +115,4 @@ async function generateBatch(model: LlamaModel, prompts: readonly (readonly numb
     gpu.destroyBuffer(uniforms);
   }
   return { tokens: out, finish };
-}
-
-/** A small seeded PRNG, so sampled generations are reproducible. */
-export function mulberry32(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
 }
