@@ -157,6 +157,7 @@ export async function perplexity(
     }
     if (start + window >= ids.length) break;
   }
+  await model.forward.verifyFinite();
   if (counted === 0) throw new RangeError('the perplexity text is too short: it needs at least two tokens');
   return { perplexity: Math.exp(totalNll / counted), tokens: counted };
 }

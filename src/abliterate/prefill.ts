@@ -47,6 +47,7 @@ export async function prefillPrompts(model: LlamaModel, prompts: readonly (reado
       await options.afterStep?.(first, part.length);
       options.onProgress?.(first + part.length, prompts.length);
     }
+    await model.forward.verifyFinite();
   } finally {
     cache.dispose();
   }

@@ -47,6 +47,7 @@ export function registerTaps(program: Command): void {
       try {
         const hooks = new HookRunner([{ point, positions: selector, action: { kind: 'write', buffer: out, rowsPerLayer: rows.length } }], model.config.numLayers);
         await model.forward.run({ tokens, sequences, logits: 'none' }, cache, hooks);
+        await model.forward.verifyFinite();
         const values = await gpu.readF32(out);
         const vectors = Array.from({ length: layers }, (_, l) =>
           rows.map((_, r) => Array.from(values.subarray((l * rows.length + r) * H, (l * rows.length + r + 1) * H))),

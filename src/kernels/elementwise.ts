@@ -3,10 +3,14 @@ import { workgroups1D } from '../gpu/dispatch.ts';
 
 const WG = 64;
 
-/** x ← x + y over `n` elements (the residual adds). */
-export function recordAdd(batch: ComputeBatch, args: { x: GPUBuffer; y: GPUBuffer; n: number }): void {
-  const { x, y, n } = args;
-  batch.dispatch(batch.gpu.kernel('add.wgsl', { WG }), { params: { n }, x, y }, workgroups1D(n, WG), `n=${n}`);
+/**
+ * x ← x + y over `n` elements (the residual adds). With `check`, flags[slot] also gets the lowest
+ * index of a NaN or ±Inf sum (it keeps a lower value it holds; see shaders/add.wgsl).
+ */
+export function recordAdd(batch: ComputeBatch, args: { x: GPUBuffer; y: GPUBuffer; n: number; check?: { flags: GPUBuffer; slot: number } }): void {
+  const { x, y, n, check } = args;
+  const kernel = batch.gpu.kernel('add.wgsl', { WG, CHECK_FINITE: check !== undefined });
+  batch.dispatch(kernel, { params: { n, slot: check?.slot ?? 0 }, x, y, flags: check?.flags }, workgroups1D(n, WG), `n=${n}${check ? ` check slot ${check.slot}` : ''}`);
 }
 
 /** gate ← silu(gate) · up over `n` elements (the gated MLP). */

@@ -9,6 +9,7 @@ import { recordRmsNorm } from '../kernels/rmsnorm.ts';
 import { recordRope } from '../kernels/rope.ts';
 import { recordGatherRows } from '../kernels/rows.ts';
 import { ropeInverseFrequencies, type ModelConfig } from './config.ts';
+import { FiniteCheck } from './finiteCheck.ts';
 import type { KvCache } from './kvCache.ts';
 import type { PackedMatrix } from './packedMatrix.ts';
 import { selectRows, type HookRunner, type StepSequence, type TapPoint } from './taps.ts';
@@ -77,6 +78,10 @@ class Workspace {
 export class LlamaForward {
   private readonly workspace: Workspace;
   private readonly invFreq: GPUBuffer;
+  /** Catches NaN and ±Inf after the embedding, every layer and the logits; `verifyFinite()` reports them. */
+  private readonly finite: FiniteCheck;
+  /** Records the non-finite checks (on by default; off only to measure what they cost). */
+  checkFinite = true;
 
   constructor(
     readonly gpu: Gpu,
@@ -85,6 +90,24 @@ export class LlamaForward {
   ) {
     this.workspace = new Workspace(gpu);
     this.invFreq = gpu.upload(ropeInverseFrequencies(config), 'rope inverse frequencies');
+    this.finite = new FiniteCheck(gpu, config.numLayers);
+  }
+
+  /**
+   * Throws a `NonFiniteError` naming the first point (embedding, layer, logits) where NaN or ±Inf
+   * appeared in the steps run since the last call. Call it before results are used.
+   */
+  verifyFinite(): Promise<void> {
+    return this.finite.verify();
+  }
+
+  private check(batch: ComputeBatch, point: 'embed' | 'logits', x: GPUBuffer, rows: number, width: number): void {
+    if (this.checkFinite) this.finite.record(batch, point, x, rows, width);
+  }
+
+  /** The residual adds of layer `l` check their sums themselves. */
+  private layerCheck(l: number): { flags: GPUBuffer; slot: number } | undefined {
+    return this.checkFinite ? this.finite.target(l, this.config.hiddenSize) : undefined;
   }
 
   /**
@@ -176,6 +199,7 @@ export class LlamaForward {
   private recordEmbed(batch: ComputeBatch, ctx: StepContext, embed: PackedMatrix): void {
     recordEmbedding(batch, { ids: ctx.ids, table: embed, out: ctx.resid, tokens: ctx.T });
     this.tap(batch, ctx, 'embed', undefined, ctx.resid);
+    this.check(batch, 'embed', ctx.resid, ctx.T, this.config.hiddenSize);
   }
 
   /** One decoder layer: norm, q/k/v, rope, cache, attention, o, add, norm, gate/up, silu·mul, down, add. */
@@ -195,7 +219,7 @@ export class LlamaForward {
     recordAttention(batch, { q, kCache: cache.keys[l]!, vCache: cache.values[l]!, positions, slots, out: attn, tokens: T, ...heads, maxLen: cache.maxLen });
     recordMatmul(batch, { x: attn, tokens: T, weight: w.o, bias: w.oBias, y: attnOut });
     this.tap(batch, ctx, 'attn_out', l, attnOut);
-    recordAdd(batch, { x: resid, y: attnOut, n: T * H });
+    recordAdd(batch, { x: resid, y: attnOut, n: T * H, check: this.layerCheck(l) });
     this.tap(batch, ctx, 'resid_mid', l, resid);
     recordRmsNorm(batch, { x: resid, weight: w.postAttentionNorm, y: normed, rows: T, dim: H, eps: c.rmsNormEps });
     recordMatmul(batch, { x: normed, tokens: T, weight: w.gate, bias: w.gateBias, y: gate });
@@ -203,7 +227,7 @@ export class LlamaForward {
     recordSiluMul(batch, { gate, up, n: T * c.intermediateSize });
     recordMatmul(batch, { x: gate, tokens: T, weight: w.down, bias: w.downBias, y: mlpOut });
     this.tap(batch, ctx, 'mlp_out', l, mlpOut);
-    recordAdd(batch, { x: resid, y: mlpOut, n: T * H });
+    recordAdd(batch, { x: resid, y: mlpOut, n: T * H, check: this.layerCheck(l) });
     this.tap(batch, ctx, 'resid_post', l, resid);
   }
 
@@ -225,6 +249,7 @@ export class LlamaForward {
     if (step.logits === 'all') {
       const logits = ws.get('logits', T * c.vocabSize * f32);
       recordMatmul(batch, { x: normed, tokens: T, weight: lmHead, y: logits });
+      this.check(batch, 'logits', logits, T, c.vocabSize);
       return logits;
     }
     // Logits only for the last row of each sequence: gather, normalise, project.
@@ -241,6 +266,7 @@ export class LlamaForward {
     }
     const logits = ws.get('logits', S * c.vocabSize * f32);
     recordMatmul(batch, { x: last, tokens: S, weight: lmHead, y: logits });
+    this.check(batch, 'logits', logits, S, c.vocabSize);
     return logits;
   }
 
@@ -272,6 +298,7 @@ export class LlamaForward {
 
   dispose(): void {
     this.workspace.dispose();
+    this.finite.dispose();
     this.gpu.destroyBuffer(this.invFreq);
   }
 }

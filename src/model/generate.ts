@@ -93,6 +93,9 @@ async function generateBatch(model: LlamaModel, prompts: readonly (readonly numb
         }
       });
       const picked = await gpu.readU32(chosen, 0, rows);
+      // NaN or ±Inf logits pick meaningless tokens: check after the prefill (which runs every
+      // weight), whenever a pick is no token at all, and once the batch is done.
+      if (step === 0 || picked.some((id) => id >= config.vocabSize)) await model.forward.verifyFinite();
       const next: SequenceStep[] = [];
       stepTokens = [];
       sequences.forEach((s, row) => {
@@ -109,6 +112,7 @@ async function generateBatch(model: LlamaModel, prompts: readonly (readonly numb
       });
       sequences = next;
     }
+    await model.forward.verifyFinite();
   } finally {
     cache.dispose();
     gpu.destroyBuffer(chosen);
