@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
-import { evaluateRefusals, firstTokenKl, firstTokenLogits, perplexity } from '../abliterate/evaluate.ts';
+import { evaluateModel, EvaluationPrompts, firstTokenLogits } from '../abliterate/evaluate.ts';
 import { addGpuOptions, bar, loadModel, openGpu, parseInteger, printJson, UsageError } from './common.ts';
 import { BUNDLED, loadPrompts } from './settings.ts';
 
@@ -39,16 +39,16 @@ export function registerEval(program: Command): void {
       }
       const model = await loadModel(gpu, dir);
       try {
-        const run = { batchSize: options.batchSize, maxNewTokens: options.maxTokens };
-        const h = await bar('harmful', (update) => evaluateRefusals(model, harmful, { ...run, set: 'harmful', onProgress: update }));
-        const b = await bar('harmless', (update) => evaluateRefusals(model, harmless, { ...run, set: 'harmless', onProgress: update }));
-        const kl = baseline ? (await firstTokenKl(model, baseline, harmless, { batchSize: options.batchSize })).mean : null;
-        const ppl = (await perplexity(model, text)).perplexity;
-        const report = { harmful_refusal_rate: h.rate, harmless_refusal_rate: b.rate, kl, perplexity: ppl, samples: { harmful: h.answers.slice(0, 5), harmless: b.answers.slice(0, 5) } };
+        const prompts = new EvaluationPrompts(model, { harmful, harmless, plainText: text });
+        const e = await bar('evaluate', (update) => evaluateModel(model, prompts, { baseline, batchSize: options.batchSize, maxNewTokens: options.maxTokens, onProgress: update }));
+        const kl = baseline ? e.kl : null;
+        const ppl = e.perplexity!;
+        const report = { harmful_refusal_rate: e.harmful_refusal_rate, harmless_refusal_rate: e.harmless_refusal_rate, kl, perplexity: ppl, samples: { harmful: e.harmful_answers.slice(0, 5), harmless: e.harmless_answers.slice(0, 5) } };
         if (options.json) printJson(report);
         else {
+          const refused = (answers: readonly { refused: boolean }[]) => `${answers.filter((a) => a.refused).length}/${answers.length}`;
           process.stdout.write(
-            `harmful refusal  ${h.rate.toFixed(3)} (${h.refused}/${h.total})\nharmless refusal ${b.rate.toFixed(3)} (${b.refused}/${b.total})\n` +
+            `harmful refusal  ${e.harmful_refusal_rate.toFixed(3)} (${refused(e.harmful_answers)})\nharmless refusal ${e.harmless_refusal_rate.toFixed(3)} (${refused(e.harmless_answers)})\n` +
               `${kl === null ? '' : `first-token KL   ${kl.toFixed(4)}\n`}perplexity       ${ppl.toFixed(3)}\n`,
           );
         }

@@ -2,7 +2,7 @@ import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { writeDirections } from '../abliterate/directionsFile.ts';
 import { measure } from '../abliterate/measure.ts';
-import { samplePrompts } from '../abliterate/pipeline.ts';
+import { samplePrompts } from '../abliterate/sampling.ts';
 import { chatTokens } from '../abliterate/prefill.ts';
 import { rankLayers } from '../abliterate/select.ts';
 import { MemorySink } from '../io/safetensorsWriter.ts';
