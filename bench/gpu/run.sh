@@ -48,5 +48,5 @@ stamp=$(date -u +%Y%m%dT%H%M%SZ)
 set -o pipefail
 node node_modules/tsx/dist/cli.mjs bench/main.ts --adapter "$adapter" --sections "$sections" --e2e-model "$model" \
   --json "$out/bench-$stamp.json" "${extra[@]}" 2>&1 | tee "$out/bench-$stamp.log"
-cp bench/tuning/*.json "$out/" 2>/dev/null || true
+cp src/kernels/tuning/*.json "$out/" 2>/dev/null || true
 echo "results in $out"

@@ -6,7 +6,7 @@ import { isMatvecTiling, matmulTiling, recordMatmul, type MatmulVariant } from '
 import { recordRmsNorm } from '../../src/kernels/rmsnorm.ts';
 import { recordAccumulateRows } from '../../src/kernels/rows.ts';
 import { tunedMatmulVariant } from '../../src/kernels/tuning.ts';
-import { uploadMatrix, type PackedMatrix } from '../../src/model/packedMatrix.ts';
+import { uploadMatrix, type PackedMatrix } from '../../src/gpu/packedMatrix.ts';
 import { randomFloats, randomWeights } from './fill.ts';
 import type { Bench } from './runner.ts';
 

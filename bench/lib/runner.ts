@@ -1,5 +1,5 @@
 import { loadavg } from 'node:os';
-import type { ComputeBatch } from '../../src/gpu/batch.ts';
+import type { ComputeBatch } from '../../src/gpu/gpu.ts';
 import type { Gpu } from '../../src/gpu/gpu.ts';
 import { GpuTimer, median, timeBatch, type TimingMethod } from '../../src/gpu/profiler.ts';
 

@@ -65,7 +65,7 @@ async function checkVariant(bench: Bench, weight: Awaited<ReturnType<typeof rand
  * every variant once with a small budget, then the five fastest again, interleaved, with a larger one.
  * Variants are ranked by their fastest run, not the median: on a shared machine the fastest run is the
  * least disturbed one, and interleaving spreads slow periods over all contenders. The winners are
- * then timed on F32 and F16 against the runner-up, and everything goes to bench/tuning/<adapter>.json.
+ * then timed on F32 and F16 against the runner-up, and everything goes to src/kernels/tuning/<adapter>.json.
  */
 export async function runSweep(bench: Bench, ceilings: Ceilings): Promise<void> {
   const { gpu } = bench;
@@ -152,10 +152,10 @@ export async function runSweep(bench: Bench, ceilings: Ceilings): Promise<void> 
     evidence,
   };
   const slug = adapter.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-|-$/g, '');
-  mkdirSync('bench/tuning', { recursive: true });
-  const path = `bench/tuning/${slug}${Object.keys(winners).length < TOKEN_CLASSES.length ? '-partial' : ''}.json`;
+  mkdirSync('src/kernels/tuning', { recursive: true });
+  const path = `src/kernels/tuning/${slug}${Object.keys(winners).length < TOKEN_CLASSES.length ? '-partial' : ''}.json`;
   writeFileSync(path, `${JSON.stringify(file, null, 1)}\n`);
-  bench.note(`sweep winners written to ${path}; src/kernels/tuning.ts reads bench/tuning/<adapter>.json`);
+  bench.note(`sweep winners written to ${path}; src/kernels/tuning.ts reads src/kernels/tuning/<adapter>.json`);
 }
 
 function commitOf(): string {

@@ -2,7 +2,7 @@ import type { Gpu } from '../gpu/gpu.ts';
 import { recordMatmul } from '../kernels/matmul.ts';
 import { recordColumnDot, recordRank1Update } from '../kernels/lowRank.ts';
 import type { LlamaModel } from '../model/model.ts';
-import type { PackedMatrix } from '../model/packedMatrix.ts';
+import type { PackedMatrix } from '../gpu/packedMatrix.ts';
 import { isResident, type StreamedWeights } from '../model/weights.ts';
 import { bytesPerElement, unpackFromU32 } from '../io/dtype.ts';
 

@@ -2,7 +2,7 @@ import { bytesPerElement, unpackFromU32 } from '../io/dtype.ts';
 import type { ModelWriteTarget, TensorToWrite } from '../io/safetensorsWriter.ts';
 import { writeSafetensorsModel } from '../io/safetensorsWriter.ts';
 import type { LlamaModel } from '../model/model.ts';
-import type { PackedMatrix } from '../model/packedMatrix.ts';
+import type { PackedMatrix } from '../gpu/packedMatrix.ts';
 import { isResident } from '../model/weights.ts';
 
 /** Files of a model folder that are not weights and are copied unchanged (tokenizer, configs, templates, docs). */

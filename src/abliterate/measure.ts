@@ -1,7 +1,7 @@
 import type { Gpu } from '../gpu/gpu.ts';
 import { recordMatmul } from '../kernels/matmul.ts';
 import type { LlamaModel } from '../model/model.ts';
-import type { PackedMatrix } from '../model/packedMatrix.ts';
+import type { PackedMatrix } from '../gpu/packedMatrix.ts';
 import type { Hook } from '../model/taps.ts';
 import { prefillPrompts } from './prefill.ts';
 import { cosine, dot, effectSize, norm } from './stats.ts';
@@ -13,7 +13,7 @@ import { cosine, dot, effectSize, norm } from './stats.ts';
  */
 export interface LayerScore {
   layer: number;
-  /** The seed's separation score: ⟨μ_H, d̂⟩ − ⟨μ_B, d̂⟩ (= ‖μ_H − μ_B‖). */
+  /** Separation of the class means along d̂ (ARCHITECTURE.md, measure): ⟨μ_H, d̂⟩ − ⟨μ_B, d̂⟩ (= ‖μ_H − μ_B‖). */
   gap: number;
   /** The gap relative to the mean norm of the two class means (scale-free across depth). */
   relativeGap: number;

@@ -1,5 +1,5 @@
 import type { LlamaModel } from '../model/model.ts';
-import type { PackedMatrix } from '../model/packedMatrix.ts';
+import type { PackedMatrix } from '../gpu/packedMatrix.ts';
 import { isResident } from '../model/weights.ts';
 import { applyCut, layerWeights, type AppliedCut, type LayerKernel, type LayerSelection } from './cut.ts';
 import { evaluateModel, EvaluationPrompts, type ModelEvaluation } from './evaluate.ts';

@@ -1,4 +1,4 @@
-import type { ComputeBatch } from '../gpu/batch.ts';
+import type { ComputeBatch } from '../gpu/gpu.ts';
 import { contextLength, KvCache } from '../model/kvCache.ts';
 import type { LlamaModel } from '../model/model.ts';
 import { HookRunner, type Hook } from '../model/taps.ts';

@@ -1,4 +1,4 @@
-import type { Workgroups } from './batch.ts';
+import type { Workgroups } from './gpu.ts';
 
 /** Workgroups covering `n` invocations of `size` threads, folded into 2D when over the 65535 limit. */
 export function workgroups1D(n: number, size: number, maxPerDimension = 65535): Workgroups {

@@ -1,4 +1,4 @@
-import type { ComputeBatch } from './batch.ts';
+import type { ComputeBatch } from './gpu.ts';
 import { GpuError } from './errors.ts';
 import type { Gpu } from './gpu.ts';
 

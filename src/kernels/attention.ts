@@ -1,4 +1,4 @@
-import type { BufferBinding, ComputeBatch } from '../gpu/batch.ts';
+import type { BufferBinding, ComputeBatch } from '../gpu/gpu.ts';
 import { workgroups1D } from '../gpu/dispatch.ts';
 import { GpuError } from '../gpu/errors.ts';
 

@@ -1,6 +1,6 @@
-import type { ComputeBatch } from '../gpu/batch.ts';
+import type { ComputeBatch } from '../gpu/gpu.ts';
 import { workgroups1D } from '../gpu/dispatch.ts';
-import { weightDefines, type PackedMatrix } from '../model/packedMatrix.ts';
+import { weightDefines, type PackedMatrix } from '../gpu/packedMatrix.ts';
 
 const WG = 64;
 

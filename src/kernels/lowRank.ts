@@ -1,7 +1,7 @@
-import type { BufferBinding, ComputeBatch } from '../gpu/batch.ts';
+import type { BufferBinding, ComputeBatch } from '../gpu/gpu.ts';
 import { workgroups1D } from '../gpu/dispatch.ts';
 import { GpuValidationError } from '../gpu/errors.ts';
-import { weightDefines, type PackedMatrix } from '../model/packedMatrix.ts';
+import { weightDefines, type PackedMatrix } from '../gpu/packedMatrix.ts';
 
 /** column_dot: 32 lanes × 4 columns along a row, 8 row lanes (256 invocations a workgroup). */
 const COLUMN_DOT = { WG_X: 32, WG_Y: 8 } as const;

@@ -1,40 +1,8 @@
-import type { ComputeBatch } from '../gpu/batch.ts';
-import { weightDefines, type PackedMatrix } from '../model/packedMatrix.ts';
-import { tunedMatmulVariant } from './tuning.ts';
+import type { ComputeBatch } from '../gpu/gpu.ts';
+import { weightDefines, type PackedMatrix } from '../gpu/packedMatrix.ts';
+import { isMatvecTiling, matmulTiling, tunedMatmulVariant, type MatmulVariant } from './tuning.ts';
 
-export interface MatmulTiling {
-  /** Tokens and output features per invocation. */
-  TM: number;
-  TN: number;
-  WG_X: number;
-  WG_Y: number;
-  /** 16-byte loads of x and W (shaders/matmul_vec4.wgsl) when k % 8 == 0. */
-  VEC4?: boolean;
-}
-
-/**
- * The split-k variant (shaders/matvec.wgsl): a workgroup of WG invocations computes TM tokens × TN
- * features, its invocations splitting each dot product along k, then summing (with subgroup
- * operations when SUBGROUPS and the device has them).
- */
-export interface MatvecTiling {
-  TM: number;
-  TN: number;
-  WG: number;
-  SUBGROUPS: boolean;
-}
-
-/** A matmul kernel variant: register-blocked (matmul.wgsl) or split-k (matvec.wgsl). */
-export type MatmulVariant = MatmulTiling | MatvecTiling;
-
-export function isMatvecTiling(variant: MatmulVariant): variant is MatvecTiling {
-  return 'WG' in variant;
-}
-
-/** Register-blocked tiles; one token per invocation when there are few tokens (decode). */
-export function matmulTiling(tokens: number): MatmulTiling {
-  return tokens <= 2 ? { TM: 1, TN: 4, WG_X: 64, WG_Y: 1 } : { TM: 4, TN: 4, WG_X: 8, WG_Y: 8 };
-}
+export { isMatvecTiling, matmulTiling, type MatmulTiling, type MatmulVariant, type MatvecTiling } from './tuning.ts';
 
 /**
  * y[t, outOffset + n] = Σ_k x[t, k] W[n, k] (+ bias[n]) for W = `weight` ([n, k] as Hugging Face

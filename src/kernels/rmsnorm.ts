@@ -1,4 +1,4 @@
-import type { ComputeBatch } from '../gpu/batch.ts';
+import type { ComputeBatch } from '../gpu/gpu.ts';
 import { workgroups1D } from '../gpu/dispatch.ts';
 
 const WG = 64;

@@ -1,4 +1,4 @@
-import type { BufferBinding, ComputeBatch } from '../gpu/batch.ts';
+import type { BufferBinding, ComputeBatch } from '../gpu/gpu.ts';
 import { workgroups1D } from '../gpu/dispatch.ts';
 
 /** Invocations per row: 256 for long rows (vocabularies), 64 for short ones (many small rows). */

@@ -1,15 +1,48 @@
 /**
- * Which matmul variant the engine uses, per adapter, from measurements: `npm run bench -- --sweep`
+ * The matmul kernel variants, and which one the engine uses per adapter, from measurements: `npm run bench -- --sweep`
  * times the variant grid on the adapter it runs on and writes the winners, with the timings that
- * chose them, to bench/tuning/<adapter>.json. The files of the adapters measured so far are bundled
+ * chose them, to src/kernels/tuning/<adapter>.json. The files of the adapters measured so far are bundled
  * here (the same in Node and the browser). Kernel shape matters by up to 10× on the software
  * adapters, and differently on each, so their choices come from those files; see bench/RESULTS.md.
  */
 import type { Gpu } from '../gpu/gpu.ts';
 import type { Dtype } from '../io/dtype.ts';
-import type { MatmulVariant } from './matmul.ts';
-import llvmpipe from '../../bench/tuning/llvmpipe.json' with { type: 'json' };
-import swiftshader from '../../bench/tuning/swiftshader.json' with { type: 'json' };
+import llvmpipe from './tuning/llvmpipe.json' with { type: 'json' };
+import swiftshader from './tuning/swiftshader.json' with { type: 'json' };
+
+export interface MatmulTiling {
+  /** Tokens and output features per invocation. */
+  TM: number;
+  TN: number;
+  WG_X: number;
+  WG_Y: number;
+  /** 16-byte loads of x and W (shaders/matmul_vec4.wgsl) when k % 8 == 0. */
+  VEC4?: boolean;
+}
+
+/**
+ * The split-k variant (shaders/matvec.wgsl): a workgroup of WG invocations computes TM tokens × TN
+ * features, its invocations splitting each dot product along k, then summing (with subgroup
+ * operations when SUBGROUPS and the device has them).
+ */
+export interface MatvecTiling {
+  TM: number;
+  TN: number;
+  WG: number;
+  SUBGROUPS: boolean;
+}
+
+/** A matmul kernel variant: register-blocked (matmul.wgsl) or split-k (matvec.wgsl). */
+export type MatmulVariant = MatmulTiling | MatvecTiling;
+
+export function isMatvecTiling(variant: MatmulVariant): variant is MatvecTiling {
+  return 'WG' in variant;
+}
+
+/** Register-blocked tiles; one token per invocation when there are few tokens (decode). */
+export function matmulTiling(tokens: number): MatmulTiling {
+  return tokens <= 2 ? { TM: 1, TN: 4, WG_X: 64, WG_Y: 1 } : { TM: 4, TN: 4, WG_X: 8, WG_Y: 8 };
+}
 
 /** Token counts tuned separately: decode (1–2), batched decode (3–31), prefill (32 and more). */
 export const TOKEN_CLASSES = ['decode', 'batch', 'prefill'] as const;
@@ -19,7 +52,7 @@ export function tokenClass(tokens: number): TokenClass {
   return tokens <= 2 ? 'decode' : tokens < 32 ? 'batch' : 'prefill';
 }
 
-/** The part of bench/tuning/<adapter>.json the engine reads. */
+/** The part of src/kernels/tuning/<adapter>.json the engine reads. */
 export interface TuningFile {
   /** AdapterSummary.name of the adapter measured ("llvmpipe", "swiftshader", or a GPU's description). */
   adapter: string;

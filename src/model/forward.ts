@@ -1,4 +1,4 @@
-import type { ComputeBatch } from '../gpu/batch.ts';
+import type { ComputeBatch } from '../gpu/gpu.ts';
 import type { Gpu } from '../gpu/gpu.ts';
 import { recordAttention } from '../kernels/attention.ts';
 import { recordEmbedding } from '../kernels/embedding.ts';
@@ -11,7 +11,7 @@ import { recordGatherRows } from '../kernels/rows.ts';
 import { ropeInverseFrequencies, type ModelConfig } from './config.ts';
 import { FiniteCheck } from './finiteCheck.ts';
 import type { KvCache } from './kvCache.ts';
-import type { PackedMatrix } from './packedMatrix.ts';
+import type { PackedMatrix } from '../gpu/packedMatrix.ts';
 import { selectRows, type HookRunner, type StepSequence, type TapPoint } from './taps.ts';
 import { isResident, type LayerWeights, type LlamaWeights, type StreamedWeights } from './weights.ts';
 

@@ -5,7 +5,7 @@ import { SafetensorsModel } from '../io/safetensors.ts';
 import { loadModelConfig, type ModelConfig } from './config.ts';
 import { LlamaForward } from './forward.ts';
 import { ChatTokenizer, TokenizerError } from './tokenizer.ts';
-import type { PackedMatrix } from './packedMatrix.ts';
+import type { PackedMatrix } from '../gpu/packedMatrix.ts';
 import {
   checkTensors,
   destroyLlamaWeights,

@@ -3,7 +3,7 @@ import { decodeToFloat32 } from '../io/dtype.ts';
 import { bytesPerElement, SUPPORTED_DTYPES } from '../io/dtype.ts';
 import type { SafetensorsModel } from '../io/safetensors.ts';
 import type { ModelConfig } from './config.ts';
-import { uploadMatrix, type PackedMatrix } from './packedMatrix.ts';
+import { uploadMatrix, type PackedMatrix } from '../gpu/packedMatrix.ts';
 
 export interface LayerWeights {
   inputNorm: GPUBuffer;

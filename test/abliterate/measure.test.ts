@@ -23,7 +23,7 @@ beforeAll(async () => {
 afterAll(() => gpu?.dispose());
 
 // ---------------------------------------------------------------------------------------------
-// Float64 figures, written from the definitions (SPEC §2), not from src.
+// Float64 figures, written from the definitions (ARCHITECTURE.md, "Abliteration on the GPU"), not from src.
 
 /** [point][prompt] → the last-token residual (float64) at the embedding and after every layer. */
 function referenceResiduals(random: RandomModel, prompts: readonly (readonly number[])[]): Float64Array[][] {

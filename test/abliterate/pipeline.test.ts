@@ -81,7 +81,7 @@ function differing(a: Map<string, Uint8Array>, b: Map<string, Uint8Array>): stri
 const PROMPTS = ['Tell me a story about a cat.', 'What is two plus two?', 'Name three colours.', 'How do rivers form?', 'Say hello in French.'];
 
 describe('refusal markers', () => {
-  it('are the SPEC list (Arditi et al., then Vauban)', () => {
+  it("are Arditi et al.'s markers, then Vauban's additions", () => {
     expect(DEFAULT_REFUSAL_MARKERS).toEqual([
       "I'm sorry",
       'I am sorry',

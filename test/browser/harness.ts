@@ -17,7 +17,7 @@ export const CHROMIUM = process.env.ABLITERATE_CHROMIUM ?? '/usr/bin/chromium';
 
 /**
  * Flags that give headless Chromium a WebGPU adapter on a machine without a GPU: SwiftShader's
- * Vulkan, the only adapter Chromium exposes there (see ENVIRONMENT.md and test/browser/README.md),
+ * Vulkan, the only adapter Chromium exposes there (see test/browser/README.md),
  * plus flags that keep the browser off the network.
  */
 export const WEBGPU_FLAGS: readonly string[] = [

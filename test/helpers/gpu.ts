@@ -1,7 +1,7 @@
 import { createNodeGpu, type NodeGpuOptions } from '../../src/gpu/node.ts';
 import type { Gpu } from '../../src/gpu/gpu.ts';
 import { bytesPerElement, decodeToFloat64, encodeFromFloat32, type Dtype } from '../../src/io/dtype.ts';
-import { uploadMatrix, type PackedMatrix } from '../../src/model/packedMatrix.ts';
+import { uploadMatrix, type PackedMatrix } from '../../src/gpu/packedMatrix.ts';
 
 /** A real Dawn device for tests (the adapter from ABLITERATE_ADAPTER, else the best found). */
 export function testGpu(options: NodeGpuOptions = {}): Promise<Gpu> {

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Gpu } from '../../src/gpu/gpu.ts';
 import { bytesPerElement, decodeToFloat64, encodeFromFloat32, unpackFromU32, type Dtype } from '../../src/io/dtype.ts';
 import { recordColumnDot, recordDirectionalCut, recordOrthogonalizeRows, recordRank1Update } from '../../src/kernels/lowRank.ts';
-import type { PackedMatrix } from '../../src/model/packedMatrix.ts';
+import type { PackedMatrix } from '../../src/gpu/packedMatrix.ts';
 import { expectClose } from '../helpers/compare.ts';
 import { destroyMatrix, f32, packedMatrix, poisonedBuffer, testGpu } from '../helpers/gpu.ts';
 import { Random } from '../helpers/random.ts';
