@@ -1,4 +1,4 @@
-import type { BufferBinding, ComputeBatch } from '../gpu/batch.ts';
+import type { BufferBinding, ComputeBatch } from '../gpu/gpu.ts';
 
 const WG = 256;
 /** Enough workgroups to keep a GPU busy on long buffers; a step's residual needs one or a few. */

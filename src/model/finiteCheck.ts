@@ -1,4 +1,4 @@
-import type { ComputeBatch } from '../gpu/batch.ts';
+import type { ComputeBatch } from '../gpu/gpu.ts';
 import type { Gpu } from '../gpu/gpu.ts';
 import { ALL_FINITE, recordCheckFinite } from '../kernels/checkFinite.ts';
 
