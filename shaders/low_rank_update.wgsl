@@ -1,9 +1,13 @@
-// In-place rank-1 update of one row chunk of a packed weight matrix:
-//   W[i, j] ← W[i, j] − s_i · b[j],   s_i = α · a[row_start + i] (rounded to f32 once per row),
-// written back in the stored dtype, correctly rounded to nearest even: the exact value of
-// w − s_i·b_j is formed in integers (common/exact_fms.wgsl), rounded to f32 (F32) or rounded to odd
-// in f32 and then to nearest even in 16 bits (BF16, F16; common/float_bits.wgsl). NaN stays NaN.
-// With PRESERVE_ROW_NORM the update is f32 arithmetic (fma) times the row's scale, then rounded.
+// In-place rank-K update of one row chunk of a packed weight matrix:
+//   W[i, j] ← W[i, j] − Σ_k s_ik · b[k, j],   s_ik = α · a[k, row_start + i] (rounded to f32),
+// for K = `rank` pairs of vectors a[k] (length a_stride, the rows of the whole matrix) and b[k]
+// (length cols), both row-major. Written back in the stored dtype, rounded once to nearest even:
+// each step y ← y − s_ik·b[k, j] is formed exactly in integers (common/exact_fms.wgsl) and rounded
+// to f32, the last one rounded to f32 (F32) or to odd in f32 and then to nearest even in 16 bits
+// (BF16, F16; common/float_bits.wgsl), so the result is the same on every adapter. For K = 1 that is
+// the correctly rounded w − s_i·b_j. NaN stays NaN.
+// With PRESERVE_ROW_NORM the update is f32 arithmetic (a chain of fma) times the row's scale, then
+// rounded.
 //
 // One workgroup per row. Lanes own u32 words, never elements: with 16-bit dtypes two elements share
 // a word, so each word of the row is read, updated and written by exactly one invocation; the half
@@ -11,29 +15,28 @@
 // rows share a word when a 16-bit row has an odd length; the host then dispatches the even rows and
 // the odd rows separately (row_first, row_step), so no two workgroups of a dispatch touch one word.
 //
-// ROW_DOT: a[i] is not read but computed by the workgroup from the original row, a[i] = W_i · b
-//   (the embedding orthogonalisation E ← E − α (E d) dᵀ with b = d).
 // PRESERVE_ROW_NORM: the updated row is rescaled to the Euclidean norm of the original row (both
 //   norms reduced in f32 from the row as read). A row whose new norm is at most 1e-6 of the original
-//   (in exact arithmetic, a row parallel to the direction) is left unscaled: its f32 remainder is
+//   (in exact arithmetic, a row inside the removed subspace) is left unscaled: its f32 remainder is
 //   rounding noise, and rescaling it would give a row of noise with the old norm.
 struct Params {
   // Rows of this chunk.
   rows: u32,
   cols: u32,
-  // First row of this chunk in the whole matrix (the index of a for the chunk's row 0).
+  // First row of this chunk in the whole matrix (the index into a[k] of the chunk's row 0).
   row_start: u32,
   // Rows handled: row_first, row_first + row_step, … (count of them).
   row_first: u32,
   row_step: u32,
   count: u32,
   alpha: f32,
+  // K, and the length of each vector a[k].
+  rank: u32,
+  a_stride: u32,
 }
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read_write> weight: array<u32>;
-#if !ROW_DOT
 @group(0) @binding(2) var<storage, read> a: array<f32>;
-#endif
 @group(0) @binding(3) var<storage, read> b: array<f32>;
 
 var<workgroup> partial: array<f32, WG>;
@@ -117,12 +120,32 @@ fn load_word(w: u32, begin: u32, end: u32) -> Word {
   return out;
 }
 
-// Σ over the word's row elements of x · b[column].
-fn word_dot(word: Word) -> f32 {
-  var sum = select(0.0, word.lo * b[word.col_lo], word.in_lo);
-  sum += select(0.0, word.hi * b[word.col_hi], word.in_hi);
-  return sum;
+// s_ik = α · a[k, row_start + row].
+fn scale_of(k: u32, row: u32) -> f32 {
+  return params.alpha * a[k * params.a_stride + params.row_start + row];
 }
+
+// w − Σ_k s_ik b[k, col] as the bits of an f32: every step exact then rounded to nearest, the last
+// one to odd when `to_odd` (for the later rounding to 16 bits).
+fn exact_update(w: f32, row: u32, col: u32, to_odd: bool) -> u32 {
+  let last = params.rank - 1u;
+  var y = w;
+  for (var k = 0u; k < last; k++) {
+    y = bitcast<f32>(exact_fms(y, scale_of(k, row), b[k * params.cols + col], false));
+  }
+  return exact_fms(y, scale_of(last, row), b[last * params.cols + col], to_odd);
+}
+
+#if PRESERVE_ROW_NORM
+// w − Σ_k s_ik b[k, col] in f32 arithmetic.
+fn f32_update(w: f32, row: u32, col: u32) -> f32 {
+  var y = w;
+  for (var k = 0u; k < params.rank; k++) {
+    y = fma(-scale_of(k, row), b[k * params.cols + col], y);
+  }
+  return y;
+}
+#endif
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
@@ -136,28 +159,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) groups: 
   let w0 = first_word(begin);
   let w1 = last_word(end);
 
-#if ROW_DOT
-  var dot = 0.0;
-  for (var w = w0 + lane; w <= w1; w += WG) {
-    dot += word_dot(load_word(w, begin, end));
-  }
-  let s = params.alpha * workgroup_sum(dot, lane);
-#else
-  let s = params.alpha * a[params.row_start + row];
-#endif
-
 #if PRESERVE_ROW_NORM
   var old_sq = 0.0;
   var new_sq = 0.0;
   for (var w = w0 + lane; w <= w1; w += WG) {
     let word = load_word(w, begin, end);
     if (word.in_lo) {
-      let x = fma(-s, b[word.col_lo], word.lo);
+      let x = f32_update(word.lo, row, word.col_lo);
       old_sq += word.lo * word.lo;
       new_sq += x * x;
     }
     if (word.in_hi) {
-      let x = fma(-s, b[word.col_hi], word.hi);
+      let x = f32_update(word.hi, row, word.col_hi);
       old_sq += word.hi * word.hi;
       new_sq += x * x;
     }
@@ -170,19 +183,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) groups: 
   for (var w = w0 + lane; w <= w1; w += WG) {
     let word = load_word(w, begin, end);
 #if PRESERVE_ROW_NORM
-    let lo = fma(-s, b[word.col_lo], word.lo) * scale;
+    let lo = f32_update(word.lo, row, word.col_lo) * scale;
 #if WEIGHT_F32
     weight[w] = bitcast<u32>(lo);
 #else
-    let hi = fma(-s, b[word.col_hi], word.hi) * scale;
+    let hi = f32_update(word.hi, row, word.col_hi) * scale;
     let lo_new = encode(lo);
     let hi_new = encode(hi);
 #endif
 #elif WEIGHT_F32
-    weight[w] = exact_fms(word.lo, s, b[word.col_lo], false);
+    weight[w] = exact_update(word.lo, row, word.col_lo, false);
 #else
-    let lo_new = encode(bitcast<f32>(exact_fms(word.lo, s, b[word.col_lo], true)));
-    let hi_new = encode(bitcast<f32>(exact_fms(word.hi, s, b[word.col_hi], true)));
+    let lo_new = encode(bitcast<f32>(exact_update(word.lo, row, word.col_lo, true)));
+    let hi_new = encode(bitcast<f32>(exact_update(word.hi, row, word.col_hi, true)));
 #endif
 #if !WEIGHT_F32
     let old = weight[w];

@@ -6,7 +6,7 @@ import type { ModelWriteTarget } from '../../src/io/safetensorsWriter.ts';
 
 /** The parts of src/abliterate/cut.ts and export.ts the bench calls (loaded only when present). */
 interface CutModule {
-  applyCut(model: LlamaModel, spec: { direction: Float32Array; alpha?: number }): Promise<{ undo?: () => Promise<void> | void }>;
+  applyCut(model: LlamaModel, spec: { direction: Float32Array; alpha?: number; undo?: 'none' }): Promise<{ undo?: () => Promise<void> | void }>;
 }
 interface ExportModule {
   exportModel(model: LlamaModel, target: ModelWriteTarget, options: { parameters: Record<string, unknown> }): Promise<void>;
@@ -29,7 +29,8 @@ export async function runCutAndExport(model: LlamaModel, cutModule: string, expo
   const norm = Math.hypot(...direction);
   for (let i = 0; i < H; i++) direction[i]! /= norm;
   const cutStart = performance.now();
-  await cut.applyCut(model, { direction, alpha: 1 });
+  // Nothing kept for undo: the time of the cut itself.
+  await cut.applyCut(model, { direction, alpha: 1, undo: 'none' });
   await model.gpu.finish();
   const cutSeconds = (performance.now() - cutStart) / 1000;
   const parent = mkdtempSync(join(tmpdir(), 'abliterate-bench-export-'));

@@ -227,7 +227,7 @@ export async function benchAccumulateRows(bench: Bench, tokens: number, count: n
   }
 }
 
-/** column_dot (v = dᵀW) and rank1_update (W −= α d vᵀ), the two halves of the cut, on one matrix. */
+/** column_dot (v = dᵀW) and rank1_update (low_rank_update with K = 1: W −= α d vᵀ), the two halves of the rank-1 cut, on one matrix. */
 export async function benchRank1(bench: Bench, shape: MatrixShape, dtype: Dtype): Promise<void> {
   const wantDot = bench.wants('kernel', 'column_dot', shape.name, dtype);
   const wantUpdate = bench.wants('kernel', 'rank1_update', shape.name, dtype);
@@ -244,14 +244,14 @@ export async function benchRank1(bench: Bench, shape: MatrixShape, dtype: Dtype)
   try {
     if (wantDot) {
       const batch = gpu.batch('column_dot');
-      rank1.recordColumnDot(batch, { matrix, d, v });
+      rank1.recordColumnDot(batch, { matrix, basis: d, v });
       const measured = await bench.time(batch);
       bench.record({ section: 'kernel', kernel: 'column_dot', shape: `${shape.name} ${rows}×${cols}`, dtype, bytes: weightBytes + 4 * (rows + cols), flops: 2 * rows * cols, measured });
     }
     if (wantUpdate) {
       const batch = gpu.batch('rank1_update');
       // alpha 0 leaves the values as they are; the kernel does the same work.
-      rank1.recordRank1Update(batch, { matrix, a: d, b: v, alpha: 0 });
+      rank1.recordLowRankUpdate(batch, { matrix, a: d, b: v, alpha: 0 });
       const measured = await bench.time(batch);
       bench.record({ section: 'kernel', kernel: 'rank1_update', shape: `${shape.name} ${rows}×${cols}`, dtype, bytes: 2 * weightBytes + 4 * (rows + cols), flops: 2 * rows * cols, measured });
     }

@@ -1,10 +1,10 @@
+import { GpuOutOfMemoryError } from '../gpu/errors.ts';
 import type { Gpu } from '../gpu/gpu.ts';
-import { recordMatmul } from '../kernels/matmul.ts';
-import { recordColumnDot, recordRank1Update } from '../kernels/lowRank.ts';
+import { bytesPerElement, unpackFromU32 } from '../io/dtype.ts';
+import { recordSubspaceCut, recordSubspaceCutInverse, subspaceCutFactorsLength, type CutSide } from '../kernels/lowRank.ts';
 import type { LlamaModel } from '../model/model.ts';
 import type { PackedMatrix } from '../gpu/packedMatrix.ts';
-import { isResident, type StreamedWeights } from '../model/weights.ts';
-import { bytesPerElement, unpackFromU32 } from '../io/dtype.ts';
+import { isResident, type LlamaWeights, type StreamedWeights } from '../model/weights.ts';
 
 /** Which decoder layers a cut touches. */
 export type LayerSelection =
@@ -22,10 +22,28 @@ export type LayerKernel =
   /** Heretic's tent: `max` at `peak`, falling linearly to `min` at distance `width` and beyond. */
   | { kind: 'tent'; peak: number; width: number; min: number; max: number };
 
-export interface CutSpec {
-  /** Unit direction in the residual stream. */
-  direction: Float32Array;
-  /** Strength: W ← W − α d̂ (d̂ᵀ W). Default 1. */
+/**
+ * How `undo()` of an applied cut puts the weights back. Streamed weights always restore their host
+ * overlay as it was (exact, and free: the cut replaces the overlay's entries rather than changing them).
+ */
+export type CutUndo =
+  /** 'snapshot' when the copies fit in the GPU memory budget, else 'host'. Exact. The default. */
+  | 'auto'
+  /** Copies of the changed matrices on the GPU, made just before the cut. Exact. */
+  | 'snapshot'
+  /** Copies of the changed matrices in host memory, read back before the cut. Exact. */
+  | 'host'
+  /**
+   * The inverse update from the factors kept on the GPU (K × the matrix's side for each matrix): the
+   * original values within a rounding step or two, not bit for bit. Refused for norm-preserving cuts,
+   * whose rescaling cannot be inverted.
+   */
+  | 'inverse'
+  /** Keep nothing: `undo()` throws. For a cut that is exported and never undone. */
+  | 'none';
+
+export interface CutOptions {
+  /** Strength: W ← W − α B (Bᵀ W). Default 1. */
   alpha?: number;
   /** Per decoder layer multipliers of alpha (0 leaves a layer alone); default 1 for every layer. */
   layerWeights?: readonly number[];
@@ -35,199 +53,347 @@ export interface CutSpec {
   mlpLayerWeights?: readonly number[];
   /** Rescale every changed row of W to its norm before the cut. */
   preserveRowNorm?: boolean;
-  /** Also orthogonalise the embedding: E ← E − α (E d̂) d̂ᵀ. */
+  /** Also orthogonalise the embedding: E ← E − α (E B) Bᵀ. */
   embedding?: boolean;
+  /** How `undo()` restores the weights; default 'auto' (exact). */
+  undo?: CutUndo;
   /**
-   * Keep a copy of every changed matrix on the GPU so `undo()` restores it bit for bit; without it,
-   * undo applies the inverse update from the kept vectors (within one rounding step of each value).
+   * Orthonormalise the given directions (Gram–Schmidt in their order) instead of requiring them to be
+   * orthonormal already. A direction in the span of those before it is an error either way.
    */
-  snapshot?: boolean;
-}
-
-interface CutMatrix {
-  matrix: PackedMatrix;
-  alpha: number;
-  /** The rank-1 factors: W −= α a bᵀ. */
-  a: GPUBuffer;
-  b: GPUBuffer;
-  copies: GPUBuffer[];
+  orthonormalize?: boolean;
 }
 
 /**
+ * What to cut: an orthonormal basis of the subspace to remove from the residual stream (K unit
+ * vectors, mutually orthogonal; rank 1 is one direction), or, for convenience, one `direction`.
+ */
+export type CutSpec = CutOptions & ({ basis: Float32Array | readonly Float32Array[]; direction?: never } | { direction: Float32Array; basis?: never });
+
+/** How far from 1 a basis vector's norm, and from 0 the cosine of two of them, may be: far above the rounding of normalised f32 vectors (≈ √hidden · 6e-8), far below any deliberate difference. */
+export const BASIS_TOLERANCE = 1e-4;
+
+/**
  * A cut applied to the model's weights. `undo()` puts the weights back, so a search can try many
- * cuts without reloading the model; `release()` frees what undo would need and keeps the cut.
+ * cuts without reloading the model (undo cuts in the reverse order they were applied); `release()`
+ * frees what undo would need and keeps the cut.
  */
 export interface AppliedCut {
+  /** The tensors the cut changed. */
   readonly tensors: string[];
+  /** K, the number of directions removed. */
+  readonly rank: number;
+  /** How `undo()` restores: GPU copies, host copies, the streamed overlay, the inverse update, or not at all. */
+  readonly undoMode: 'snapshot' | 'host' | 'overlay' | 'inverse' | 'none';
+  /** Whether `undo()` gives back every weight bit for bit (every mode but 'inverse' and 'none'). */
+  readonly exactUndo: boolean;
+  /** Restores the weights; tensors no cut had changed before this one are no longer marked modified. */
   undo(): Promise<void>;
   release(): void;
 }
 
+/**
+ * The directions of a cut, checked: one to `hiddenSize` finite vectors of the model's hidden size,
+ * unit-norm and mutually orthogonal within `BASIS_TOLERANCE` (or orthonormalised when asked).
+ */
+export function cutBasis(vectors: readonly Float32Array[], hiddenSize: number, options: { orthonormalize?: boolean } = {}): Float32Array[] {
+  if (vectors.length === 0) throw new RangeError('a cut needs at least one direction');
+  if (vectors.length > hiddenSize) throw new RangeError(`${vectors.length} directions cannot be orthonormal in the hidden size of ${hiddenSize}`);
+  vectors.forEach((v, i) => {
+    if (v.length !== hiddenSize) throw new RangeError(`direction ${i} has ${v.length} values; the model's hidden size is ${hiddenSize}`);
+    const bad = v.findIndex((x) => !Number.isFinite(x));
+    if (bad >= 0) throw new RangeError(`direction ${i} holds ${v[bad]} at index ${bad}`);
+  });
+  if (options.orthonormalize) return orthonormalize(vectors);
+  vectors.forEach((v, i) => {
+    const norm = Math.sqrt(dot(v, v));
+    if (Math.abs(norm - 1) > BASIS_TOLERANCE) throw new RangeError(`direction ${i} has norm ${norm.toPrecision(6)}, not 1; normalise it, or cut with orthonormalize`);
+    for (let j = 0; j < i; j++) {
+      const cosine = dot(vectors[j]!, v);
+      if (Math.abs(cosine) > BASIS_TOLERANCE) throw new RangeError(`directions ${j} and ${i} are not orthogonal (cosine ${cosine.toPrecision(3)}); cut with orthonormalize to orthonormalise them in order`);
+    }
+  });
+  return [...vectors];
+}
+
+/** Gram–Schmidt in float64 (each projection removed twice), in the vectors' order; rounded to f32 at the end. */
+export function orthonormalize(vectors: readonly Float32Array[]): Float32Array[] {
+  const basis: Float64Array[] = [];
+  vectors.forEach((v, i) => {
+    const x = Float64Array.from(v);
+    const original = Math.sqrt(dot(x, x));
+    if (!(original > 0)) throw new RangeError(`direction ${i} is zero`);
+    for (let pass = 0; pass < 2; pass++) {
+      for (const q of basis) {
+        const projection = dot(q, x);
+        for (let j = 0; j < x.length; j++) x[j] = x[j]! - projection * q[j]!;
+      }
+    }
+    const norm = Math.sqrt(dot(x, x));
+    if (!(norm > 1e-6 * original)) throw new RangeError(`direction ${i} lies in the span of the directions before it`);
+    basis.push(x.map((value) => value / norm));
+  });
+  return basis.map((q) => Float32Array.from(q));
+}
+
+function dot(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let sum = 0;
+  for (let i = 0; i < a.length; i++) sum += a[i]! * b[i]!;
+  return sum;
+}
+
+/** One matrix a cut changes: W ← W − α_m B (BᵀW) for 'output', E ← E − α_m (E B) Bᵀ for 'input'. */
+interface CutTarget {
+  name: string;
+  side: CutSide;
+  alpha: number;
+}
+
+function cutTargets(numLayers: number, alpha: number, weights: { o: readonly number[]; down: readonly number[] }, embedding: boolean): CutTarget[] {
+  const targets: CutTarget[] = [];
+  if (embedding) targets.push({ name: 'model.embed_tokens.weight', side: 'input', alpha });
+  for (let l = 0; l < numLayers; l++) {
+    const o = alpha * weights.o[l]!;
+    const down = alpha * weights.down[l]!;
+    if (o !== 0) targets.push({ name: `model.layers.${l}.self_attn.o_proj.weight`, side: 'output', alpha: o });
+    if (down !== 0) targets.push({ name: `model.layers.${l}.mlp.down_proj.weight`, side: 'output', alpha: down });
+  }
+  return targets;
+}
+
+/**
+ * Removes a subspace from the weights that write into the residual stream: for each selected layer,
+ * `o_proj` and `down_proj` (V = BᵀW, then W ← W − α B V), and optionally the embedding
+ * (E ← E − α (E B) Bᵀ); in f32, stored back in each weight's dtype with one rounding to nearest even
+ * (`recordSubspaceCut`). All on the GPU, in place; streamed weights are uploaded a matrix at a time,
+ * cut by the same kernels, and read back into their host overlay.
+ */
+export async function applyCut(model: LlamaModel, spec: CutSpec): Promise<AppliedCut> {
+  const { config, weights } = model;
+  const given = spec.direction !== undefined ? [spec.direction] : spec.basis instanceof Float32Array ? [spec.basis] : spec.basis;
+  const basis = cutBasis(given, config.hiddenSize, { orthonormalize: spec.orthonormalize ?? false });
+  const alpha = spec.alpha ?? 1;
+  if (!Number.isFinite(alpha)) throw new RangeError(`alpha must be a finite number, got ${alpha}`);
+  const layerWeights = spec.layerWeights ?? Array.from({ length: config.numLayers }, () => 1);
+  const componentWeights = { o: spec.attentionLayerWeights ?? layerWeights, down: spec.mlpLayerWeights ?? layerWeights };
+  for (const weights of [layerWeights, componentWeights.o, componentWeights.down]) {
+    if (weights.length !== config.numLayers) throw new RangeError(`${weights.length} layer weights for ${config.numLayers} layers`);
+    const bad = weights.findIndex((w) => !Number.isFinite(w));
+    if (bad >= 0) throw new RangeError(`the weight of layer ${bad} is ${weights[bad]}, not a finite number`);
+  }
+  const preserveRowNorm = spec.preserveRowNorm ?? false;
+  const undo = spec.undo ?? 'auto';
+  if (undo === 'inverse' && preserveRowNorm) throw new RangeError("a norm-preserving cut cannot be undone by the inverse update; use undo 'auto', 'snapshot' or 'host'");
+  const targets = cutTargets(config.numLayers, alpha, componentWeights, spec.embedding ?? false);
+  const packed = new Float32Array(basis.length * config.hiddenSize);
+  basis.forEach((v, k) => packed.set(v, k * config.hiddenSize));
+  const run = { basis: packed, rank: basis.length, targets, preserveRowNorm };
+  return isResident(weights) ? applyResidentCut(model, weights, run, undo) : applyStreamedCut(model, weights, run);
+}
+
+interface CutRun {
+  /** f32 [K, hidden]. */
+  basis: Float32Array;
+  rank: number;
+  targets: CutTarget[];
+  preserveRowNorm: boolean;
+}
+
+/** A resident matrix being cut, with what its undo needs. */
+interface ResidentTarget extends CutTarget {
+  matrix: PackedMatrix;
+  /** 'snapshot': one GPU copy per chunk. */
+  snapshot?: GPUBuffer[];
+  /** 'host': the stored words of each chunk. */
+  host?: ArrayBuffer[];
+  /** 'inverse': the factors of the original matrix. */
+  factors?: GPUBuffer;
+}
+
+function residentMatrix(weights: LlamaWeights, name: string): PackedMatrix {
+  if (name === 'model.embed_tokens.weight') return weights.embed;
+  const match = /^model\.layers\.(\d+)\.(self_attn\.o_proj|mlp\.down_proj)\.weight$/.exec(name)!;
+  const layer = weights.layers[Number(match[1])]!;
+  return match[2] === 'mlp.down_proj' ? layer.down : layer.o;
+}
+
+function matrixBytes(matrix: PackedMatrix): number {
+  return matrix.chunks.reduce((sum, chunk) => sum + chunk.buffer.size, 0);
+}
+
+async function applyResidentCut(model: LlamaModel, weights: LlamaWeights, run: CutRun, undo: CutUndo): Promise<AppliedCut> {
+  const { gpu } = model;
+  const { rank } = run;
+  const wasModified = new Set(model.modifiedTensors);
+  const targets: ResidentTarget[] = run.targets.map((t) => ({ ...t, matrix: residentMatrix(weights, t.name) }));
+  const factorsLength = (t: ResidentTarget) => subspaceCutFactorsLength(t.matrix, t.side, rank);
+  const basis = gpu.upload(run.basis, 'cut basis');
+  let scratch: GPUBuffer | undefined;
+  const free = () => {
+    gpu.destroyBuffer(basis);
+    if (scratch) gpu.destroyBuffer(scratch);
+    for (const t of targets) freeUndoData(gpu, t);
+  };
+  let mode: AppliedCut['undoMode'];
+  try {
+    if (undo === 'inverse') {
+      for (const t of targets) t.factors = gpu.createBuffer(factorsLength(t) * 4, `${t.name} cut factors`);
+    } else if (targets.length) {
+      // One scratch serves every matrix: the batch's dispatches run in order.
+      scratch = gpu.createBuffer(Math.max(...targets.map(factorsLength)) * 4, 'cut factors');
+    }
+    mode = undo === 'auto' ? (targets.reduce((sum, t) => sum + matrixBytes(t.matrix), 0) <= gpu.memoryBudget - gpu.allocatedBytes ? 'snapshot' : 'host') : undo;
+    if (mode === 'snapshot') {
+      try {
+        for (const t of targets) t.snapshot = t.matrix.chunks.map((chunk) => gpu.createBuffer(chunk.buffer.size, `${t.name} snapshot`));
+      } catch (error) {
+        if (undo !== 'auto' || !(error instanceof GpuOutOfMemoryError)) throw error;
+        for (const t of targets) freeUndoData(gpu, t);
+        mode = 'host';
+      }
+    }
+    if (mode === 'host') {
+      for (const t of targets) {
+        t.host = [];
+        for (const chunk of t.matrix.chunks) t.host.push(await gpu.read(chunk.buffer));
+      }
+    }
+    const batch = gpu.batch(`cut rank ${rank}`);
+    for (const t of targets) {
+      t.snapshot?.forEach((copy, i) => batch.copy(t.matrix.chunks[i]!.buffer, 0, copy, 0, copy.size));
+      recordSubspaceCut(batch, { matrix: t.matrix, side: t.side, basis, rank, alpha: t.alpha, preserveRowNorm: run.preserveRowNorm, factors: t.factors ?? scratch! });
+    }
+    await batch.submit();
+  } catch (error) {
+    free();
+    throw error;
+  }
+  if (scratch) gpu.destroyBuffer(scratch);
+  for (const t of targets) model.modifiedTensors.add(t.name);
+  return new ResidentCut(model, targets, basis, rank, mode, wasModified);
+}
+
+function freeUndoData(gpu: Gpu, target: ResidentTarget): void {
+  for (const copy of target.snapshot ?? []) gpu.destroyBuffer(copy);
+  if (target.factors) gpu.destroyBuffer(target.factors);
+  delete target.snapshot;
+  delete target.host;
+  delete target.factors;
+}
+
 /** A cut of resident weights, in place on the GPU. */
 class ResidentCut implements AppliedCut {
-  private done = false;
+  private state: 'applied' | 'undone' | 'released' = 'applied';
 
   constructor(
     private readonly model: LlamaModel,
-    private readonly matrices: CutMatrix[],
-    private readonly direction: GPUBuffer,
-    readonly preserveRowNorm: boolean,
+    private readonly targets: ResidentTarget[],
+    private readonly basis: GPUBuffer,
+    readonly rank: number,
+    readonly undoMode: AppliedCut['undoMode'],
+    private readonly wasModified: ReadonlySet<string>,
   ) {}
 
   get tensors(): string[] {
-    return this.matrices.map((m) => m.matrix.name);
+    return this.targets.map((t) => t.name);
+  }
+
+  get exactUndo(): boolean {
+    return this.undoMode === 'snapshot' || this.undoMode === 'host';
   }
 
   async undo(): Promise<void> {
-    if (this.done) return;
+    if (this.state === 'undone') return;
+    if (this.state === 'released') throw new Error('this cut was released: there is nothing left to undo it from');
+    if (this.undoMode === 'none') throw new Error("this cut was applied with undo 'none': it cannot be undone");
     const { gpu } = this.model;
     const batch = gpu.batch('undo cut');
-    for (const m of this.matrices) {
-      if (m.copies.length) {
-        m.matrix.chunks.forEach((chunk, i) => batch.copy(m.copies[i]!, 0, chunk.buffer, 0, chunk.buffer.size));
-      } else {
-        if (this.preserveRowNorm) throw new Error('a norm-preserving cut can only be undone from a snapshot (cut with snapshot: true)');
-        recordRank1Update(batch, { matrix: m.matrix, a: m.a, b: m.b, alpha: -m.alpha });
-      }
+    for (const t of this.targets) {
+      if (t.snapshot) t.snapshot.forEach((copy, i) => batch.copy(copy, 0, t.matrix.chunks[i]!.buffer, 0, copy.size));
+      else if (t.host) t.host.forEach((words, i) => batch.write(t.matrix.chunks[i]!.buffer, new Uint8Array(words)));
+      else if (t.factors) recordSubspaceCutInverse(batch, { matrix: t.matrix, side: t.side, basis: this.basis, rank: this.rank, alpha: t.alpha, factors: t.factors });
     }
     await batch.submit();
-    for (const m of this.matrices) if (m.copies.length) this.model.modifiedTensors.delete(m.matrix.name);
-    this.release();
+    for (const t of this.targets) if (!this.wasModified.has(t.name)) this.model.modifiedTensors.delete(t.name);
+    this.free();
+    this.state = 'undone';
   }
 
-  /** Frees the kept vectors and snapshots; the cut stays in the weights. */
+  /** Frees the kept copies or factors; the cut stays in the weights. */
   release(): void {
-    if (this.done) return;
-    this.done = true;
+    if (this.state !== 'applied') return;
+    this.free();
+    this.state = 'released';
+  }
+
+  private free(): void {
     const { gpu } = this.model;
-    for (const m of this.matrices) {
-      for (const b of [m.a, m.b, ...m.copies]) if (b !== this.direction) gpu.destroyBuffer(b);
-    }
-    gpu.destroyBuffer(this.direction);
+    for (const t of this.targets) freeUndoData(gpu, t);
+    gpu.destroyBuffer(this.basis);
   }
 }
 
 /**
- * Removes a direction from the weights that write into the residual stream: for each selected
- * layer, `o_proj` and `down_proj` (v = d̂ᵀW, then W ← W − α d̂ vᵀ, in f32, stored back in the weight's
- * dtype with round-to-nearest-even), and optionally the embedding. All on the GPU, in place.
+ * The cut on streamed weights: each matrix is uploaded, cut on the GPU by the same recorder, read
+ * back into the host-side overlay that later uploads and the export read from, and freed. Undo puts
+ * the overlay's previous entries back, exactly.
  */
-export async function applyCut(model: LlamaModel, spec: CutSpec): Promise<AppliedCut> {
-  const { gpu, config, weights } = model;
-  if (spec.direction.length !== config.hiddenSize) throw new RangeError(`the direction has ${spec.direction.length} values; the model's hidden size is ${config.hiddenSize}`);
-  const alpha = spec.alpha ?? 1;
-  const layerWeights = spec.layerWeights ?? Array.from({ length: config.numLayers }, () => 1);
-  const componentWeights = { o: spec.attentionLayerWeights ?? layerWeights, down: spec.mlpLayerWeights ?? layerWeights };
-  for (const w of [layerWeights, componentWeights.o, componentWeights.down]) {
-    if (w.length !== config.numLayers) throw new RangeError(`${w.length} layer weights for ${config.numLayers} layers`);
-    if (!w.every(Number.isFinite)) throw new RangeError('layer weights must be finite numbers');
-  }
-  if (!isResident(weights)) return applyStreamedCut(model, weights, spec, alpha, componentWeights);
-  const direction = gpu.upload(spec.direction, 'cut direction');
-  const matrices: CutMatrix[] = [];
-  const batch = gpu.batch('cut');
-  try {
-    const snapshot = (matrix: PackedMatrix) => (spec.snapshot ? copyMatrix(gpu, batch, matrix) : []);
-    if (spec.embedding) {
-      // E ← E − α (E d̂) d̂ᵀ: u = E d̂ by the matmul kernel (d̂ as the one input row), kept for undo.
-      const E = weights.embed;
-      const u = gpu.createBuffer(E.rows * 4, 'embedding projections');
-      matrices.push({ matrix: E, alpha, a: u, b: direction, copies: snapshot(E) });
-      recordMatmul(batch, { x: direction, tokens: 1, weight: E, y: u });
-      recordRank1Update(batch, { matrix: E, a: u, b: direction, alpha, preserveRowNorm: spec.preserveRowNorm ?? false });
-    }
-    for (const [l, layer] of weights.layers.entries()) {
-      for (const [matrix, matrixWeights] of [
-        [layer.o, componentWeights.o],
-        [layer.down, componentWeights.down],
-      ] as const) {
-        const layerAlpha = alpha * matrixWeights[l]!;
-        if (layerAlpha === 0) continue;
-        const v = gpu.createBuffer(matrix.cols * 4, `${matrix.name} v`);
-        matrices.push({ matrix, alpha: layerAlpha, a: direction, b: v, copies: snapshot(matrix) });
-        recordColumnDot(batch, { matrix, d: direction, v });
-        recordRank1Update(batch, { matrix, a: direction, b: v, alpha: layerAlpha, preserveRowNorm: spec.preserveRowNorm ?? false });
-      }
-    }
-    await batch.submit();
-  } catch (error) {
-    new ResidentCut(model, matrices, direction, false).release();
-    throw error;
-  }
-  for (const m of matrices) model.modifiedTensors.add(m.matrix.name);
-  return new ResidentCut(model, matrices, direction, spec.preserveRowNorm ?? false);
-}
-
-/**
- * The same cut on streamed weights: each matrix is uploaded, cut on the GPU, read back into the
- * host-side overlay that later uploads and the export read from, and freed. Undo restores the
- * overlay as it was, exactly.
- */
-async function applyStreamedCut(
-  model: LlamaModel,
-  weights: StreamedWeights,
-  spec: CutSpec,
-  alpha: number,
-  layerWeights: { o: readonly number[]; down: readonly number[] },
-): Promise<AppliedCut> {
-  const { gpu, config } = model;
+async function applyStreamedCut(model: LlamaModel, weights: StreamedWeights, run: CutRun): Promise<AppliedCut> {
+  const { gpu } = model;
+  const { rank } = run;
   const replaced = weights.source.replaced;
   const previous = new Map<string, Uint8Array | undefined>();
   const wasModified = new Set(model.modifiedTensors);
-  const direction = gpu.upload(spec.direction, 'cut direction');
-  const preserveRowNorm = spec.preserveRowNorm ?? false;
-  const cutOne = (name: string, matrixAlpha: number, embedding: boolean) =>
-    weights.withMatrix(name, async (matrix) => {
-      const scratch = gpu.createBuffer((embedding ? matrix.rows : matrix.cols) * 4, `${name} factor`);
-      try {
-        const batch = gpu.batch(`cut ${name}`);
-        if (embedding) {
-          recordMatmul(batch, { x: direction, tokens: 1, weight: matrix, y: scratch });
-          recordRank1Update(batch, { matrix, a: scratch, b: direction, alpha: matrixAlpha, preserveRowNorm });
-        } else {
-          recordColumnDot(batch, { matrix, d: direction, v: scratch });
-          recordRank1Update(batch, { matrix, a: direction, b: scratch, alpha: matrixAlpha, preserveRowNorm });
-        }
-        await batch.submit();
-        if (!previous.has(name)) previous.set(name, replaced.get(name));
-        replaced.set(name, await readMatrixBytes(gpu, matrix));
-        model.modifiedTensors.add(name);
-      } finally {
-        gpu.destroyBuffer(scratch);
-      }
-    });
+  const restore = () => {
+    for (const [name, bytes] of previous) {
+      if (bytes) replaced.set(name, bytes);
+      else replaced.delete(name);
+      if (!wasModified.has(name)) model.modifiedTensors.delete(name);
+    }
+  };
+  const basis = gpu.upload(run.basis, 'cut basis');
   try {
-    if (spec.embedding) await cutOne('model.embed_tokens.weight', alpha, true);
-    for (let l = 0; l < config.numLayers; l++) {
-      if (layerWeights.o[l] !== 0) await cutOne(`model.layers.${l}.self_attn.o_proj.weight`, alpha * layerWeights.o[l]!, false);
-      if (layerWeights.down[l] !== 0) await cutOne(`model.layers.${l}.mlp.down_proj.weight`, alpha * layerWeights.down[l]!, false);
+    for (const t of run.targets) {
+      await weights.withMatrix(t.name, async (matrix) => {
+        const factors = gpu.createBuffer(subspaceCutFactorsLength(matrix, t.side, rank) * 4, `${t.name} cut factors`);
+        try {
+          const batch = gpu.batch(`cut ${t.name}`);
+          recordSubspaceCut(batch, { matrix, side: t.side, basis, rank, alpha: t.alpha, preserveRowNorm: run.preserveRowNorm, factors });
+          await batch.submit();
+          const bytes = await readMatrixBytes(gpu, matrix);
+          if (!previous.has(t.name)) previous.set(t.name, replaced.get(t.name));
+          replaced.set(t.name, bytes);
+          model.modifiedTensors.add(t.name);
+        } finally {
+          gpu.destroyBuffer(factors);
+        }
+      });
     }
   } catch (error) {
-    restore(previous, replaced);
-    gpu.destroyBuffer(direction);
+    restore();
     throw error;
+  } finally {
+    gpu.destroyBuffer(basis);
   }
-  gpu.destroyBuffer(direction);
-  let done = false;
+  let state: 'applied' | 'undone' | 'released' = 'applied';
   return {
     tensors: [...previous.keys()],
+    rank,
+    undoMode: 'overlay',
+    exactUndo: true,
     async undo() {
-      if (done) return;
-      done = true;
-      restore(previous, replaced);
-      for (const name of previous.keys()) if (!wasModified.has(name)) model.modifiedTensors.delete(name);
+      if (state === 'undone') return;
+      if (state === 'released') throw new Error('this cut was released: there is nothing left to undo it from');
+      restore();
+      state = 'undone';
     },
     release() {
-      done = true;
+      if (state === 'applied') {
+        previous.clear();
+        state = 'released';
+      }
     },
   };
-}
-
-function restore(previous: ReadonlyMap<string, Uint8Array | undefined>, replaced: Map<string, Uint8Array>): void {
-  for (const [name, bytes] of previous) {
-    if (bytes) replaced.set(name, bytes);
-    else replaced.delete(name);
-  }
 }
 
 /** The stored bytes of a matrix on the GPU, in its dtype. */
@@ -240,14 +406,6 @@ export async function readMatrixBytes(gpu: Gpu, matrix: PackedMatrix): Promise<U
     out.set(unpackFromU32(words, matrix.dtype, count), chunk.rowStart * matrix.cols * elementBytes);
   }
   return out;
-}
-
-function copyMatrix(gpu: Gpu, batch: ReturnType<Gpu['batch']>, matrix: PackedMatrix): GPUBuffer[] {
-  return matrix.chunks.map((chunk) => {
-    const copy = gpu.createBuffer(chunk.buffer.size, `${matrix.name} snapshot`);
-    batch.copy(chunk.buffer, 0, copy, 0, chunk.buffer.size);
-    return copy;
-  });
 }
 
 /** Resolves a layer selection and kernel into one multiplier per decoder layer. */

@@ -1,6 +1,4 @@
 import type { LlamaModel } from '../model/model.ts';
-import type { PackedMatrix } from '../gpu/packedMatrix.ts';
-import { isResident } from '../model/weights.ts';
 import { applyCut, layerWeights, type AppliedCut, type LayerKernel, type LayerSelection } from './cut.ts';
 import { evaluateModel, EvaluationPrompts, type ModelEvaluation } from './evaluate.ts';
 import { measure, type LayerScore, type Measurement } from './measure.ts';
@@ -161,12 +159,8 @@ export async function runAbliteration(model: LlamaModel, sets: PromptSets, setti
       // The original model against its own logits: KL 0.
       return evaluateModel(model, evaluation, { ...evaluate, onProgress: progress });
     });
-    // With a snapshot of the changed matrices undo() restores them bit for bit, also after a
-    // norm-preserving cut; without one (no room for it) undo is the inverse update.
-    const snapshot = snapshotBytes(model, weights, settings.embedding) <= model.gpu.memoryBudget - model.gpu.allocatedBytes;
-    const cut = await stage('cut', () =>
-      applyCut(model, { direction, alpha: settings.alpha, layerWeights: weights, preserveRowNorm: settings.preserveRowNorm, embedding: settings.embedding, snapshot }),
-    );
+    // undo() restores the weights bit for bit (from GPU or host copies, as memory allows).
+    const cut = await stage('cut', () => applyCut(model, { direction, alpha: settings.alpha, layerWeights: weights, preserveRowNorm: settings.preserveRowNorm, embedding: settings.embedding }));
     try {
       const after = await stage('evaluate after', (progress) => evaluateModel(model, evaluation, { ...evaluate, baseline, onProgress: progress }));
       return { layer, selection, scores: measurement.scores, layerWeights: weights, before, after, kl: after.kl, measurement, direction, timings, cut };
@@ -179,14 +173,4 @@ export async function runAbliteration(model: LlamaModel, sets: PromptSets, setti
   } finally {
     if (baseline) model.gpu.destroyBuffer(baseline);
   }
-}
-
-/** GPU memory a snapshot of the matrices a cut changes takes (0 for streamed weights: their undo needs none). */
-function snapshotBytes(model: LlamaModel, layerWeights: readonly number[], embedding: boolean): number {
-  const { weights } = model;
-  if (!isResident(weights)) return 0;
-  const size = (matrix: PackedMatrix) => matrix.chunks.reduce((sum, chunk) => sum + chunk.buffer.size, 0);
-  let bytes = embedding ? size(weights.embed) : 0;
-  for (const [l, layer] of weights.layers.entries()) if (layerWeights[l] !== 0) bytes += size(layer.o) + size(layer.down);
-  return bytes;
 }

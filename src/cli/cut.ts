@@ -33,7 +33,7 @@ export function registerCut(program: Command): void {
       const scores = directions.scores.slice(1).map((s) => s.effectSize);
       const weights = layerWeights(model.config.numLayers, settings.layers, settings.kernel, scores.length === model.config.numLayers ? scores : undefined);
       const start = performance.now();
-      await applyCut(model, { direction, alpha: options.alpha, layerWeights: weights, preserveRowNorm: options.preserveNorm ?? false, embedding: options.embedding });
+      await applyCut(model, { direction, alpha: options.alpha, layerWeights: weights, preserveRowNorm: options.preserveNorm ?? false, embedding: options.embedding, undo: 'none' });
       const cutSeconds = (performance.now() - start) / 1000;
       const parameters = { layer, alpha: options.alpha, layer_weights: weights, embedding: options.embedding, preserve_row_norm: options.preserveNorm ?? false, source_model: resolve(dir) };
       const exportStart = performance.now();
