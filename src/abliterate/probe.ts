@@ -1,5 +1,6 @@
 import type { LlamaModel } from '../model/model.ts';
 import { collectLastTokenResiduals, project, releaseActivations, type MeasureOptions } from './measure.ts';
+import { checkDirection } from './directionsFile.ts';
 import { auroc } from './stats.ts';
 
 export interface ProbeResult {
@@ -24,6 +25,8 @@ export async function probe(
   const points = model.config.numLayers + 1;
   const perPoint = directions.length === 1 ? Array.from({ length: points }, () => directions[0]!) : [...directions];
   if (perPoint.length !== points) throw new RangeError(`probing needs one direction, or one per point (${points}); got ${directions.length}`);
+  // Per point, a zero direction (no difference measured there) projects everything to 0.
+  for (const [p, d] of directions.entries()) checkDirection(d, model.config.hiddenSize, `the direction of point ${p}`, { allowZero: directions.length > 1 });
   if (labels && labels.length !== prompts.length) throw new RangeError(`${labels.length} labels for ${prompts.length} prompts`);
   const activations = await collectLastTokenResiduals(model, prompts, options);
   try {

@@ -2,6 +2,7 @@ import type { Gpu } from '../gpu/gpu.ts';
 import type { ModelConfig } from '../model/config.ts';
 import type { Hook } from '../model/taps.ts';
 import { ablationHooks } from './ablation.ts';
+import { checkDirection } from './directionsFile.ts';
 
 export type Steering =
   /** Remove the direction from every write into the residual stream (α = 1: the same as the cut). */
@@ -14,6 +15,7 @@ export type Steering =
  * stay untouched. A threshold makes either conditional on the projection h·d̂ exceeding it.
  */
 export function steeringHooks(gpu: Gpu, config: ModelConfig, direction: Float32Array, point: number, steering: Steering): { hooks: Hook[]; buffers: GPUBuffer[] } {
+  checkDirection(direction, config.hiddenSize, 'the steering direction');
   const d = gpu.upload(direction, 'steering direction');
   if (steering.kind === 'ablate') {
     const hooks = ablationHooks(config, d, 1, steering.alpha).map((h) =>

@@ -2,8 +2,8 @@ import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { applyCut, layerWeights } from '../abliterate/cut.ts';
 import { exportModel } from '../abliterate/export.ts';
-import { addGpuOptions, bar, parseInteger, parseNumber, printJson, UsageError, withModel } from './common.ts';
-import { openDirections, pointOf } from './directions.ts';
+import { addGpuOptions, bar, parseInteger, parseNumber, printJson, withModel } from './common.ts';
+import { fitDirections, openDirections, pointOf } from './directions.ts';
 import { withOutputFolder } from './output.ts';
 import { settingsFrom } from './settings.ts';
 
@@ -25,11 +25,11 @@ export function registerCut(program: Command): void {
       .option('--json', 'print a JSON summary'),
   ).action(async (dir: string, options: { direction: string; layer?: number; alpha: number; layers: string; kernel: string; preserveNorm?: boolean; embedding: boolean; out: string; force?: boolean; json?: boolean; adapter?: 'auto' }) => {
     const directions = await openDirections(options.direction);
-    const { layer, direction } = pointOf(directions, options.layer);
+    const { layer, direction } = pointOf(directions, options.layer, options.direction);
     const settings = settingsFrom({ layers: options.layers, kernel: options.kernel });
     // The summary is printed once the output is in place under its final name.
     const summary = await withOutputFolder(options.out, resolve(dir), options.force ?? false, (out) => withModel(dir, options, async (model) => {
-      if (direction.length !== model.config.hiddenSize) throw new UsageError(`the direction has ${direction.length} values but the model's hidden size is ${model.config.hiddenSize}`);
+      fitDirections(directions, options.direction, model.config);
       const scores = directions.scores.slice(1).map((s) => s.effectSize);
       const weights = layerWeights(model.config.numLayers, settings.layers, settings.kernel, scores.length === model.config.numLayers ? scores : undefined);
       const start = performance.now();

@@ -1,5 +1,6 @@
 import { basename, dirname, resolve } from 'node:path';
-import { readDirections, type Directions } from '../abliterate/directionsFile.ts';
+import { directionProblem, readDirections, type Directions } from '../abliterate/directionsFile.ts';
+import type { ModelConfig } from '../model/config.ts';
 import { FileMissingError } from '../io/byteSource.ts';
 import { NodeFolder } from '../io/nodeFolder.ts';
 import { UsageError } from './common.ts';
@@ -13,9 +14,20 @@ export async function openDirections(file: string): Promise<Directions> {
   return readDirections({ name: file, size: source.size, read: (offset, length) => source.read(offset, length) });
 }
 
-export function pointOf(directions: Directions, layer: number | undefined): { layer: number; direction: Float32Array } {
+export function pointOf(directions: Directions, layer: number | undefined, file: string): { layer: number; direction: Float32Array } {
   if (layer === undefined) return { layer: directions.layer, direction: directions.direction };
   const direction = directions.directions[layer];
   if (!direction) throw new UsageError(`--layer ${layer} is outside the file's points 0..${directions.directions.length - 1}`);
+  const problem = directionProblem(direction, undefined);
+  if (problem) throw new UsageError(`${file}: the direction of point ${layer} is unusable: ${problem}; choose another --layer`);
   return { layer, direction };
+}
+
+/** Checks that the file's directions were measured on a model of this shape: its hidden size, one point per layer and the embedding. */
+export function fitDirections(directions: Directions, file: string, config: ModelConfig): void {
+  const { hiddenSize, numLayers } = config;
+  const size = directions.directions[0]?.length ?? 0;
+  if (size !== hiddenSize) throw new UsageError(`${file}: the directions have ${size} values, but the model's hidden size is ${hiddenSize}`);
+  const points = directions.directions.length;
+  if (points !== numLayers + 1) throw new UsageError(`${file}: the directions were measured at ${points} points, but this model has ${numLayers} layers (${numLayers + 1} points)`);
 }

@@ -3,7 +3,7 @@ import { evaluateRefusals } from '../abliterate/evaluate.ts';
 import { chatTokens } from '../abliterate/prefill.ts';
 import { probe } from '../abliterate/probe.ts';
 import { addGpuOptions, bar, parseInteger, printJson, UsageError, withModel } from './common.ts';
-import { openDirections } from './directions.ts';
+import { fitDirections, openDirections } from './directions.ts';
 import { loadPrompts } from './settings.ts';
 
 export function registerProbe(program: Command): void {
@@ -25,6 +25,7 @@ export function registerProbe(program: Command): void {
     if (!options.prompts && !(options.harmful && options.harmless)) throw new UsageError('give --prompts, or both --harmful and --harmless');
     const directions = await openDirections(options.direction);
     await withModel(dir, options, async (model) => {
+      fitDirections(directions, options.direction, model.config);
       let prompts: string[];
       let labels: boolean[];
       let labelled: string;

@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { steeringHooks, type Steering } from '../abliterate/steer.ts';
 import { generate } from '../model/generate.ts';
 import { addGpuOptions, parseInteger, parseNumber, printJson, UsageError, withModel } from './common.ts';
-import { openDirections, pointOf } from './directions.ts';
+import { fitDirections, openDirections, pointOf } from './directions.ts';
 
 export function registerSteer(program: Command): void {
   addGpuOptions(
@@ -23,8 +23,9 @@ export function registerSteer(program: Command): void {
   ).action(async (dir: string, options: { direction: string; prompt: string; layer?: number; mode: string; alpha: number; scale: number; threshold?: number; chat: boolean; maxTokens: number; json?: boolean; adapter?: 'auto' }) => {
     if (options.mode !== 'ablate' && options.mode !== 'add') throw new UsageError(`--mode must be ablate or add, got "${options.mode}"`);
     const directions = await openDirections(options.direction);
-    const { layer, direction } = pointOf(directions, options.layer);
+    const { layer, direction } = pointOf(directions, options.layer, options.direction);
     await withModel(dir, options, async (model, gpu) => {
+      fitDirections(directions, options.direction, model.config);
       const steering: Steering = options.mode === 'ablate' ? { kind: 'ablate', alpha: options.alpha, threshold: options.threshold } : { kind: 'add', scale: options.scale, threshold: options.threshold };
       const { hooks, buffers } = steeringHooks(gpu, model.config, direction, layer, steering);
       try {

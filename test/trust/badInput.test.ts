@@ -243,7 +243,7 @@ describe.concurrent('directions files', () => {
     expectCliError(await cut(weights), `${weights}: no "directions" tensor (expected a directions file written by abliterate measure or run)`);
     const other = join(target.parent, 'directions-128.safetensors');
     await writeDirectionsFile(other, 128, 3);
-    expectCliError(await cut(other), "the direction has 128 values but the model's hidden size is 64");
+    expectCliError(await cut(other), `${other}: the directions have 128 values, but the model's hidden size is 64`);
     expect(outputTraces(target.parent, 'out')).toEqual([]);
   });
 });
