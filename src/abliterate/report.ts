@@ -43,6 +43,8 @@ export function reportOf(result: AbliterationResult, model: LlamaModel, paramete
     parameters,
     timings_s: result.timings,
     output,
+    /** Files of the input folder the export left out (weights in other formats, hidden files), with why. */
+    skipped_files: [] as { file: string; reason: string }[],
   };
 }
 

@@ -2,7 +2,9 @@ import { rename, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import type { AbliterationResult } from '../abliterate/pipeline.ts';
 import { writeDirections } from '../abliterate/directionsFile.ts';
-import { exportModel } from '../abliterate/export.ts';
+import { exportModel, type ExportFiles } from '../abliterate/export.ts';
+import { status } from './common.ts';
+import { createOutputFile, type OutputFile } from '../io/outputFile.ts';
 import { createOutputFolder, OutputWriteError, type OutputFolder } from '../io/outputFolder.ts';
 import type { LlamaModel } from '../model/model.ts';
 import { UsageError } from './common.ts';
@@ -11,13 +13,29 @@ import { DIRECTIONS_FILE, REPORT_FILE, reportOf } from '../abliterate/report.ts'
 // The report is built by browser-safe code that the page shares.
 export { DIRECTIONS_FILE, REPORT_FILE, reportOf };
 
+/** An output written under a temporary name and renamed into place at the end. */
+interface Output {
+  readonly path: string;
+  readonly tempPath: string;
+  commit(): Promise<void>;
+  abort(): Promise<void>;
+}
+
 /**
  * Runs `work` with a new output folder, checked (not the input, not existing unless forced) before
  * any work starts; everything is written under a temporary name and renamed at the end, and removed
  * if anything fails or the process is interrupted.
  */
 export async function withOutputFolder<T>(outPath: string, inputPath: string, force: boolean, work: (out: OutputFolder) => Promise<T>): Promise<T> {
-  const out = await createOutputFolder(outPath, { force, inputPath });
+  return withOutput(await createOutputFolder(outPath, { force, inputPath }), work);
+}
+
+/** The same for a single output file (a directions file): checked before the work, renamed into place at the end. */
+export async function withOutputFile<T>(outPath: string, inputPath: string, force: boolean, work: (out: OutputFile) => Promise<T>): Promise<T> {
+  return withOutput(await createOutputFile(outPath, { force, inputPath }), work);
+}
+
+async function withOutput<O extends Output, T>(out: O, work: (out: O) => Promise<T>): Promise<T> {
   let stopping: Promise<void> | undefined;
   const interrupted = (signal: NodeJS.Signals) => {
     process.stderr.write(`abliterate: interrupted (${signal}); nothing was written to ${out.path}\n`);
@@ -30,7 +48,7 @@ export async function withOutputFolder<T>(outPath: string, inputPath: string, fo
     await out.commit();
     return result;
   } catch (error) {
-    // Interrupted: the work failed because its folder went away; the exit is under way, say nothing more.
+    // Interrupted: the work failed because its output went away; the exit is under way, say nothing more.
     if (stopping) await stopping;
     // A failed clean-up must not hide the error; it is reported with it.
     const leftover = await out.abort().then(
@@ -56,10 +74,17 @@ export async function writeRunOutput(
   onProgress?: (done: number, total: number) => void,
 ): Promise<void> {
   const start = performance.now();
-  await exportModel(model, out, { parameters, onProgress });
+  const files = await exportModel(model, out, { parameters, onProgress });
   report.timings_s = { ...report.timings_s, export: (performance.now() - start) / 1000 };
+  report.skipped_files = files.skipped;
+  noteSkippedFiles(files);
   await writeDirections(await out.sink(DIRECTIONS_FILE), result.measurement, result.layer);
   await out.writeFile(REPORT_FILE, `${JSON.stringify(report, null, 2)}\n`);
+}
+
+/** Says on stderr which files of the input folder the export did not copy. */
+export function noteSkippedFiles(files: ExportFiles): void {
+  for (const { file, reason } of files.skipped) status(`note: ${file} was not copied: ${reason}`);
 }
 
 function pad(text: string, width: number): string {

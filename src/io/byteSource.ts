@@ -19,8 +19,17 @@ export interface FileFolder {
   list(): Promise<string[]>;
   /** Opens a file for ranged reads; throws FileMissingError when absent. */
   open(file: string): Promise<ByteSource>;
-  readText(file: string): Promise<string>;
+  /** Reads a whole text file (UTF-8); refuses one larger than `maxBytes` (default MAX_TEXT_FILE_BYTES). */
+  readText(file: string, maxBytes?: number): Promise<string>;
 }
+
+/**
+ * Largest text files read whole: the JSON and template files of a model folder (config.json,
+ * tokenizer_config.json, chat templates, the shard index). `tokenizer.json` may be larger
+ * (MAX_TOKENIZER_BYTES): the vocabularies of multilingual models reach tens of MB.
+ */
+export const MAX_TEXT_FILE_BYTES = 16 * 2 ** 20;
+export const MAX_TOKENIZER_BYTES = 64 * 2 ** 20;
 
 export class FileMissingError extends Error {
   override name = 'FileMissingError';
@@ -30,6 +39,39 @@ export class FileMissingError extends Error {
   ) {
     super(`${folder}: ${file} is missing`);
   }
+}
+
+/** The path exists but is not a regular file: a folder, a FIFO, a device, a socket. */
+export class NotRegularFileError extends Error {
+  override name = 'NotRegularFileError';
+  constructor(
+    /** The path or name for messages. */
+    readonly path: string,
+    /** "a folder", "a FIFO", "a device", "a socket". */
+    readonly kind: string,
+  ) {
+    super(`${path} is ${kind}, not a regular file`);
+  }
+}
+
+/** A file read whole is larger than its limit; the message says both sizes (never the content). */
+export class FileTooLargeError extends Error {
+  override name = 'FileTooLargeError';
+  constructor(
+    readonly path: string,
+    readonly size: number,
+    readonly limit: number,
+  ) {
+    super(`${path} is ${formatSize(size)}, more than the ${formatSize(limit)} this file may have`);
+  }
+}
+
+/** Bytes in the largest binary unit that keeps a whole number of them. */
+export function formatSize(bytes: number): string {
+  for (const [unit, size] of [['GiB', 2 ** 30], ['MiB', 2 ** 20], ['KiB', 2 ** 10]] as const) {
+    if (bytes >= size) return `${Number((bytes / size).toFixed(1))} ${unit}`;
+  }
+  return `${bytes} bytes`;
 }
 
 export class ReadRangeError extends Error {
@@ -97,9 +139,10 @@ export class BlobFolder implements FileFolder {
     return new BlobSource(blob, file);
   }
 
-  async readText(file: string): Promise<string> {
+  async readText(file: string, maxBytes = MAX_TEXT_FILE_BYTES): Promise<string> {
     const blob = this.files.get(file);
     if (!blob) throw new FileMissingError(this.name, file);
+    if (blob.size > maxBytes) throw new FileTooLargeError(`${this.name}/${file}`, blob.size, maxBytes);
     return blob.text();
   }
 }

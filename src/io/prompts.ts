@@ -5,19 +5,24 @@
  */
 import { parse as parseCsv } from 'csv-parse/browser/esm/sync';
 import { parquetMetadataAsync, parquetReadObjects, parquetSchema, type AsyncBuffer } from 'hyparquet';
-import type { ByteSource } from './byteSource.ts';
+import { FileTooLargeError, type ByteSource } from './byteSource.ts';
+import { jsonErrorReason } from './json.ts';
 
 export interface ReadPromptsOptions {
   /** Column (csv, parquet) or field (jsonl, json) holding the prompt; default: the first of DEFAULT_PROMPT_COLUMNS present. */
   column?: string;
   /** Longer prompts are cut to this many characters (code points), with a warning. Default 8000. */
   maxChars?: number;
+  /** Larger files are refused before they are read. Default MAX_PROMPT_FILE_BYTES (256 MiB). */
+  maxBytes?: number;
   onWarning?: (message: string) => void;
 }
 
 export const DEFAULT_PROMPT_COLUMNS: readonly string[] = ['prompt', 'instruction', 'text', 'goal'];
 export const PROMPT_FILE_EXTENSIONS: readonly string[] = ['.txt', '.jsonl', '.json', '.csv', '.parquet'];
 export const DEFAULT_MAX_PROMPT_CHARS = 8000;
+/** Prompt files are read whole (parquet by column chunks): larger ones are refused. */
+export const MAX_PROMPT_FILE_BYTES = 256 * 2 ** 20;
 
 export class PromptFileError extends Error {
   override name = 'PromptFileError';
@@ -33,6 +38,8 @@ export async function readPrompts(source: ByteSource, options: ReadPromptsOption
   const maxChars = options.maxChars ?? DEFAULT_MAX_PROMPT_CHARS;
   if (!Number.isSafeInteger(maxChars) || maxChars <= 0) throw new PromptFileError(`maxChars must be a positive integer (got ${maxChars})`);
   const name = source.name;
+  const maxBytes = options.maxBytes ?? MAX_PROMPT_FILE_BYTES;
+  if (source.size > maxBytes) throw new FileTooLargeError(name, source.size, maxBytes);
   const extension = /\.[^./\\]+$/.exec(name)?.[0].toLowerCase() ?? '';
 
   let items: Item[];
@@ -79,10 +86,12 @@ export async function readPrompts(source: ByteSource, options: ReadPromptsOption
   return prompts;
 }
 
+/** The first `maxChars` code points of `text`, found without splitting it (a prompt may be a 50 MB line). */
 function truncate(text: string, maxChars: number): string {
   if (text.length <= maxChars) return text; // UTF-16 length bounds the code point count
-  const codePoints = Array.from(text);
-  return codePoints.length <= maxChars ? text : codePoints.slice(0, maxChars).join('');
+  let end = 0;
+  for (let count = 0; count < maxChars && end < text.length; count++) end += text.codePointAt(end)! > 0xffff ? 2 : 1;
+  return end >= text.length ? text : text.slice(0, end);
 }
 
 async function decodeText(source: ByteSource): Promise<string> {
@@ -162,7 +171,7 @@ function readJsonLines(name: string, text: string, column: string | undefined): 
     try {
       value = JSON.parse(line);
     } catch (error) {
-      throw new PromptFileError(`${name}: line ${number}: invalid JSON (${(error as Error).message})`);
+      throw new PromptFileError(`${name}: line ${number}: invalid JSON (${jsonErrorReason(error, line)})`);
     }
     items.push({ text: picker.pick(value, `line ${number}`), where: `line ${number}` });
   }
@@ -174,7 +183,7 @@ function readJsonArray(name: string, text: string, column: string | undefined): 
   try {
     value = JSON.parse(text);
   } catch (error) {
-    throw new PromptFileError(`${name}: invalid JSON (${(error as Error).message})`);
+    throw new PromptFileError(`${name}: invalid JSON (${jsonErrorReason(error, text)})`);
   }
   if (!Array.isArray(value)) throw new PromptFileError(`${name}: expected a JSON array of prompts (strings or objects), got ${describe(value)}`);
   const picker = new FieldPicker(name, column);
@@ -186,7 +195,10 @@ function readCsv(name: string, text: string, column: string | undefined): Item[]
   try {
     rows = parseCsv(text, { bom: true, skip_empty_lines: true, relax_quotes: false }) as string[][];
   } catch (error) {
-    throw new PromptFileError(`${name}: ${(error as Error).message}`);
+    // csv-parse quotes the offending characters; say where instead.
+    const { code, lines: line } = error as { code?: string; lines?: number };
+    const reason = code ? code.replace(/^CSV_/, '').toLowerCase().replace(/_/g, ' ') : 'not valid CSV';
+    throw new PromptFileError(`${name}: ${line ? `line ${line}: ` : ''}invalid CSV (${reason})`);
   }
   const header = rows[0];
   if (header === undefined) throw new PromptFileError(`no prompts in ${name}`);

@@ -19,6 +19,7 @@
  */
 import { FileMissingError, type ByteSource, type FileFolder } from './byteSource.ts';
 import { isSupportedDtype, SUPPORTED_DTYPES, type Dtype } from './dtype.ts';
+import { jsonErrorReason } from './json.ts';
 
 export type { Dtype } from './dtype.ts';
 export { bytesPerElement, SUPPORTED_DTYPES, isSupportedDtype } from './dtype.ts';
@@ -194,11 +195,12 @@ export class SafetensorsFile {
     const prefix = await readBytes(source, label, 0, 8, 'the header length');
     const declared = new DataView(prefix.buffer, prefix.byteOffset, 8).getBigUint64(0, true);
     if (declared > BigInt(MAX_HEADER_BYTES)) {
-      fail('header-too-large', `header length ${declared} bytes is larger than the ${MAX_HEADER_BYTES}-byte limit (not a safetensors file, or a corrupt one)`);
+      // The declared length is the file's first 8 bytes: never shown, the file may be anything.
+      fail('header-too-large', `the header length in the first 8 bytes is larger than the ${MAX_HEADER_BYTES}-byte limit (not a safetensors file, or a corrupt one)`);
     }
     const headerLength = Number(declared);
     if (8 + headerLength > size) {
-      fail('header-length', `header length ${headerLength} bytes runs past the end of the file (${size} bytes; the header would end at ${8 + headerLength})`);
+      fail('header-length', `the header length in the first 8 bytes runs past the end of the file (${size} bytes): the file is truncated, or not a safetensors file`);
     }
     const headerBytes = await readBytes(source, label, 8, headerLength, 'the header');
     let text: string;
@@ -498,7 +500,7 @@ function parseJsonObject(text: string, fail: (kind: JsonFault, detail: string) =
   try {
     value = JSON.parse(text);
   } catch (error) {
-    return fail('json', `is not valid JSON (${messageOf(error)})`);
+    return fail('json', `is not valid JSON (${jsonErrorReason(error, text)})`);
   }
   if (!isPlainObject(value)) return fail('not-object', `is ${describe(value)}, expected a JSON object`);
   const duplicate = findDuplicateKey(text);

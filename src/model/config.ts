@@ -9,6 +9,7 @@
  */
 import * as v from 'valibot';
 import { FileMissingError, type FileFolder } from '../io/byteSource.ts';
+import { jsonErrorReason } from '../io/json.ts';
 
 export type Architecture = 'llama' | 'mistral' | 'qwen2';
 
@@ -352,7 +353,7 @@ export async function loadModelConfig(folder: FileFolder): Promise<ModelConfig> 
   try {
     json = JSON.parse(text);
   } catch (error) {
-    throw new ModelConfigError(`${source}: invalid JSON (${(error as Error).message})`);
+    throw new ModelConfigError(`${source}: invalid JSON (${jsonErrorReason(error, text)})`);
   }
   return parseModelConfig(json, source);
 }

@@ -5,7 +5,8 @@
  */
 import { Template } from '@huggingface/jinja';
 import { Tokenizer } from '@huggingface/tokenizers';
-import type { FileFolder } from '../io/byteSource.ts';
+import { MAX_TOKENIZER_BYTES, type FileFolder } from '../io/byteSource.ts';
+import { jsonErrorReason } from '../io/json.ts';
 import { describeFile, type ModelConfig } from './config.ts';
 
 export interface ChatMessage {
@@ -144,11 +145,11 @@ export class ChatTokenizer {
         if (required) throw new TokenizerError(`${describeFile(folder, file)} is missing: the model folder needs a tokenizer.json (Hugging Face fast tokenizer)`);
         return undefined;
       }
-      const text = await folder.readText(file);
+      const text = await folder.readText(file, file === 'tokenizer.json' ? MAX_TOKENIZER_BYTES : undefined);
       try {
         return JSON.parse(text);
       } catch (error) {
-        throw new TokenizerError(`${describeFile(folder, file)}: invalid JSON (${(error as Error).message})`);
+        throw new TokenizerError(`${describeFile(folder, file)}: invalid JSON (${jsonErrorReason(error, text)})`);
       }
     };
     const record = (file: string, value: unknown): Json | undefined => {

@@ -34,16 +34,15 @@ describe('output folders', () => {
   it('writes into a hidden temporary sibling and renames it at commit', async () => {
     const path = join(dir, 'out');
     const out = await createOutputFolder(path, { inputPath: input });
-    expect(out.tempPath).toMatch(new RegExp(`/\\.out\\.tmp-${process.pid}-[0-9a-f]{8}$`));
+    expect(out.tempPath).toMatch(new RegExp(`/\\.out\\.tmp-${process.pid}-[0-9a-f]{16}$`));
     await out.writeFile('config.json', '{"a":1}');
     await out.writeFile('sub/dir/file.bin', new Uint8Array([1, 2, 3]));
-    await out.copyFile('copied.json', join(input, 'config.json'));
     const sink = await out.sink('model.safetensors');
     await writeSafetensors(sink, [{ name: 'w', dtype: 'F32', shape: [1], bytes: async () => new Uint8Array(4) }]);
     expect(await readdir(dir)).not.toContain('out');
     await out.commit();
     expect((await readdir(dir)).sort()).toEqual(['input-model', 'out']);
-    expect((await readdir(path)).sort()).toEqual(['config.json', 'copied.json', 'model.safetensors', 'sub']);
+    expect((await readdir(path)).sort()).toEqual(['config.json', 'model.safetensors', 'sub']);
     expect(await readFile(join(path, 'config.json'), 'utf8')).toBe('{"a":1}');
     expect([...(await readFile(join(path, 'sub/dir/file.bin')))]).toEqual([1, 2, 3]);
     await refused(out.writeFile('late.txt', 'x'), 'finished');

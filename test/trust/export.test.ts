@@ -167,7 +167,7 @@ describe('faults during the export', () => {
     expect(exists(out)).toBe(false);
     const traces = outputTraces(work.path, 'sigkill-out');
     expect(traces).toHaveLength(1);
-    expect(traces[0]).toMatch(/^\.sigkill-out\.tmp-\d+-[0-9a-f]{8}$/);
+    expect(traces[0]).toMatch(/^\.sigkill-out\.tmp-\d+-[0-9a-f]{16}$/);
     expect(snapshot(large.dir)).toEqual(largeInput);
     const again = await runCli(['cut', large.dir, '--direction', directions, '--out', out]);
     expect(again.code, again.stderr).toBe(0);
