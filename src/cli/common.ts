@@ -1,4 +1,3 @@
-import { resolve } from 'node:path';
 import { SingleBar, Presets } from 'cli-progress';
 import { Option, type Command } from 'commander';
 import type { Gpu } from '../gpu/gpu.ts';
@@ -60,7 +59,8 @@ export function bar<T>(label: string, work: (update: (done: number, total: numbe
 export async function loadModel(gpu: Gpu, dir: string): Promise<LlamaModel> {
   const bar = progressBar('loading weights', 1);
   try {
-    return await LlamaModel.load(gpu, new NodeFolder(resolve(dir)), { onProgress: (done, total) => bar.update(done, total), onWarning: (m) => status(`warning: ${m}`) });
+    // Named as the user gave it: messages and reports show that path, not a resolved one.
+    return await LlamaModel.load(gpu, new NodeFolder(dir), { onProgress: (done, total) => bar.update(done, total), onWarning: (m) => status(`warning: ${m}`) });
   } finally {
     bar.stop();
   }

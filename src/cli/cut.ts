@@ -4,7 +4,7 @@ import { applyCut, layerWeights } from '../abliterate/cut.ts';
 import { exportModel } from '../abliterate/export.ts';
 import { addGpuOptions, bar, parseInteger, parseNumber, printJson, withModel } from './common.ts';
 import { fitDirections, openDirections, pointOf } from './directions.ts';
-import { withOutputFolder } from './output.ts';
+import { noteSkippedFiles, withOutputFolder } from './output.ts';
 import { settingsFrom } from './settings.ts';
 
 export function registerCut(program: Command): void {
@@ -35,10 +35,11 @@ export function registerCut(program: Command): void {
       const start = performance.now();
       await applyCut(model, { direction, alpha: options.alpha, layerWeights: weights, preserveRowNorm: options.preserveNorm ?? false, embedding: options.embedding, undo: 'none' });
       const cutSeconds = (performance.now() - start) / 1000;
-      const parameters = { layer, alpha: options.alpha, layer_weights: weights, embedding: options.embedding, preserve_row_norm: options.preserveNorm ?? false, source_model: resolve(dir) };
+      const parameters = { layer, alpha: options.alpha, layer_weights: weights, embedding: options.embedding, preserve_row_norm: options.preserveNorm ?? false, source_model: dir };
       const exportStart = performance.now();
-      await bar('export', (update) => exportModel(model, out, { parameters, onProgress: update }));
-      return { layer, output: out.path, tensors: [...model.modifiedTensors], cut_s: cutSeconds, export_s: (performance.now() - exportStart) / 1000 };
+      const files = await bar('export', (update) => exportModel(model, out, { parameters, onProgress: update }));
+      noteSkippedFiles(files);
+      return { layer, output: out.path, tensors: [...model.modifiedTensors], cut_s: cutSeconds, export_s: (performance.now() - exportStart) / 1000, skipped_files: files.skipped };
     }));
     if (options.json) printJson(summary);
     else process.stdout.write(`cut ${summary.tensors.length} tensors with the direction of point ${summary.layer} in ${summary.cut_s.toFixed(2)} s; written to ${summary.output}\n`);

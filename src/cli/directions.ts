@@ -1,14 +1,16 @@
 import { basename, dirname, resolve } from 'node:path';
 import { directionProblem, readDirections, type Directions } from '../abliterate/directionsFile.ts';
 import type { ModelConfig } from '../model/config.ts';
-import { FileMissingError } from '../io/byteSource.ts';
+import { FileMissingError, NotRegularFileError } from '../io/byteSource.ts';
 import { NodeFolder } from '../io/nodeFolder.ts';
 import { UsageError } from './common.ts';
 
 export async function openDirections(file: string): Promise<Directions> {
   const path = resolve(file);
   const source = await new NodeFolder(dirname(path)).open(basename(path)).catch((error: unknown) => {
-    throw error instanceof FileMissingError ? new UsageError(`the directions file ${file} does not exist`) : error;
+    if (error instanceof FileMissingError) throw new UsageError(`the directions file ${file} does not exist`);
+    if (error instanceof NotRegularFileError) throw new UsageError(`the directions file ${file} is ${error.kind}, not a regular file`);
+    throw error;
   });
   // Messages name the file as the user gave it.
   return readDirections({ name: file, size: source.size, read: (offset, length) => source.read(offset, length) });

@@ -1,8 +1,7 @@
-import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { evaluateModel, EvaluationPrompts, firstTokenLogits } from '../abliterate/evaluate.ts';
-import { addGpuOptions, bar, loadModel, openGpu, parseInteger, printJson, UsageError } from './common.ts';
-import { BUNDLED, loadPrompts } from './settings.ts';
+import { addGpuOptions, bar, loadModel, openGpu, parseInteger, printJson } from './common.ts';
+import { BUNDLED, loadPrompts, MAX_PLAIN_TEXT_BYTES, readTextInput } from './settings.ts';
 
 export function registerEval(program: Command): void {
   addGpuOptions(
@@ -23,9 +22,7 @@ export function registerEval(program: Command): void {
     const harmful = await loadPrompts(options.evalHarmful ?? BUNDLED['eval-harmful'], options.column, options.limit);
     const harmless = await loadPrompts(options.evalHarmless ?? BUNDLED['eval-harmless'], options.column, options.limit);
     const textFile = options.plainText ?? BUNDLED['plain-text'];
-    const text = await readFile(textFile, 'utf8').catch(() => {
-      throw new UsageError(`cannot read the plain text ${textFile}`);
-    });
+    const text = await readTextInput(textFile, 'plain text', MAX_PLAIN_TEXT_BYTES);
     const gpu = await openGpu(options);
     try {
       let baseline: GPUBuffer | undefined;

@@ -1,4 +1,3 @@
-import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { NodeFolder } from '../io/nodeFolder.ts';
 import { SafetensorsModel } from '../io/safetensors.ts';
@@ -14,7 +13,7 @@ export function registerInspect(program: Command): void {
       .argument('<model-dir>')
       .option('--json', 'print JSON'),
   ).action(async (dir: string, options: GpuOptions & { json?: boolean }) => {
-    const folder = new NodeFolder(resolve(dir));
+    const folder = new NodeFolder(dir);
     const config = await loadModelConfig(folder);
     const tensors = await SafetensorsModel.open(folder);
     let parameters = 0;

@@ -1,4 +1,3 @@
-import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { writeDirections } from '../abliterate/directionsFile.ts';
 import { measure } from '../abliterate/measure.ts';
@@ -7,7 +6,7 @@ import { chatTokens } from '../abliterate/prefill.ts';
 import { rankLayers } from '../abliterate/select.ts';
 import { MemorySink } from '../io/safetensorsWriter.ts';
 import { addGpuOptions, bar, printJson, withModel } from './common.ts';
-import { writeFileAtomic } from './output.ts';
+import { withOutputFile } from './output.ts';
 import { addRunOptions, configFromCommand } from './runOptions.ts';
 import { BUNDLED, loadPrompts, settingsFrom } from './settings.ts';
 
@@ -26,25 +25,29 @@ export function registerMeasure(program: Command): void {
   ).action(async (dir: string, _o: unknown, command: Command) => {
     const config = await configFromCommand(command);
     const settings = settingsFrom(config);
-    const harmful = samplePrompts(await loadPrompts(config.harmful ?? BUNDLED.harmful, config.column, config.limit), settings.measurePrompts);
-    const harmless = samplePrompts(await loadPrompts(config.harmless ?? BUNDLED.harmless, config.column, config.limit), settings.measurePrompts);
-    await withModel(dir, { adapter: config.adapter }, async (model) => {
-      const measurement = await bar('measure', (update) =>
-        measure(model, chatTokens(model, harmful, { set: 'harmful' }), chatTokens(model, harmless, { set: 'harmless' }), { batchSize: settings.batchSize, onProgress: update }),
-      );
-      const layer = settings.layer ?? rankLayers(measurement, { window: settings.window, metric: settings.metric })[0]!.layer;
-      const sink = new MemorySink('directions');
-      await writeDirections(sink, measurement, layer, { model: resolve(dir) });
-      const out = resolve(config.out!);
-      await writeFileAtomic(out, await sink.bytes(), config.force ?? false);
-      if (config.json) printJson({ layer, scores: measurement.scores, output: out });
-      else {
-        process.stdout.write(`${'point'.padEnd(7)}${'gap'.padEnd(10)}${'rel.gap'.padEnd(10)}${'cosine'.padEnd(10)}effect size\n`);
-        for (const s of measurement.scores) {
-          process.stdout.write(`${String(s.layer).padEnd(7)}${s.gap.toFixed(3).padEnd(10)}${s.relativeGap.toFixed(3).padEnd(10)}${s.cosine.toFixed(4).padEnd(10)}${s.effectSize.toFixed(2)}${s.layer === layer ? '  ← chosen' : ''}\n`);
-        }
-        process.stdout.write(`directions written to ${out}\n`);
-      }
+    // The output is checked (and its temporary file created) before any work; the results are printed once it is in place.
+    const { layer, measurement, output } = await withOutputFile(config.out!, dir, config.force ?? false, async (file) => {
+      const harmful = samplePrompts(await loadPrompts(config.harmful ?? BUNDLED.harmful, config.column, config.limit), settings.measurePrompts);
+      const harmless = samplePrompts(await loadPrompts(config.harmless ?? BUNDLED.harmless, config.column, config.limit), settings.measurePrompts);
+      return withModel(dir, { adapter: config.adapter }, async (model) => {
+        const measurement = await bar('measure', (update) =>
+          measure(model, chatTokens(model, harmful, { set: 'harmful' }), chatTokens(model, harmless, { set: 'harmless' }), { batchSize: settings.batchSize, onProgress: update }),
+        );
+        const layer = settings.layer ?? rankLayers(measurement, { window: settings.window, metric: settings.metric })[0]!.layer;
+        const sink = new MemorySink('directions');
+        // The model as the user named it: a relative path stays relative.
+        await writeDirections(sink, measurement, layer, { model: dir });
+        await file.write(await sink.bytes());
+        return { layer, measurement, output: file.path };
+      });
     });
+    if (config.json) printJson({ layer, scores: measurement.scores, output });
+    else {
+      process.stdout.write(`${'point'.padEnd(7)}${'gap'.padEnd(10)}${'rel.gap'.padEnd(10)}${'cosine'.padEnd(10)}effect size\n`);
+      for (const s of measurement.scores) {
+        process.stdout.write(`${String(s.layer).padEnd(7)}${s.gap.toFixed(3).padEnd(10)}${s.relativeGap.toFixed(3).padEnd(10)}${s.cosine.toFixed(4).padEnd(10)}${s.effectSize.toFixed(2)}${s.layer === layer ? '  ← chosen' : ''}\n`);
+      }
+      process.stdout.write(`directions written to ${output}\n`);
+    }
   });
 }

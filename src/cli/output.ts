@@ -1,5 +1,3 @@
-import { rename, rm, stat, writeFile } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
 import type { AbliterationResult } from '../abliterate/pipeline.ts';
 import { writeDirections } from '../abliterate/directionsFile.ts';
 import { exportModel, type ExportFiles } from '../abliterate/export.ts';
@@ -7,7 +5,6 @@ import { status } from './common.ts';
 import { createOutputFile, type OutputFile } from '../io/outputFile.ts';
 import { createOutputFolder, OutputWriteError, type OutputFolder } from '../io/outputFolder.ts';
 import type { LlamaModel } from '../model/model.ts';
-import { UsageError } from './common.ts';
 import { DIRECTIONS_FILE, REPORT_FILE, reportOf } from '../abliterate/report.ts';
 
 // The report is built by browser-safe code that the page shares.
@@ -112,18 +109,4 @@ export function summaryTable(report: ReturnType<typeof reportOf>): string {
   ];
   if (report.output) lines.push('', `written to ${report.output}`);
   return lines.join('\n');
-}
-
-/** Writes a small file under a temporary name and renames it, refusing to replace one unless forced. */
-export async function writeFileAtomic(path: string, data: Uint8Array, force: boolean): Promise<void> {
-  const exists = await stat(path).then(() => true, () => false);
-  if (exists && !force) throw new UsageError(`${path} exists; use --force to replace it`);
-  const temp = join(dirname(path), `.${basename(path)}.tmp-${process.pid}`);
-  try {
-    await writeFile(temp, data);
-    await rename(temp, path);
-  } catch (error) {
-    await rm(temp, { force: true });
-    throw error;
-  }
 }

@@ -37,8 +37,9 @@ export function registerRun(program: Command): void {
         onProgress: (_stage, done, total) => bar?.update(done, total),
       });
       bar?.stop();
-      const parameters = cutParameters(result, settings, resolve(dir));
-      const report = reportOf(result, model, parameters, output, gpu.adapter.name);
+      const parameters = cutParameters(result, settings, dir);
+      // Paths as the user gave them: a report shared elsewhere shows no resolved local path.
+      const report = reportOf(result, model, parameters, config.out!, gpu.adapter.name);
       const exportBar = progressBar('export', 1);
       await writeRunOutput(out, model, result, report, parameters, (done, total) => exportBar.update(done, total));
       exportBar.stop();

@@ -1,12 +1,11 @@
-import { readFile } from 'node:fs/promises';
 import { basename, dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse as parseToml } from 'smol-toml';
 import * as v from 'valibot';
 import { DEFAULT_SETTINGS, type AbliterationSettings, type PromptSets } from '../abliterate/pipeline.ts';
 import type { LayerKernel, LayerSelection } from '../abliterate/cut.ts';
-import { FileMissingError, type ByteSource } from '../io/byteSource.ts';
-import { NodeFolder } from '../io/nodeFolder.ts';
+import { FileMissingError, FileTooLargeError, formatSize, NotRegularFileError, type ByteSource } from '../io/byteSource.ts';
+import { NodeFolder, readTextFile } from '../io/nodeFolder.ts';
 import { readPrompts } from '../io/prompts.ts';
 import { status, UsageError } from './common.ts';
 
@@ -57,14 +56,29 @@ const RunFileSchema = v.strictObject({
 });
 export type RunFileConfig = v.InferOutput<typeof RunFileSchema>;
 
+/** Largest TOML config read (a config is a few hundred bytes). */
+export const MAX_CONFIG_BYTES = 2 ** 20;
+/** Largest plain text read for perplexity (of which the first 4096 tokens are used). */
+export const MAX_PLAIN_TEXT_BYTES = 16 * 2 ** 20;
+
+/**
+ * Reads a text file named on the command line: at most `maxBytes`, a regular file (not a FIFO or
+ * `/dev/zero`), with messages that name it as given and never quote it.
+ */
+export async function readTextInput(file: string, what: string, maxBytes: number): Promise<string> {
+  try {
+    return await readTextFile(file, maxBytes, () => new UsageError(`the ${what} ${file} does not exist`));
+  } catch (error) {
+    if (error instanceof NotRegularFileError) throw new UsageError(`the ${what} ${file} is ${error.kind}, not a regular file`);
+    if (error instanceof FileTooLargeError) throw new UsageError(`the ${what} ${file} is ${formatSize(error.size)}, more than the ${formatSize(maxBytes)} it may have`);
+    if (error instanceof UsageError) throw error;
+    throw new UsageError(`cannot read the ${what} ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+  }
+}
+
 /** Reads and validates a TOML config; paths in it are relative to the config file. */
 export async function readRunConfig(file: string): Promise<RunFileConfig> {
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch {
-    throw new UsageError(`cannot read the config file ${file}`);
-  }
+  const text = await readTextInput(file, 'config file', MAX_CONFIG_BYTES);
   let raw: unknown;
   try {
     raw = parseToml(text);
@@ -122,7 +136,9 @@ export async function loadPrompts(file: string, column?: string, limit?: number)
   const full = resolve(file);
   const folder = new NodeFolder(dirname(full));
   const source = await folder.open(basename(full)).catch((error: unknown) => {
-    throw error instanceof FileMissingError ? new UsageError(`the prompt file ${full} does not exist`) : error;
+    if (error instanceof FileMissingError) throw new UsageError(`the prompt file ${full} does not exist`);
+    if (error instanceof NotRegularFileError) throw new UsageError(`the prompt file ${full} is ${error.kind}, not a regular file`);
+    throw error;
   });
   // Messages name the file as the user gave it, not just its base name.
   const named: ByteSource = { name: file, size: source.size, read: (offset, length) => source.read(offset, length) };
@@ -143,9 +159,7 @@ export async function loadPromptSets(config: RunFileConfig, needed: { plainText:
     sets.validationHarmful = await loadPrompts(file('val-harmful'), column, limit);
     sets.validationHarmless = await loadPrompts(file('val-harmless'), column, limit);
   }
-  if (needed.plainText) sets.plainText = await readFile(file('plain-text'), 'utf8').catch(() => {
-    throw new UsageError(`cannot read the plain text ${file('plain-text')}`);
-  });
+  if (needed.plainText) sets.plainText = await readTextInput(file('plain-text'), 'plain text', MAX_PLAIN_TEXT_BYTES);
   return sets;
 }
 

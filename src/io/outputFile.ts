@@ -13,7 +13,7 @@
 import { constants } from 'node:fs';
 import { lstat, open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, resolve } from 'node:path';
-import { inputList, OutputPathError, refuseInputs, removeStaleTemporaries, temporaryPath, writeError } from './outputPaths.ts';
+import { inputList, OutputPathError, OutputWriteError, refuseInputs, removeStaleTemporaries, temporaryPath, writeError } from './outputPaths.ts';
 
 export interface OutputFileOptions {
   /** Replace an existing file (at commit). */
@@ -48,7 +48,9 @@ export async function createOutputFile(finalPath: string, options: OutputFileOpt
   try {
     handle = await open(tempPath, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o666);
   } catch (error) {
-    throw writeError(`cannot write ${path}`, error);
+    // The system's reason without the temporary name, which means nothing to the user.
+    const reason = error instanceof Error ? error.message.replace(/, open '.*'$/, '') : String(error);
+    throw new OutputWriteError(`cannot write ${path}: ${reason}`, { cause: error });
   }
   return new NodeOutputFile(path, tempPath, handle, inputs, force);
 }
