@@ -4,7 +4,7 @@ import { bytesPerElement, unpackFromU32 } from '../io/dtype.ts';
 import { recordSubspaceCut, recordSubspaceCutInverse, subspaceCutFactorsLength, type CutSide } from '../kernels/lowRank.ts';
 import type { LlamaModel } from '../model/model.ts';
 import type { PackedMatrix } from '../gpu/packedMatrix.ts';
-import { isResident, type LlamaWeights, type StreamedWeights } from '../model/weights.ts';
+import { isResident, residualWriterNames, type LlamaWeights, type StreamedWeights } from '../model/weights.ts';
 
 /** Which decoder layers a cut touches. */
 export type LayerSelection =
@@ -149,14 +149,16 @@ interface CutTarget {
   alpha: number;
 }
 
-function cutTargets(numLayers: number, alpha: number, weights: { o: readonly number[]; down: readonly number[] }, embedding: boolean): CutTarget[] {
+/** The embedding, then each layer's residual writers: `o_proj`, and the `down_proj` of the MLP or of every expert. */
+function cutTargets(model: LlamaModel, alpha: number, weights: { o: readonly number[]; down: readonly number[] }, embedding: boolean): CutTarget[] {
   const targets: CutTarget[] = [];
   if (embedding) targets.push({ name: 'model.embed_tokens.weight', side: 'input', alpha });
-  for (let l = 0; l < numLayers; l++) {
+  for (let l = 0; l < model.config.numLayers; l++) {
     const o = alpha * weights.o[l]!;
     const down = alpha * weights.down[l]!;
-    if (o !== 0) targets.push({ name: `model.layers.${l}.self_attn.o_proj.weight`, side: 'output', alpha: o });
-    if (down !== 0) targets.push({ name: `model.layers.${l}.mlp.down_proj.weight`, side: 'output', alpha: down });
+    const writers = residualWriterNames(model.config, model.tensors, l);
+    if (o !== 0) for (const name of writers.attention) targets.push({ name, side: 'output', alpha: o });
+    if (down !== 0) for (const name of writers.mlp) targets.push({ name, side: 'output', alpha: down });
   }
   return targets;
 }
@@ -184,7 +186,7 @@ export async function applyCut(model: LlamaModel, spec: CutSpec): Promise<Applie
   const preserveRowNorm = spec.preserveRowNorm ?? false;
   const undo = spec.undo ?? 'auto';
   if (undo === 'inverse' && preserveRowNorm) throw new RangeError("a norm-preserving cut cannot be undone by the inverse update; use undo 'auto', 'snapshot' or 'host'");
-  const targets = cutTargets(config.numLayers, alpha, componentWeights, spec.embedding ?? false);
+  const targets = cutTargets(model, alpha, componentWeights, spec.embedding ?? false);
   const packed = new Float32Array(basis.length * config.hiddenSize);
   basis.forEach((v, k) => packed.set(v, k * config.hiddenSize));
   const run = { basis: packed, rank: basis.length, targets, preserveRowNorm };
@@ -210,12 +212,6 @@ interface ResidentTarget extends CutTarget {
   factors?: GPUBuffer;
 }
 
-function residentMatrix(weights: LlamaWeights, name: string): PackedMatrix {
-  if (name === 'model.embed_tokens.weight') return weights.embed;
-  const match = /^model\.layers\.(\d+)\.(self_attn\.o_proj|mlp\.down_proj)\.weight$/.exec(name)!;
-  const layer = weights.layers[Number(match[1])]!;
-  return match[2] === 'mlp.down_proj' ? layer.down : layer.o;
-}
 
 function matrixBytes(matrix: PackedMatrix): number {
   return matrix.chunks.reduce((sum, chunk) => sum + chunk.buffer.size, 0);
@@ -225,7 +221,8 @@ async function applyResidentCut(model: LlamaModel, weights: LlamaWeights, run: C
   const { gpu } = model;
   const { rank } = run;
   const wasModified = new Set(model.modifiedTensors);
-  const targets: ResidentTarget[] = run.targets.map((t) => ({ ...t, matrix: residentMatrix(weights, t.name) }));
+  const matrices = model.matrices();
+  const targets: ResidentTarget[] = run.targets.map((t) => ({ ...t, matrix: matrices.get(t.name)! }));
   const factorsLength = (t: ResidentTarget) => subspaceCutFactorsLength(t.matrix, t.side, rank);
   const basis = gpu.upload(run.basis, 'cut basis');
   let scratch: GPUBuffer | undefined;
@@ -340,6 +337,9 @@ class ResidentCut implements AppliedCut {
  */
 async function applyStreamedCut(model: LlamaModel, weights: StreamedWeights, run: CutRun): Promise<AppliedCut> {
   const { gpu } = model;
+  // Streamed weights are cut tensor by tensor; an expert's part of a fused expert stack is not a tensor.
+  const part = run.targets.find((t) => !model.tensors.allTensors.has(t.name));
+  if (part) throw new RangeError(`${part.name} is one expert of a fused expert tensor; cutting fused experts needs the weights resident (a larger memory budget)`);
   const { rank } = run;
   const replaced = weights.source.replaced;
   const previous = new Map<string, Uint8Array | undefined>();

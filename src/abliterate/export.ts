@@ -53,12 +53,12 @@ export interface ExportOptions {
 export async function exportModel(model: LlamaModel, target: ModelWriteTarget, options: ExportOptions): Promise<ExportFiles> {
   const { tensors, weights } = model;
   const modified = (name: string): Promise<Uint8Array> | AsyncIterable<Uint8Array> =>
-    isResident(weights) ? readBack(model, model.matrices().get(name)!) : weights.source.read(name);
+    isResident(weights) ? readBackParts(model, model.tensorMatrices(name)) : weights.source.read(name);
   const list: TensorToWrite[] = [...tensors.allTensors.values()].map((info) => ({
     name: info.name,
     dtype: info.dtype,
     shape: info.shape,
-    bytes: () => (model.modifiedTensors.has(info.name) ? modified(info.name) : tensors.read(info.name)),
+    bytes: () => (model.isTensorModified(info.name) ? modified(info.name) : tensors.read(info.name)),
   }));
   const inputMetadata = tensors.metadata.get(tensors.files[0]!) ?? {};
   const metadata = { ...inputMetadata, format: inputMetadata.format ?? 'pt', abliteration: JSON.stringify(options.parameters) };
@@ -95,6 +95,11 @@ async function copyFile(source: ByteSource, sink: ByteSink): Promise<void> {
     await sink.abort();
     throw error;
   }
+}
+
+/** The stored bytes of a tensor's matrices on the GPU (one, or the parts of a fused tensor in row order). */
+async function* readBackParts(model: LlamaModel, parts: readonly PackedMatrix[]): AsyncIterable<Uint8Array> {
+  for (const matrix of parts) yield* readBack(model, matrix);
 }
 
 /** The stored bytes of a matrix on the GPU, chunk by chunk. */

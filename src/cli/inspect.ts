@@ -1,7 +1,8 @@
 import type { Command } from 'commander';
 import { NodeFolder } from '../io/nodeFolder.ts';
 import { SafetensorsModel } from '../io/safetensors.ts';
-import { loadModelConfig } from '../model/config.ts';
+import { loadModelConfig, SUPPORTED_ARCHITECTURES } from '../model/config.ts';
+import { detectExpertStorage, inactiveExpertParameters } from '../model/layout.ts';
 import { formatBytes } from '../gpu/errors.ts';
 import { addGpuOptions, openGpu, printJson, type GpuOptions } from './common.ts';
 
@@ -28,9 +29,25 @@ export function registerInspect(program: Command): void {
     const gpu = await openGpu(options);
     const adapter = { ...gpu.adapter, features: gpu.features, limits: gpu.limits };
     gpu.dispose();
+    const moe = config.moe;
+    const experts = moe
+      ? {
+          experts: moe.numExperts,
+          experts_per_token: moe.topK,
+          expert_intermediate_size: moe.expertIntermediateSize,
+          shared_expert_intermediate_size: moe.sharedExpertIntermediateSize,
+          renormalised_top_k: moe.normTopkProb,
+          sparse_layers: moe.sparseLayers.filter(Boolean).length,
+          expert_storage: detectExpertStorage(config, (name) => tensors.allTensors.has(name)),
+        }
+      : null;
+    const activeParameters = parameters - inactiveExpertParameters(config);
     const summary = {
       model: dir,
       architecture: config.architecture,
+      family: SUPPORTED_ARCHITECTURES[config.architecture],
+      block: config.block,
+      moe: experts,
       layers: config.numLayers,
       hidden_size: config.hiddenSize,
       intermediate_size: config.intermediateSize,
@@ -42,6 +59,7 @@ export function registerInspect(program: Command): void {
       rope_theta: config.ropeTheta,
       rope_scaling: config.ropeScaling ?? null,
       parameters,
+      active_parameters: activeParameters,
       weight_bytes: bytes,
       dtypes: Object.fromEntries(dtypes),
       files: tensors.files,
@@ -50,10 +68,17 @@ export function registerInspect(program: Command): void {
     if (options.json) return printJson(summary);
     const lines = [
       `model         ${dir}`,
-      `architecture  ${config.architecture}, ${config.numLayers} layers, hidden ${config.hiddenSize}, MLP ${config.intermediateSize}`,
+      `architecture  ${SUPPORTED_ARCHITECTURES[config.architecture]} (${config.architecture}), ${config.numLayers} layers, hidden ${config.hiddenSize}, MLP ${config.intermediateSize}`,
+      ...(experts
+        ? [
+            `experts       ${experts.experts} of intermediate ${experts.expert_intermediate_size}, ${experts.experts_per_token} per token${experts.renormalised_top_k ? ' (renormalised)' : ''}` +
+              `${experts.shared_expert_intermediate_size ? `, shared expert of ${experts.shared_expert_intermediate_size}` : ''}, in ${experts.sparse_layers} layers (${experts.expert_storage.replace('_', '-')} tensors)`,
+          ]
+        : []),
+      ...(config.block.qkNorm || config.block.fusedQkv ? [`block         ${[config.block.qkNorm ? 'q/k norms' : '', config.block.fusedQkv ? 'fused qkv_proj and gate_up_proj' : ''].filter(Boolean).join(', ')}`] : []),
       `attention     ${config.numHeads} heads, ${config.numKvHeads} KV heads, head dim ${config.headDim}, rope θ ${config.ropeTheta}${config.ropeScaling ? ` (${config.ropeScaling.type} scaling)` : ''}`,
       `vocabulary    ${config.vocabSize}${config.tieWordEmbeddings ? ', tied embeddings' : ''}`,
-      `parameters    ${(parameters / 1e6).toFixed(2)} M in ${[...dtypes.keys()].join('/')}, ${formatBytes(bytes)} in ${tensors.files.length} file(s)`,
+      `parameters    ${(parameters / 1e6).toFixed(2)} M${moe ? ` (${(activeParameters / 1e6).toFixed(2)} M active per token)` : ''} in ${[...dtypes.keys()].join('/')}, ${formatBytes(bytes)} in ${tensors.files.length} file(s)`,
       `adapter       ${adapter.name}${adapter.software ? ' (software)' : ''}: ${adapter.description}`,
       `features      ${Object.entries(adapter.features).filter(([, on]) => on).map(([name]) => name).join(', ') || 'none'}`,
       `limits        binding ${formatBytes(adapter.limits.maxStorageBufferBindingSize)}, buffer ${formatBytes(adapter.limits.maxBufferSize)}, workgroup memory ${formatBytes(adapter.limits.maxComputeWorkgroupStorageSize)}`,

@@ -1,8 +1,9 @@
 /**
- * `config.json` of a Hugging Face Llama-family model, parsed and validated.
+ * `config.json` of a Hugging Face decoder model of a supported family, parsed and validated.
  *
- * Defaults follow transformers' `LlamaConfig`, `MistralConfig` and `Qwen2Config`, so a config that
- * transformers loads describes the same model here. The fields that fix the shapes of the weights
+ * Defaults follow transformers' config classes of each family (`LlamaConfig`, `MistralConfig`,
+ * `Qwen2Config`, `Qwen3Config`, `Phi3Config`, `MixtralConfig`, `Qwen2MoeConfig`, `Qwen3MoeConfig`),
+ * so a config that transformers loads describes the same model here. The fields that fix the shapes of the weights
  * (`hidden_size`, `intermediate_size`, `num_hidden_layers`, `num_attention_heads`, `vocab_size`)
  * are required: transformers would fill them with the sizes of a 7B model, which never matches the
  * weights of a model whose config lacks them.
@@ -11,14 +12,55 @@ import * as v from 'valibot';
 import { FileMissingError, type FileFolder } from '../io/byteSource.ts';
 import { jsonErrorReason } from '../io/json.ts';
 
-export type Architecture = 'llama' | 'mistral' | 'qwen2';
+export type Architecture = 'llama' | 'mistral' | 'qwen2' | 'qwen3' | 'phi3' | 'mixtral' | 'qwen2_moe' | 'qwen3_moe';
 
 /** The `architectures` class of each supported `model_type`. */
 export const SUPPORTED_ARCHITECTURES: Readonly<Record<Architecture, string>> = {
   llama: 'LlamaForCausalLM',
   mistral: 'MistralForCausalLM',
   qwen2: 'Qwen2ForCausalLM',
+  qwen3: 'Qwen3ForCausalLM',
+  phi3: 'Phi3ForCausalLM',
+  mixtral: 'MixtralForCausalLM',
+  qwen2_moe: 'Qwen2MoeForCausalLM',
+  qwen3_moe: 'Qwen3MoeForCausalLM',
 };
+
+/**
+ * How each family builds its decoder block, as data: the forward pass, the weight loader and the
+ * cut read these fields instead of asking which family a model is.
+ */
+export interface BlockDescription {
+  /** q, k and v stored as one `self_attn.qkv_proj` (Phi-3); split into row ranges on load. */
+  fusedQkv: boolean;
+  /** Per-head RMSNorm of q and k over head_dim before RoPE (Qwen3 `q_norm`, `k_norm`). */
+  qkNorm: boolean;
+  /** gate and up stored as one `mlp.gate_up_proj` (Phi-3), gate first; split on load. */
+  fusedGateUp: boolean;
+  /** The module holding the MLP or the experts: `mlp`, or `block_sparse_moe` (Mixtral). */
+  mlpModule: 'mlp' | 'block_sparse_moe';
+}
+
+/** A sparse mixture-of-experts MLP (Mixtral, Qwen2-MoE, Qwen3-MoE). */
+export interface MoeConfig {
+  numExperts: number;
+  /** Experts each token is routed to. */
+  topK: number;
+  /**
+   * true: the selected experts' weights are renormalised to sum to one (= softmax over the top-k
+   * logits; Mixtral, and Qwen-MoE with `norm_topk_prob`); false: softmax over all experts, the
+   * top-k probabilities used as they are (Qwen-MoE's default).
+   */
+  normTopkProb: boolean;
+  /** Each expert's intermediate size. */
+  expertIntermediateSize: number;
+  /** Qwen2-MoE's shared expert (always active, scaled by sigmoid(shared_expert_gate · x)); 0 when absent. */
+  sharedExpertIntermediateSize: number;
+  /** Per decoder layer: true for a sparse (MoE) layer, false for a dense MLP (Qwen-MoE `mlp_only_layers`, `decoder_sparse_step`). */
+  sparseLayers: boolean[];
+  /** Expert tensor names: Mixtral's `experts.N.w1/w3/w2`, or `experts.N.gate_proj/up_proj/down_proj`. */
+  expertNaming: 'w1w2w3' | 'gate_up_down';
+}
 
 const SUPPORTED_LIST = Object.entries(SUPPORTED_ARCHITECTURES)
   .map(([type, cls]) => `${cls} (model_type "${type}")`)
@@ -42,6 +84,10 @@ export interface ModelConfig {
   numLayers: number;
   numHeads: number;
   numKvHeads: number;
+  /** How the decoder block is built (fused projections, q/k norms, where the MLP lives). */
+  block: BlockDescription;
+  /** The mixture of experts, for MoE families. */
+  moe?: MoeConfig;
   /** Per-head dimension: `head_dim`, else hiddenSize / numHeads. Always even. */
   headDim: number;
   vocabSize: number;
@@ -137,6 +183,16 @@ const ConfigSchema = v.looseObject(
     max_window_layers: v.nullish(check('max_window_layers', 'an integer ≥ 0', isTokenId)),
     torch_dtype: v.nullish(string('torch_dtype')),
     dtype: v.nullish(string('dtype')),
+    num_local_experts: v.nullish(positiveInteger('num_local_experts')),
+    num_experts: v.nullish(positiveInteger('num_experts')),
+    num_experts_per_tok: v.nullish(positiveInteger('num_experts_per_tok')),
+    moe_intermediate_size: v.nullish(positiveInteger('moe_intermediate_size')),
+    shared_expert_intermediate_size: v.nullish(check('shared_expert_intermediate_size', 'an integer ≥ 0', isTokenId)),
+    norm_topk_prob: v.nullish(boolean('norm_topk_prob')),
+    decoder_sparse_step: v.nullish(positiveInteger('decoder_sparse_step')),
+    mlp_only_layers: v.nullish(check('mlp_only_layers', 'a list of layer indices', (x): x is number[] => Array.isArray(x) && x.every(isTokenId))),
+    qkv_bias: v.nullish(boolean('qkv_bias')),
+    original_max_position_embeddings: v.nullish(positiveInteger('original_max_position_embeddings')),
   },
   (issue) => {
     const key = issue.path?.[0]?.key;
@@ -155,6 +211,23 @@ const DEFAULTS: Record<
   llama: { numKvHeads: undefined, maxPositionEmbeddings: 2048, bosTokenId: 1, eosTokenId: 2, slidingWindow: undefined },
   mistral: { numKvHeads: 8, maxPositionEmbeddings: 4096 * 32, bosTokenId: 1, eosTokenId: 2, slidingWindow: 4096 },
   qwen2: { numKvHeads: 32, maxPositionEmbeddings: 32768, bosTokenId: undefined, eosTokenId: undefined, slidingWindow: 4096 },
+  qwen3: { numKvHeads: 32, maxPositionEmbeddings: 32768, bosTokenId: undefined, eosTokenId: undefined, slidingWindow: 4096 },
+  phi3: { numKvHeads: undefined, maxPositionEmbeddings: 4096, bosTokenId: 1, eosTokenId: 32000, slidingWindow: undefined },
+  mixtral: { numKvHeads: 8, maxPositionEmbeddings: 4096 * 32, bosTokenId: 1, eosTokenId: 2, slidingWindow: undefined },
+  qwen2_moe: { numKvHeads: 16, maxPositionEmbeddings: 32768, bosTokenId: undefined, eosTokenId: undefined, slidingWindow: 4096 },
+  qwen3_moe: { numKvHeads: 4, maxPositionEmbeddings: 32768, bosTokenId: undefined, eosTokenId: undefined, slidingWindow: 4096 },
+};
+
+/** The block of each family. */
+const BLOCKS: Record<Architecture, BlockDescription> = {
+  llama: { fusedQkv: false, qkNorm: false, fusedGateUp: false, mlpModule: 'mlp' },
+  mistral: { fusedQkv: false, qkNorm: false, fusedGateUp: false, mlpModule: 'mlp' },
+  qwen2: { fusedQkv: false, qkNorm: false, fusedGateUp: false, mlpModule: 'mlp' },
+  qwen3: { fusedQkv: false, qkNorm: true, fusedGateUp: false, mlpModule: 'mlp' },
+  phi3: { fusedQkv: true, qkNorm: false, fusedGateUp: true, mlpModule: 'mlp' },
+  mixtral: { fusedQkv: false, qkNorm: false, fusedGateUp: false, mlpModule: 'block_sparse_moe' },
+  qwen2_moe: { fusedQkv: false, qkNorm: false, fusedGateUp: false, mlpModule: 'mlp' },
+  qwen3_moe: { fusedQkv: false, qkNorm: true, fusedGateUp: false, mlpModule: 'mlp' },
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -217,7 +290,10 @@ function buildConfig(raw: RawConfig, architecture: Architecture, fail: (message:
   if (hiddenAct !== 'silu' && hiddenAct !== 'swish') fail(`hidden_act "${hiddenAct}" is not supported; only "silu" is`);
 
   let headDim: number;
-  if (raw.head_dim != null) {
+  if (raw.head_dim == null && architecture === 'qwen3') {
+    // Qwen3Config's own default; configs written by transformers always carry head_dim.
+    headDim = 128;
+  } else if (raw.head_dim != null) {
     headDim = raw.head_dim;
   } else {
     if (hiddenSize % numHeads !== 0) {
@@ -237,9 +313,19 @@ function buildConfig(raw: RawConfig, architecture: Architecture, fail: (message:
 
   const { ropeTheta, ropeScaling } = parseRope(raw, fail);
 
-  const attentionBias = architecture === 'qwen2' ? true : architecture === 'llama' ? (raw.attention_bias ?? false) : false;
-  const oProjBias = architecture === 'llama' ? (raw.attention_bias ?? false) : false;
+  // q/k/v biases: always for qwen2, `qkv_bias` (default true) for qwen2_moe, `attention_bias` for
+  // llama and qwen3 (which then also bias o_proj, as for qwen3_moe), never for mistral, mixtral, phi3.
+  const attentionBias =
+    architecture === 'qwen2'
+      ? true
+      : architecture === 'qwen2_moe'
+        ? (raw.qkv_bias ?? true)
+        : architecture === 'llama' || architecture === 'qwen3' || architecture === 'qwen3_moe'
+          ? (raw.attention_bias ?? false)
+          : false;
+  const oProjBias = architecture === 'llama' || architecture === 'qwen3' || architecture === 'qwen3_moe' ? (raw.attention_bias ?? false) : false;
   const mlpBias = architecture === 'llama' ? (raw.mlp_bias ?? false) : false;
+  const moe = parseMoe(raw, architecture, fail);
 
   const eos = raw.eos_token_id === undefined ? defaults.eosTokenId : raw.eos_token_id;
   const eosTokenIds = eos == null ? [] : Array.isArray(eos) ? [...new Set(eos)] : [eos];
@@ -247,15 +333,16 @@ function buildConfig(raw: RawConfig, architecture: Architecture, fail: (message:
 
   let slidingWindow: number | undefined;
   let slidingWindowFromLayer: number | undefined;
-  if (architecture === 'mistral') {
+  if (architecture === 'mistral' || architecture === 'mixtral' || architecture === 'phi3') {
     slidingWindow = raw.sliding_window === undefined ? defaults.slidingWindow : (raw.sliding_window ?? undefined);
-  } else if (architecture === 'qwen2' && raw.use_sliding_window === true) {
+  } else if (architecture !== 'llama' && raw.use_sliding_window === true) {
     slidingWindow = raw.sliding_window === undefined ? defaults.slidingWindow : (raw.sliding_window ?? undefined);
     if (slidingWindow !== undefined) slidingWindowFromLayer = raw.max_window_layers ?? 28;
   }
 
   const config: ModelConfig = {
     architecture,
+    block: BLOCKS[architecture],
     hiddenSize,
     intermediateSize: raw.intermediate_size,
     numLayers: raw.num_hidden_layers,
@@ -273,6 +360,7 @@ function buildConfig(raw: RawConfig, architecture: Architecture, fail: (message:
     mlpBias,
     eosTokenIds,
   };
+  if (moe !== undefined) config.moe = moe;
   if (bosTokenId !== undefined) config.bosTokenId = bosTokenId;
   if (raw.pad_token_id != null) config.padTokenId = raw.pad_token_id;
   if (slidingWindow !== undefined) config.slidingWindow = slidingWindow;
@@ -280,6 +368,42 @@ function buildConfig(raw: RawConfig, architecture: Architecture, fail: (message:
   const dtype = raw.torch_dtype ?? raw.dtype;
   if (dtype != null) config.torchDtype = dtype;
   return config;
+}
+
+function parseMoe(raw: RawConfig, architecture: Architecture, fail: (message: string) => never): MoeConfig | undefined {
+  if (architecture !== 'mixtral' && architecture !== 'qwen2_moe' && architecture !== 'qwen3_moe') return undefined;
+  const layers = raw.num_hidden_layers;
+  if (architecture === 'mixtral') {
+    const numExperts = raw.num_local_experts ?? 8;
+    const topK = raw.num_experts_per_tok ?? 2;
+    if (topK > numExperts) fail(`num_experts_per_tok (${topK}) exceeds num_local_experts (${numExperts})`);
+    return {
+      numExperts,
+      topK,
+      normTopkProb: true,
+      expertIntermediateSize: raw.intermediate_size,
+      sharedExpertIntermediateSize: 0,
+      sparseLayers: Array.from({ length: layers }, () => true),
+      expertNaming: 'w1w2w3',
+    };
+  }
+  const qwen2 = architecture === 'qwen2_moe';
+  const numExperts = raw.num_experts ?? (qwen2 ? 60 : 128);
+  const topK = raw.num_experts_per_tok ?? (qwen2 ? 4 : 8);
+  if (topK > numExperts) fail(`num_experts_per_tok (${topK}) exceeds num_experts (${numExperts})`);
+  const step = raw.decoder_sparse_step ?? 1;
+  const mlpOnly = new Set(raw.mlp_only_layers ?? []);
+  for (const l of mlpOnly) if (l >= layers) fail(`mlp_only_layers names layer ${l}, but the model has ${layers} layers`);
+  return {
+    numExperts,
+    topK,
+    normTopkProb: raw.norm_topk_prob ?? false,
+    expertIntermediateSize: raw.moe_intermediate_size ?? (qwen2 ? 1408 : 768),
+    sharedExpertIntermediateSize: qwen2 ? (raw.shared_expert_intermediate_size ?? 5632) : 0,
+    // transformers: a layer is sparse unless listed in mlp_only_layers, and only every decoder_sparse_step-th.
+    sparseLayers: Array.from({ length: layers }, (_, l) => !mlpOnly.has(l) && numExperts > 0 && (l + 1) % step === 0),
+    expertNaming: 'gate_up_down',
+  };
 }
 
 function parseRope(raw: RawConfig, fail: (message: string) => never): { ropeTheta: number; ropeScaling: RopeScaling | undefined } {
@@ -325,6 +449,11 @@ function parseRope(raw: RawConfig, fail: (message: string) => never): { ropeThet
       }
       return { ropeTheta, ropeScaling };
     }
+    case 'longrope':
+    case 'su':
+      return fail(
+        `${field} type ${show(type)} (Phi-3's long-context RoPE) is not supported yet; supported: "llama3", "linear" (or none) — the short-context Phi-3 models (e.g. Phi-3-mini-4k) have no rope_scaling`,
+      );
     default:
       return fail(`${field} type ${show(type)} is not supported; supported: "llama3", "linear" (or none)`);
   }

@@ -5,6 +5,7 @@ import { recordEmbedding } from '../kernels/embedding.ts';
 import { recordAdd, recordSiluMul } from '../kernels/elementwise.ts';
 import { recordKvCacheWrite } from '../kernels/kvCacheWrite.ts';
 import { recordMatmul } from '../kernels/matmul.ts';
+import { recordExpertMatvec, recordMoeRoute } from '../kernels/moe.ts';
 import { recordRmsNorm } from '../kernels/rmsnorm.ts';
 import { recordRope } from '../kernels/rope.ts';
 import { recordGatherRows } from '../kernels/rows.ts';
@@ -13,7 +14,7 @@ import { FiniteCheck } from './finiteCheck.ts';
 import type { KvCache } from './kvCache.ts';
 import type { PackedMatrix } from '../gpu/packedMatrix.ts';
 import { selectRows, type HookRunner, type StepSequence, type TapPoint } from './taps.ts';
-import { isResident, type LayerWeights, type LlamaWeights, type StreamedWeights } from './weights.ts';
+import { isResident, type DenseMlpWeights, type LayerWeights, type LlamaWeights, type MoeWeights, type StreamedWeights } from './weights.ts';
 
 /** A sequence in a forward step: its rows, positions, and the KV-cache slot it writes and reads. */
 export interface SequenceStep extends StepSequence {
@@ -47,6 +48,11 @@ interface StepContext {
   gate: GPUBuffer;
   up: GPUBuffer;
   mlpOut: GPUBuffer;
+}
+
+/** The largest intermediate size of any MLP or expert of the model (the gate and up buffers' row length). */
+function largestIntermediate(c: ModelConfig): number {
+  return Math.max(c.intermediateSize, c.moe?.expertIntermediateSize ?? 0, c.moe?.sharedExpertIntermediateSize ?? 0);
 }
 
 /** Per-step work buffers, grown on demand and reused between steps. */
@@ -184,8 +190,8 @@ export class LlamaForward {
       v: ws.get('v', T * kvDim * f32),
       attn: ws.get('attn', T * qDim * f32),
       attnOut: ws.get('attn_out', T * H * f32),
-      gate: ws.get('gate', T * c.intermediateSize * f32),
-      up: ws.get('up', T * c.intermediateSize * f32),
+      gate: ws.get('gate', T * largestIntermediate(c) * f32),
+      up: ws.get('up', T * largestIntermediate(c) * f32),
       mlpOut: ws.get('mlp_out', T * H * f32),
     };
     this.writeStepIndices(batch, step, ctx.ids, ctx.positions, ctx.slots, cache);
@@ -202,10 +208,14 @@ export class LlamaForward {
     this.check(batch, 'embed', ctx.resid, ctx.T, this.config.hiddenSize);
   }
 
-  /** One decoder layer: norm, q/k/v, rope, cache, attention, o, add, norm, gate/up, silu·mul, down, add. */
+  /**
+   * One decoder layer: norm, q/k/v (q/k per-head norms when the block has them), rope, cache,
+   * attention, o, add, norm, the MLP (dense or mixture of experts), add.
+   */
   private recordLayer(batch: ComputeBatch, ctx: StepContext, l: number, w: LayerWeights): void {
     const c = this.config;
-    const { T, resid, normed, q, k, v, attn, attnOut, gate, up, mlpOut, positions, slots, cache } = ctx;
+    const { T, resid, normed, v, attn, attnOut, mlpOut, positions, slots, cache } = ctx;
+    let { q, k } = ctx;
     const H = c.hiddenSize;
     const heads = { heads: c.numHeads, kvHeads: c.numKvHeads, headDim: c.headDim };
     this.tap(batch, ctx, 'resid_pre', l, resid);
@@ -213,6 +223,15 @@ export class LlamaForward {
     recordMatmul(batch, { x: normed, tokens: T, weight: w.q, bias: w.qBias, y: q });
     recordMatmul(batch, { x: normed, tokens: T, weight: w.k, bias: w.kBias, y: k });
     recordMatmul(batch, { x: normed, tokens: T, weight: w.v, bias: w.vBias, y: v });
+    if (w.qNorm && w.kNorm) {
+      // Qwen3: each head's q and k normalised over head_dim (one row per token and head) before RoPE.
+      const qNormed = this.workspace.get('q_normed', T * c.numHeads * c.headDim * 4);
+      const kNormed = this.workspace.get('k_normed', T * c.numKvHeads * c.headDim * 4);
+      recordRmsNorm(batch, { x: q, weight: w.qNorm, y: qNormed, rows: T * c.numHeads, dim: c.headDim, eps: c.rmsNormEps });
+      recordRmsNorm(batch, { x: k, weight: w.kNorm, y: kNormed, rows: T * c.numKvHeads, dim: c.headDim, eps: c.rmsNormEps });
+      q = qNormed;
+      k = kNormed;
+    }
     recordRope(batch, { x: q, positions, invFreq: this.invFreq, tokens: T, heads: c.numHeads, headDim: c.headDim });
     recordRope(batch, { x: k, positions, invFreq: this.invFreq, tokens: T, heads: c.numKvHeads, headDim: c.headDim });
     recordKvCacheWrite(batch, { k, v, kCache: cache.keys[l]!, vCache: cache.values[l]!, positions, slots, tokens: T, kvHeads: c.numKvHeads, headDim: c.headDim, maxLen: cache.maxLen });
@@ -222,13 +241,49 @@ export class LlamaForward {
     recordAdd(batch, { x: resid, y: attnOut, n: T * H, check: this.layerCheck(l) });
     this.tap(batch, ctx, 'resid_mid', l, resid);
     recordRmsNorm(batch, { x: resid, weight: w.postAttentionNorm, y: normed, rows: T, dim: H, eps: c.rmsNormEps });
-    recordMatmul(batch, { x: normed, tokens: T, weight: w.gate, bias: w.gateBias, y: gate });
-    recordMatmul(batch, { x: normed, tokens: T, weight: w.up, bias: w.upBias, y: up });
-    recordSiluMul(batch, { gate, up, n: T * c.intermediateSize });
-    recordMatmul(batch, { x: gate, tokens: T, weight: w.down, bias: w.downBias, y: mlpOut });
+    if (w.mlp.kind === 'dense') this.recordDenseMlp(batch, ctx, w.mlp);
+    else this.recordMoe(batch, ctx, w.mlp);
     this.tap(batch, ctx, 'mlp_out', l, mlpOut);
     recordAdd(batch, { x: resid, y: mlpOut, n: T * H, check: this.layerCheck(l) });
     this.tap(batch, ctx, 'resid_post', l, resid);
+  }
+
+  /** mlpOut = down(silu(gate(normed)) · up(normed)). */
+  private recordDenseMlp(batch: ComputeBatch, ctx: StepContext, m: DenseMlpWeights): void {
+    const { T, normed, gate, up, mlpOut } = ctx;
+    recordMatmul(batch, { x: normed, tokens: T, weight: m.gate, bias: m.gateBias, y: gate });
+    recordMatmul(batch, { x: normed, tokens: T, weight: m.up, bias: m.upBias, y: up });
+    recordSiluMul(batch, { gate, up, n: T * m.gate.rows });
+    recordMatmul(batch, { x: gate, tokens: T, weight: m.down, bias: m.downBias, y: mlpOut });
+  }
+
+  /**
+   * mlpOut = Σ_e r[t, e] · expert_e(normed) over each token's top-k experts (+ sigmoid(shared gate)
+   * · shared expert). The router logits and the shared gate's logit share one [T, E (+1)] buffer,
+   * the routing kernel turns them into dense weights, and each expert runs only on the tokens
+   * routed to it, accumulating into mlpOut.
+   */
+  private recordMoe(batch: ComputeBatch, ctx: StepContext, m: MoeWeights): void {
+    const c = this.config;
+    const moe = c.moe!;
+    const { T, normed, gate, up, mlpOut } = ctx;
+    const E = moe.numExperts;
+    const stride = E + (m.shared ? 1 : 0);
+    const logits = this.workspace.get('router_logits', T * stride * 4);
+    const route = this.workspace.get('route', T * stride * 4);
+    recordMatmul(batch, { x: normed, tokens: T, weight: m.router, y: logits, outStride: stride });
+    if (m.sharedGate) recordMatmul(batch, { x: normed, tokens: T, weight: m.sharedGate, y: logits, outStride: stride, outOffset: E });
+    recordMoeRoute(batch, { logits, weights: route, tokens: T, experts: E, topK: moe.topK, normTopK: moe.normTopkProb, shared: m.shared !== undefined });
+    batch.clear(mlpOut, 0, T * c.hiddenSize * 4);
+    const experts = m.shared ? [...m.experts, m.shared] : m.experts;
+    for (const [e, expert] of experts.entries()) {
+      const common = { x: normed, tokens: T, route, routeStride: stride, expert: e, accumulate: false };
+      recordExpertMatvec(batch, { ...common, weight: expert.gate, y: gate });
+      recordExpertMatvec(batch, { ...common, weight: expert.up, y: up });
+      // Rows of tokens not routed here hold stale values; they are never read for this expert.
+      recordSiluMul(batch, { gate, up, n: T * expert.gate.rows });
+      recordExpertMatvec(batch, { ...common, x: gate, weight: expert.down, y: mlpOut, accumulate: true });
+    }
   }
 
   /** The final norm and the output projection, for the rows that need logits. */

@@ -103,6 +103,23 @@ export class LlamaModel {
     return new Map(all.map((m) => [m.name, m]));
   }
 
+  /**
+   * The matrices on the GPU that hold a tensor of the files, in row order: the tensor itself, or
+   * the parts a fused tensor was split into (Phi-3's `qkv_proj`, fused expert stacks), named
+   * `tensor[rowStart:rowEnd]`.
+   */
+  tensorMatrices(tensor: string): PackedMatrix[] {
+    const parts = [...this.matrices().values()].filter((m) => m.name === tensor || isPartOf(m.name, tensor));
+    return parts.sort((a, b) => partStart(a.name) - partStart(b.name));
+  }
+
+  /** Whether a cut changed the tensor, or a part of it. */
+  isTensorModified(tensor: string): boolean {
+    if (this.modifiedTensors.has(tensor)) return true;
+    for (const name of this.modifiedTensors) if (isPartOf(name, tensor)) return true;
+    return false;
+  }
+
   /** Bytes of the weights in their files. */
   get weightBytes(): number {
     let total = 0;
@@ -118,3 +135,7 @@ export class LlamaModel {
     else this.weights.dispose();
   }
 }
+
+const PART = /^(.*)\[(\d+):(\d+)\]$/;
+const isPartOf = (name: string, tensor: string) => PART.exec(name)?.[1] === tensor;
+const partStart = (name: string) => Number(PART.exec(name)?.[2] ?? 0);

@@ -3,7 +3,28 @@ import { decodeToFloat32 } from '../io/dtype.ts';
 import { bytesPerElement, SUPPORTED_DTYPES } from '../io/dtype.ts';
 import type { SafetensorsModel } from '../io/safetensors.ts';
 import type { ModelConfig } from './config.ts';
+import { detectExpertStorage, expectedTensors, layerLayout, residualWriterSlices, type DenseMlpLayout, type MatrixSlice } from './layout.ts';
 import { uploadMatrix, type PackedMatrix } from '../gpu/packedMatrix.ts';
+
+export { expectedTensors } from './layout.ts';
+
+export interface DenseMlpWeights {
+  gate: PackedMatrix;
+  up: PackedMatrix;
+  down: PackedMatrix;
+  gateBias: GPUBuffer | undefined;
+  upBias: GPUBuffer | undefined;
+  downBias: GPUBuffer | undefined;
+}
+
+export interface MoeWeights {
+  /** [numExperts, hidden] */
+  router: PackedMatrix;
+  experts: DenseMlpWeights[];
+  /** Qwen2-MoE's shared expert and its gate [1, hidden]. */
+  shared: DenseMlpWeights | undefined;
+  sharedGate: PackedMatrix | undefined;
+}
 
 export interface LayerWeights {
   inputNorm: GPUBuffer;
@@ -16,12 +37,10 @@ export interface LayerWeights {
   kBias: GPUBuffer | undefined;
   vBias: GPUBuffer | undefined;
   oBias: GPUBuffer | undefined;
-  gate: PackedMatrix;
-  up: PackedMatrix;
-  down: PackedMatrix;
-  gateBias: GPUBuffer | undefined;
-  upBias: GPUBuffer | undefined;
-  downBias: GPUBuffer | undefined;
+  /** Qwen3's per-head RMSNorm weights of q and k ([headDim], f32). */
+  qNorm: GPUBuffer | undefined;
+  kNorm: GPUBuffer | undefined;
+  mlp: ({ kind: 'dense' } & DenseMlpWeights) | ({ kind: 'moe' } & MoeWeights);
 }
 
 export interface LlamaWeights {
@@ -36,41 +55,10 @@ export class WeightError extends Error {
   override name = 'WeightError';
 }
 
-/** The tensors a model of this config must have, with their shapes, by Hugging Face name. */
-export function expectedTensors(config: ModelConfig): Map<string, number[]> {
-  const { hiddenSize: h, intermediateSize: i, numHeads, numKvHeads, headDim, vocabSize } = config;
-  const expected = new Map<string, number[]>([['model.embed_tokens.weight', [vocabSize, h]], ['model.norm.weight', [h]]]);
-  if (!config.tieWordEmbeddings) expected.set('lm_head.weight', [vocabSize, h]);
-  for (let l = 0; l < config.numLayers; l++) {
-    const p = `model.layers.${l}`;
-    expected.set(`${p}.input_layernorm.weight`, [h]);
-    expected.set(`${p}.post_attention_layernorm.weight`, [h]);
-    expected.set(`${p}.self_attn.q_proj.weight`, [numHeads * headDim, h]);
-    expected.set(`${p}.self_attn.k_proj.weight`, [numKvHeads * headDim, h]);
-    expected.set(`${p}.self_attn.v_proj.weight`, [numKvHeads * headDim, h]);
-    expected.set(`${p}.self_attn.o_proj.weight`, [h, numHeads * headDim]);
-    if (config.attentionBias) {
-      expected.set(`${p}.self_attn.q_proj.bias`, [numHeads * headDim]);
-      expected.set(`${p}.self_attn.k_proj.bias`, [numKvHeads * headDim]);
-      expected.set(`${p}.self_attn.v_proj.bias`, [numKvHeads * headDim]);
-    }
-    if (config.oProjBias) expected.set(`${p}.self_attn.o_proj.bias`, [h]);
-    expected.set(`${p}.mlp.gate_proj.weight`, [i, h]);
-    expected.set(`${p}.mlp.up_proj.weight`, [i, h]);
-    expected.set(`${p}.mlp.down_proj.weight`, [h, i]);
-    if (config.mlpBias) {
-      expected.set(`${p}.mlp.gate_proj.bias`, [i]);
-      expected.set(`${p}.mlp.up_proj.bias`, [i]);
-      expected.set(`${p}.mlp.down_proj.bias`, [h]);
-    }
-  }
-  return expected;
-}
-
 /** Checks that every tensor the config needs is present with the right shape, before anything is uploaded. */
 export function checkTensors(config: ModelConfig, model: SafetensorsModel): void {
   const problems: string[] = [];
-  for (const [name, shape] of expectedTensors(config)) {
+  for (const [name, shape] of expectedTensors(config, detectExpertStorage(config, (name) => model.allTensors.has(name)))) {
     const info = model.tensors.get(name);
     const stored = model.allTensors.get(name);
     if (!info && stored) problems.push(`${name} has dtype ${stored.dtype}, which is not supported (only ${SUPPORTED_DTYPES.join(', ')})`);
@@ -86,14 +74,29 @@ export function checkTensors(config: ModelConfig, model: SafetensorsModel): void
 }
 
 /** Reads tensors by name: the safetensors files, or those with some tensors replaced (a streamed cut). */
-export type TensorSource = Pick<SafetensorsModel, 'tensor' | 'read' | 'readRange'>;
+export type TensorSource = Pick<SafetensorsModel, 'tensor' | 'read' | 'readRange' | 'allTensors'>;
 
 /** Uploads a 2-D tensor of the file in its dtype, reading it chunk by chunk. */
 export function uploadTensorMatrix(gpu: Gpu, model: TensorSource, name: string): Promise<PackedMatrix> {
   const info = model.tensor(name);
   const [rows, cols] = info.shape as [number, number];
-  const rowBytes = cols * bytesPerElement(info.dtype);
-  return uploadMatrix(gpu, name, info.dtype, rows, cols, (rowStart, count) => model.readRange(name, rowStart * rowBytes, count * rowBytes));
+  return uploadSlice(gpu, model, { tensor: name, rowStart: 0, rows, cols, whole: true });
+}
+
+/**
+ * The name of a matrix on the GPU: its tensor's, or for a part of a fused tensor the tensor's with
+ * the row range, e.g. `…qkv_proj.weight[0:2048]`.
+ */
+export function sliceName(slice: MatrixSlice): string {
+  return slice.whole ? slice.tensor : `${slice.tensor}[${slice.rowStart}:${slice.rowStart + slice.rows}]`;
+}
+
+/** Uploads rows of a tensor (all of it, or one part of a fused tensor) in its dtype. */
+export function uploadSlice(gpu: Gpu, model: TensorSource, slice: MatrixSlice): Promise<PackedMatrix> {
+  const info = model.tensor(slice.tensor);
+  const rowBytes = slice.cols * bytesPerElement(info.dtype);
+  const first = slice.rowStart * rowBytes;
+  return uploadMatrix(gpu, sliceName(slice), info.dtype, slice.rows, slice.cols, (rowStart, count) => model.readRange(slice.tensor, first + rowStart * rowBytes, count * rowBytes));
 }
 
 /** Uploads a 1-D tensor (norm weights, biases) converted to f32: they are small and never modified. */
@@ -103,35 +106,47 @@ export async function uploadVector(gpu: Gpu, model: TensorSource, name: string):
 
 /** Uploads one decoder layer's weights; on failure (out of memory, a read error) frees what it uploaded. */
 export async function uploadLayer(gpu: Gpu, config: ModelConfig, model: TensorSource, l: number): Promise<LayerWeights> {
-  const p = `model.layers.${l}`;
+  const layout = layerLayout(config, l, detectExpertStorage(config, (name) => model.allTensors.has(name)));
   const uploaded: (GPUBuffer | PackedMatrix)[] = [];
   const track = async <T extends GPUBuffer | PackedMatrix>(upload: Promise<T>): Promise<T> => {
     const item = await upload;
     uploaded.push(item);
     return item;
   };
-  const matrix = (name: string) => track(uploadTensorMatrix(gpu, model, `${p}.${name}.weight`));
-  const vector = (name: string) => track(uploadVector(gpu, model, `${p}.${name}`));
-  const bias = (present: boolean, name: string) => (present ? vector(`${name}.bias`) : undefined);
+  const matrix = (slice: MatrixSlice) => track(uploadSlice(gpu, model, slice));
+  const vector = (name: string) => track(uploadVector(gpu, model, name));
+  const optional = (name: string | undefined) => (name === undefined ? undefined : vector(name));
+  const denseMlp = async (m: DenseMlpLayout): Promise<DenseMlpWeights> => ({
+    gate: await matrix(m.gate),
+    up: await matrix(m.up),
+    down: await matrix(m.down),
+    gateBias: await optional(m.gateBias),
+    upBias: await optional(m.upBias),
+    downBias: await optional(m.downBias),
+  });
   try {
-    return {
-      inputNorm: await vector('input_layernorm.weight'),
-      postAttentionNorm: await vector('post_attention_layernorm.weight'),
-      q: await matrix('self_attn.q_proj'),
-      k: await matrix('self_attn.k_proj'),
-      v: await matrix('self_attn.v_proj'),
-      o: await matrix('self_attn.o_proj'),
-      qBias: await bias(config.attentionBias, 'self_attn.q_proj'),
-      kBias: await bias(config.attentionBias, 'self_attn.k_proj'),
-      vBias: await bias(config.attentionBias, 'self_attn.v_proj'),
-      oBias: await bias(config.oProjBias, 'self_attn.o_proj'),
-      gate: await matrix('mlp.gate_proj'),
-      up: await matrix('mlp.up_proj'),
-      down: await matrix('mlp.down_proj'),
-      gateBias: await bias(config.mlpBias, 'mlp.gate_proj'),
-      upBias: await bias(config.mlpBias, 'mlp.up_proj'),
-      downBias: await bias(config.mlpBias, 'mlp.down_proj'),
+    const attention = {
+      inputNorm: await vector(layout.inputNorm),
+      postAttentionNorm: await vector(layout.postAttentionNorm),
+      q: await matrix(layout.q),
+      k: await matrix(layout.k),
+      v: await matrix(layout.v),
+      o: await matrix(layout.o),
+      qBias: await optional(layout.qBias),
+      kBias: await optional(layout.kBias),
+      vBias: await optional(layout.vBias),
+      oBias: await optional(layout.oBias),
+      qNorm: await optional(layout.qNorm),
+      kNorm: await optional(layout.kNorm),
     };
+    const m = layout.mlp;
+    if (m.kind === 'dense') return { ...attention, mlp: { kind: 'dense', ...(await denseMlp(m)) } };
+    const router = await track(uploadTensorMatrix(gpu, model, m.router));
+    const experts: DenseMlpWeights[] = [];
+    for (const e of m.experts) experts.push(await denseMlp(e));
+    const shared = m.shared ? await denseMlp(m.shared) : undefined;
+    const sharedGate = m.sharedGate ? await track(uploadTensorMatrix(gpu, model, m.sharedGate)) : undefined;
+    return { ...attention, mlp: { kind: 'moe', router, experts, shared, sharedGate } };
   } catch (error) {
     for (const item of uploaded) {
       if ('chunks' in item) destroyMatrix(gpu, item);
@@ -141,8 +156,40 @@ export async function uploadLayer(gpu: Gpu, config: ModelConfig, model: TensorSo
   }
 }
 
+function mlpList(layer: LayerWeights): DenseMlpWeights[] {
+  const m = layer.mlp;
+  return m.kind === 'dense' ? [m] : [...m.experts, ...(m.shared ? [m.shared] : [])];
+}
+
+/** Every weight matrix of a layer (the parts of fused tensors separately). */
 export function layerMatrices(layer: LayerWeights): PackedMatrix[] {
-  return [layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up, layer.down];
+  const m = layer.mlp;
+  const routers = m.kind === 'moe' ? [m.router, ...(m.sharedGate ? [m.sharedGate] : [])] : [];
+  return [layer.q, layer.k, layer.v, layer.o, ...routers, ...mlpList(layer).flatMap((x) => [x.gate, x.up, x.down])];
+}
+
+/**
+ * The matrices of a layer that write into the residual stream, which a cut changes: `o_proj`, and
+ * `down_proj` of the MLP or of every expert and the shared expert. See `residualWriterSlices`.
+ */
+export function residualWriters(layer: LayerWeights): ResidualWriters<PackedMatrix> {
+  return { attention: [layer.o], mlp: mlpList(layer).map((m) => m.down) };
+}
+
+/** A layer's residual writers by component: the attention's `o_proj`, and the MLP's (or experts') `down_proj`s. */
+export interface ResidualWriters<T> {
+  attention: T[];
+  mlp: T[];
+}
+
+/**
+ * The names of layer l's residual writers as the matrices on the GPU are named (`sliceName`): the
+ * tensor names, or for fused expert stacks the name of each expert's part.
+ */
+export function residualWriterNames(config: ModelConfig, files: Pick<TensorSource, 'allTensors'>, l: number): ResidualWriters<string> {
+  const layout = layerLayout(config, l, detectExpertStorage(config, (name) => files.allTensors.has(name)));
+  const mlp = residualWriterSlices(layout).filter((s) => s !== layout.o);
+  return { attention: [sliceName(layout.o)], mlp: mlp.map(sliceName) };
 }
 
 export function destroyMatrix(gpu: Gpu, matrix: PackedMatrix): void {
@@ -151,7 +198,8 @@ export function destroyMatrix(gpu: Gpu, matrix: PackedMatrix): void {
 
 export function destroyLayer(gpu: Gpu, layer: LayerWeights): void {
   for (const m of layerMatrices(layer)) destroyMatrix(gpu, m);
-  for (const v of [layer.inputNorm, layer.postAttentionNorm, layer.qBias, layer.kBias, layer.vBias, layer.oBias, layer.gateBias, layer.upBias, layer.downBias]) {
+  const biases = mlpList(layer).flatMap((m) => [m.gateBias, m.upBias, m.downBias]);
+  for (const v of [layer.inputNorm, layer.postAttentionNorm, layer.qBias, layer.kBias, layer.vBias, layer.oBias, layer.qNorm, layer.kNorm, ...biases]) {
     if (v) gpu.destroyBuffer(v);
   }
 }
@@ -201,6 +249,10 @@ export class TensorOverlay implements TensorSource {
   readonly replaced = new Map<string, Uint8Array>();
 
   constructor(private readonly files: SafetensorsModel) {}
+
+  get allTensors(): SafetensorsModel['allTensors'] {
+    return this.files.allTensors;
+  }
 
   tensor(name: string) {
     return this.files.tensor(name);

@@ -4,7 +4,7 @@ import { ablationHooks, uploadBasis } from '../../src/abliterate/ablation.ts';
 import { applyCut, cutBasis, layerWeights, orthonormalize, type CutUndo } from '../../src/abliterate/cut.ts';
 import { KvCache } from '../../src/model/kvCache.ts';
 import { LlamaModel } from '../../src/model/model.ts';
-import type { LlamaWeights, StreamedWeights } from '../../src/model/weights.ts';
+import { residualWriters, type LlamaWeights, type StreamedWeights } from '../../src/model/weights.ts';
 import { HookRunner, type Hook } from '../../src/model/taps.ts';
 import { relativeError } from '../helpers/compare.ts';
 import { testGpu } from '../helpers/gpu.ts';
@@ -133,7 +133,7 @@ describe('cut', () => {
       for (const [l, layer] of (model.weights as LlamaWeights).layers.entries()) {
         for (const [matrix, name, tensor] of [
           [layer.o, 'o_proj', `model.layers.${l}.self_attn.o_proj.weight`],
-          [layer.down, 'down_proj', `model.layers.${l}.mlp.down_proj.weight`],
+          [residualWriters(layer).mlp[0]!, 'down_proj', `model.layers.${l}.mlp.down_proj.weight`],
         ] as const) {
           const w = new Float32Array(await gpu.read(matrix.chunks[0]!.buffer));
           const original = random.weights.get(tensor);

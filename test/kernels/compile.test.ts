@@ -24,6 +24,8 @@ describe('every shader compiles through Dawn without a message', () => {
       { dtype: 'BF16', attentionBias: true, mlpBias: true },
       { dtype: 'F16', tieWordEmbeddings: true },
       { dtype: 'F32', architecture: 'qwen2' },
+      { dtype: 'BF16', architecture: 'qwen2_moe', numExperts: 4, topK: 2 },
+      { dtype: 'F16', architecture: 'qwen3_moe', numExperts: 4, topK: 2 },
     ] as const) {
       const { model } = await loadRandomModel(gpu, options);
       const basis = uploadBasis(gpu, [Float32Array.from({ length: model.config.hiddenSize }, (_, i) => (i === 0 ? 1 : 0))]);

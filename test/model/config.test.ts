@@ -77,6 +77,7 @@ describe('real configs', () => {
       bosTokenId: 128000,
       eosTokenIds: [128001, 128008, 128009],
       torchDtype: 'bfloat16',
+      block: { fusedQkv: false, qkNorm: false, fusedGateUp: false, mlpModule: 'mlp' },
     } satisfies ModelConfig);
   });
 
@@ -205,6 +206,7 @@ describe('defaults as in transformers', () => {
       mlpBias: false,
       bosTokenId: 1,
       eosTokenIds: [2],
+      block: { fusedQkv: false, qkNorm: false, fusedGateUp: false, mlpModule: 'mlp' },
     } satisfies ModelConfig);
   });
 
@@ -306,12 +308,16 @@ describe('errors', () => {
   it('unsupported architectures list the supported ones', () => {
     for (const [modelType, architecture] of [
       ['gemma', 'GemmaForCausalLM'],
-      ['mixtral', 'MixtralForCausalLM'],
-      ['qwen2_moe', 'Qwen2MoeForCausalLM'],
+      ['gemma3_text', 'Gemma3ForCausalLM'],
+      ['qwen3_next', 'Qwen3NextForCausalLM'],
     ]) {
       const message = errorOf(minimal({ model_type: modelType, architectures: [architecture] }));
       expect(message).toContain(`"${modelType}"`);
-      expect(message).toContain('supported: LlamaForCausalLM (model_type "llama"), MistralForCausalLM (model_type "mistral"), Qwen2ForCausalLM (model_type "qwen2")');
+      expect(message).toContain(
+        'supported: LlamaForCausalLM (model_type "llama"), MistralForCausalLM (model_type "mistral"), Qwen2ForCausalLM (model_type "qwen2"), ' +
+          'Qwen3ForCausalLM (model_type "qwen3"), Phi3ForCausalLM (model_type "phi3"), MixtralForCausalLM (model_type "mixtral"), ' +
+          'Qwen2MoeForCausalLM (model_type "qwen2_moe"), Qwen3MoeForCausalLM (model_type "qwen3_moe")',
+      );
     }
     expect(errorOf(minimal({ architectures: ['LlamaForSequenceClassification'] }))).toContain(
       'architecture LlamaForSequenceClassification is not supported',
@@ -388,5 +394,64 @@ describe('ropeInverseFrequencies', () => {
   it('every value is a float32', () => {
     const inv = ropeInverseFrequencies(parseModelConfig(fixture('llama-3.1-8b-instruct.json')));
     for (const x of inv) expect(Math.fround(x)).toBe(x);
+  });
+});
+
+describe('families beyond Llama', () => {
+  const base = { hidden_size: 64, intermediate_size: 128, num_hidden_layers: 4, num_attention_heads: 4, num_key_value_heads: 2, vocab_size: 100 };
+
+  it('qwen3: q/k norms, head_dim independent of hidden size (128 when absent), no biases unless attention_bias', () => {
+    const config = parseModelConfig({ ...base, model_type: 'qwen3', architectures: ['Qwen3ForCausalLM'] });
+    expect(config.block).toEqual({ fusedQkv: false, qkNorm: true, fusedGateUp: false, mlpModule: 'mlp' });
+    expect(config.headDim).toBe(128);
+    expect([config.attentionBias, config.oProjBias, config.mlpBias]).toEqual([false, false, false]);
+    expect(parseModelConfig({ ...base, model_type: 'qwen3', head_dim: 32, attention_bias: true })).toMatchObject({ headDim: 32, attentionBias: true, oProjBias: true });
+  });
+
+  it('phi3: fused q/k/v and gate/up; the long-context RoPE is refused with a clear message', () => {
+    const config = parseModelConfig({ ...base, model_type: 'phi3', sliding_window: 2047, bos_token_id: 1, eos_token_id: 32000 });
+    expect(config.block).toEqual({ fusedQkv: true, qkNorm: false, fusedGateUp: true, mlpModule: 'mlp' });
+    expect(config.slidingWindow).toBe(2047);
+    for (const type of ['longrope', 'su']) {
+      const message = errorOf({ ...base, model_type: 'phi3', rope_scaling: { type, short_factor: [1], long_factor: [2] } });
+      expect(message).toContain(`rope_scaling type "${type}" (Phi-3's long-context RoPE) is not supported`);
+    }
+  });
+
+  it('mixtral: top-k of num_local_experts, renormalised; experts under block_sparse_moe', () => {
+    const config = parseModelConfig({ ...base, model_type: 'mixtral', num_local_experts: 8, num_experts_per_tok: 2 });
+    expect(config.block.mlpModule).toBe('block_sparse_moe');
+    expect(config.moe).toEqual({
+      numExperts: 8,
+      topK: 2,
+      normTopkProb: true,
+      expertIntermediateSize: 128,
+      sharedExpertIntermediateSize: 0,
+      sparseLayers: [true, true, true, true],
+      expertNaming: 'w1w2w3',
+    });
+    expect(errorOf({ ...base, model_type: 'mixtral', num_local_experts: 2, num_experts_per_tok: 3 })).toContain('num_experts_per_tok (3) exceeds num_local_experts (2)');
+  });
+
+  it('qwen2_moe: shared expert, norm_topk_prob false by default, q/k/v biases, dense layers by mlp_only_layers and decoder_sparse_step', () => {
+    const config = parseModelConfig({
+      ...base,
+      model_type: 'qwen2_moe',
+      num_experts: 60,
+      num_experts_per_tok: 4,
+      moe_intermediate_size: 32,
+      shared_expert_intermediate_size: 96,
+      mlp_only_layers: [0],
+      decoder_sparse_step: 2,
+    });
+    expect(config.attentionBias).toBe(true);
+    expect(config.moe).toMatchObject({ numExperts: 60, topK: 4, normTopkProb: false, expertIntermediateSize: 32, sharedExpertIntermediateSize: 96, sparseLayers: [false, true, false, true] });
+    expect(errorOf({ ...base, model_type: 'qwen2_moe', mlp_only_layers: [7] })).toContain('mlp_only_layers names layer 7, but the model has 4 layers');
+  });
+
+  it('qwen3_moe: q/k norms, norm_topk_prob as written, no shared expert', () => {
+    const config = parseModelConfig({ ...base, model_type: 'qwen3_moe', head_dim: 16, num_experts: 128, num_experts_per_tok: 8, moe_intermediate_size: 24, norm_topk_prob: true });
+    expect(config.block.qkNorm).toBe(true);
+    expect(config.moe).toMatchObject({ numExperts: 128, topK: 8, normTopkProb: true, expertIntermediateSize: 24, sharedExpertIntermediateSize: 0, expertNaming: 'gate_up_down' });
   });
 });

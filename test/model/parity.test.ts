@@ -27,7 +27,20 @@ const VARIANTS: [string, RandomModelOptions][] = [
   ['llama, attention and MLP biases, f16', { attentionBias: true, mlpBias: true, dtype: 'F16' }],
   ['qwen2, q/k/v biases, f32', { architecture: 'qwen2', numHeads: 4, numKvHeads: 1, dtype: 'F32' }],
   ['mistral, MHA, head_dim ≠ hidden/heads, bf16', { architecture: 'mistral', numHeads: 4, numKvHeads: 4, headDim: 24, dtype: 'BF16' }],
+  ['qwen3, q/k norms, head_dim ≠ hidden/heads, untied, bf16', { architecture: 'qwen3', numHeads: 4, numKvHeads: 2, headDim: 32, dtype: 'BF16' }],
+  ['qwen3, q/k norms, tied, f32', { architecture: 'qwen3', tieWordEmbeddings: true, dtype: 'F32' }],
+  ['phi3, fused qkv_proj and gate_up_proj, f32', { architecture: 'phi3', numHeads: 4, numKvHeads: 2, dtype: 'F32' }],
+  ['mixtral, top-2 of 4 experts, bf16', { architecture: 'mixtral', numExperts: 4, topK: 2, expertIntermediateSize: 48, dtype: 'BF16' }],
+  [
+    'qwen2-moe, shared expert, softmax before top-k (no renormalisation), a dense layer, f32',
+    { architecture: 'qwen2_moe', numExperts: 4, topK: 2, expertIntermediateSize: 48, sharedExpertIntermediateSize: 96, mlpOnlyLayers: [1], dtype: 'F32' },
+  ],
+  ['qwen3-moe, norm_topk_prob, top-3 of 8, f16', { architecture: 'qwen3_moe', numExperts: 8, topK: 3, expertIntermediateSize: 40, dtype: 'F16' }],
+  ['qwen3-moe, fused expert tensors, tied, bf16', { architecture: 'qwen3_moe', numExperts: 4, topK: 2, expertIntermediateSize: 40, fusedExperts: true, tieWordEmbeddings: true, dtype: 'BF16' }],
 ];
+
+/** One variant of each family for the greedy-generation comparison. */
+const GREEDY_VARIANTS = [...VARIANTS.slice(0, 3), ...VARIANTS.filter(([name]) => /^(qwen3, q\/k norms, tied|phi3|mixtral|qwen2-moe|qwen3-moe, norm)/.test(name))];
 
 async function loadRandom(options: RandomModelOptions): Promise<{ random: RandomModel; model: LlamaModel; reference: ReferenceLlama }> {
   const { random, model } = await loadRandomModel(gpu, options);
@@ -109,7 +122,7 @@ describe('forward pass against the float64 reference', () => {
     }
   });
 
-  it.each(VARIANTS.slice(0, 3))('%s: greedy generation of 32 tokens matches token for token', async (_, options) => {
+  it.each(GREEDY_VARIANTS)('%s: greedy generation of 32 tokens matches token for token', async (_, options) => {
     const { random, model, reference } = await loadRandom(options);
     try {
       const rng = new Random(random.seed);

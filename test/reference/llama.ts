@@ -1,7 +1,9 @@
 /**
- * An independent float64 CPU reference of the Llama / Mistral / Qwen2 decoder, written from the
+ * An independent float64 CPU reference of the decoders of every supported family, written from the
  * equations of Hugging Face transformers' modelling code (`LlamaForCausalLM`, `MistralForCausalLM`,
- * `Qwen2ForCausalLM`): the GPU forward pass is tested against it.
+ * `Qwen2ForCausalLM`, `Qwen3ForCausalLM`, `Phi3ForCausalLM`, `MixtralForCausalLM`,
+ * `Qwen2MoeForCausalLM`, `Qwen3MoeForCausalLM`): the GPU forward pass is tested against it. It reads
+ * the tensors by their Hugging Face names itself (nothing of src's weight layout).
  *
  * Per layer, with x the residual stream of shape [T, H]:
  *   residPre  = x
@@ -16,6 +18,17 @@
  *   residPost = residMid + mlpOut
  * then finalNorm = rmsnorm(residPost of the last layer) ⊙ model.norm, logits = finalNorm lm_headᵀ
  * (lm_head = embed_tokens when tied).
+ *
+ * Family differences:
+ *   Qwen3 (and Qwen3-MoE): q, k = rmsnorm over each head's head_dim ⊙ q_norm, k_norm, before RoPE.
+ *   Phi-3: q, k, v are the row blocks [heads·d | kv·d | kv·d] of qkv_proj; gate, up the two halves
+ *     of gate_up_proj (gate first).
+ *   MoE: logits = y routerᵀ; Mixtral and Qwen-MoE with norm_topk_prob: softmax over all, top-k,
+ *     divided by their sum (= softmax over the top-k logits); Qwen-MoE without: softmax over all,
+ *     top-k probabilities as they are; mlpOut = Σ_selected p_e · expert_e(y), each expert a gated
+ *     MLP (Mixtral w1 = gate, w3 = up, w2 = down); Qwen2-MoE adds sigmoid(y · shared_expert_gate) ·
+ *     shared_expert(y). Experts may be stored fused: experts.gate_up_proj [E, 2I, H] (gate rows
+ *     first), experts.down_proj [E, H, I].
  *
  * Everything is float64, including the RoPE inverse frequencies, which are computed here from
  * rope_theta and the llama3 / linear scaling formulas (not taken from src). Mistral's and Qwen2's
@@ -150,7 +163,8 @@ export class ReferenceLlama {
     this.weight('model.embed_tokens.weight', v * h);
     this.weight('model.norm.weight', h);
     if (!c.tieWordEmbeddings) this.weight('lm_head.weight', v * h);
-    for (let l = 0; l < c.numLayers; l++) {
+    const denseSeparate = ['llama', 'mistral', 'qwen2', 'qwen3'].includes(c.architecture);
+    for (let l = 0; l < c.numLayers && denseSeparate; l++) {
       const p = `model.layers.${l}`;
       this.weight(`${p}.self_attn.q_proj.weight`, c.numHeads * d * h);
       this.weight(`${p}.self_attn.k_proj.weight`, c.numKvHeads * d * h);
@@ -198,13 +212,27 @@ export class ReferenceLlama {
     const w = (name: string) => this.weights.get(`${p}.${name}`);
     const bias = (name: string, present: boolean, size: number) => (present ? this.weight(`${p}.${name}`, size) : undefined);
 
-    const M = c.intermediateSize;
     const a = rmsnorm(residPre, H, w('input_layernorm.weight'), c.rmsNormEps);
     const qDim = c.numHeads * d;
     const kvDim = c.numKvHeads * d;
-    const q = linear(a, H, w('self_attn.q_proj.weight'), qDim, bias('self_attn.q_proj.bias', c.attentionBias, qDim));
-    const k = linear(a, H, w('self_attn.k_proj.weight'), kvDim, bias('self_attn.k_proj.bias', c.attentionBias, kvDim));
-    const v = linear(a, H, w('self_attn.v_proj.weight'), kvDim, bias('self_attn.v_proj.bias', c.attentionBias, kvDim));
+    let q: Float64Array;
+    let k: Float64Array;
+    let v: Float64Array;
+    if (c.architecture === 'phi3') {
+      const qkv = this.weight(`${p}.self_attn.qkv_proj.weight`, (qDim + 2 * kvDim) * H);
+      q = linear(a, H, qkv.subarray(0, qDim * H), qDim);
+      k = linear(a, H, qkv.subarray(qDim * H, (qDim + kvDim) * H), kvDim);
+      v = linear(a, H, qkv.subarray((qDim + kvDim) * H), kvDim);
+    } else {
+      q = linear(a, H, w('self_attn.q_proj.weight'), qDim, bias('self_attn.q_proj.bias', c.attentionBias, qDim));
+      k = linear(a, H, w('self_attn.k_proj.weight'), kvDim, bias('self_attn.k_proj.bias', c.attentionBias, kvDim));
+      v = linear(a, H, w('self_attn.v_proj.weight'), kvDim, bias('self_attn.v_proj.bias', c.attentionBias, kvDim));
+    }
+    if (c.architecture === 'qwen3' || c.architecture === 'qwen3_moe') {
+      // Each head's row of d values is one rmsnorm row.
+      q = rmsnorm(q, d, this.weight(`${p}.self_attn.q_norm.weight`, d), c.rmsNormEps);
+      k = rmsnorm(k, d, this.weight(`${p}.self_attn.k_norm.weight`, d), c.rmsNormEps);
+    }
     applyRope(q, c.numHeads, d, positions, this.invFreq);
     applyRope(k, c.numKvHeads, d, positions, this.invFreq);
 
@@ -237,12 +265,82 @@ export class ReferenceLlama {
     const residMid = add(residPre, attnOut);
 
     const y = rmsnorm(residMid, H, w('post_attention_layernorm.weight'), c.rmsNormEps);
-    const gate = linear(y, H, w('mlp.gate_proj.weight'), M, bias('mlp.gate_proj.bias', c.mlpBias, M));
-    const up = linear(y, H, w('mlp.up_proj.weight'), M, bias('mlp.up_proj.bias', c.mlpBias, M));
-    for (let i = 0; i < gate.length; i++) gate[i] = silu(gate[i]!) * up[i]!;
-    const mlpOut = linear(gate, M, w('mlp.down_proj.weight'), H, bias('mlp.down_proj.bias', c.mlpBias, H));
+    const mlpOut = c.moe?.sparseLayers[l] ? this.moe(l, y) : this.denseMlp(l, y);
     const residPost = add(residMid, mlpOut);
     return { residPre, attnOut, residMid, mlpOut, residPost };
+  }
+
+  /** The gated MLP of layer l on rows y [T, H]. */
+  private denseMlp(l: number, y: Float64Array): Float64Array {
+    const c = this.config;
+    const H = c.hiddenSize;
+    const M = c.intermediateSize;
+    const p = `model.layers.${l}.mlp`;
+    const bias = (name: string, size: number) => (c.mlpBias ? this.weight(`${p}.${name}`, size) : undefined);
+    if (c.architecture === 'phi3') {
+      const gateUp = this.weight(`${p}.gate_up_proj.weight`, 2 * M * H);
+      return gatedMlp(y, H, M, gateUp.subarray(0, M * H), gateUp.subarray(M * H), this.weight(`${p}.down_proj.weight`, H * M));
+    }
+    return gatedMlp(
+      y,
+      H,
+      M,
+      this.weight(`${p}.gate_proj.weight`, M * H),
+      this.weight(`${p}.up_proj.weight`, M * H),
+      this.weight(`${p}.down_proj.weight`, H * M),
+      [bias('gate_proj.bias', M), bias('up_proj.bias', M), bias('down_proj.bias', H)],
+    );
+  }
+
+  /** The mixture of experts of layer l on rows y [T, H], token by token. */
+  private moe(l: number, y: Float64Array): Float64Array {
+    const c = this.config;
+    const moe = c.moe!;
+    const H = c.hiddenSize;
+    const E = moe.numExperts;
+    const I = moe.expertIntermediateSize;
+    const mixtral = c.architecture === 'mixtral';
+    const module = `model.layers.${l}.${mixtral ? 'block_sparse_moe' : 'mlp'}`;
+    const router = this.weight(`${module}.gate.weight`, E * H);
+    const fused = this.weights.has(`${module}.experts.gate_up_proj`);
+    const expert = (e: number): [Float64Array, Float64Array, Float64Array] => {
+      if (fused) {
+        const gateUp = this.weight(`${module}.experts.gate_up_proj`, E * 2 * I * H);
+        const down = this.weight(`${module}.experts.down_proj`, E * H * I);
+        const base = e * 2 * I * H;
+        return [gateUp.subarray(base, base + I * H), gateUp.subarray(base + I * H, base + 2 * I * H), down.subarray(e * H * I, (e + 1) * H * I)];
+      }
+      const x = `${module}.experts.${e}`;
+      const [g, u, d] = mixtral ? ['w1', 'w3', 'w2'] : ['gate_proj', 'up_proj', 'down_proj'];
+      return [this.weight(`${x}.${g}.weight`, I * H), this.weight(`${x}.${u}.weight`, I * H), this.weight(`${x}.${d}.weight`, H * I)];
+    };
+    const T = y.length / H;
+    const out = new Float64Array(T * H);
+    for (let t = 0; t < T; t++) {
+      const row = y.subarray(t * H, (t + 1) * H);
+      const logits = linear(row, H, router, E);
+      // Softmax over all experts, then the top-k (ties to the lower index), renormalised or not.
+      const max = Math.max(...logits);
+      const exps = logits.map((z) => Math.exp(z - max));
+      const total = exps.reduce((sum, z) => sum + z, 0);
+      const order = [...exps.keys()].sort((i, j) => exps[j]! - exps[i]! || i - j).slice(0, moe.topK);
+      const selected = order.reduce((sum, e) => sum + exps[e]!, 0);
+      for (const e of order) {
+        const weight = moe.normTopkProb ? exps[e]! / selected : exps[e]! / total;
+        const [gate, up, down] = expert(e);
+        const value = gatedMlp(row, H, I, gate, up, down);
+        for (let j = 0; j < H; j++) out[t * H + j]! += weight * value[j]!;
+      }
+      if (c.architecture === 'qwen2_moe') {
+        const S = moe.sharedExpertIntermediateSize;
+        const x = `${module}.shared_expert`;
+        const g = linear(row, H, this.weight(`${module}.shared_expert_gate.weight`, H), 1)[0]!;
+        const value = gatedMlp(row, H, S, this.weight(`${x}.gate_proj.weight`, S * H), this.weight(`${x}.up_proj.weight`, S * H), this.weight(`${x}.down_proj.weight`, H * S));
+        const scale = 1 / (1 + Math.exp(-g));
+        for (let j = 0; j < H; j++) out[t * H + j]! += scale * value[j]!;
+      }
+    }
+    return out;
   }
 
   /**
@@ -269,6 +367,22 @@ export function argmax(values: ArrayLike<number>): number {
   let best = 0;
   for (let i = 1; i < values.length; i++) if (values[i]! > values[best]!) best = i;
   return best;
+}
+
+/** (silu(y gateᵀ) ⊙ (y upᵀ)) downᵀ for rows y [T, H], intermediate size M. */
+function gatedMlp(
+  y: Float64Array,
+  H: number,
+  M: number,
+  gateW: Float64Array,
+  upW: Float64Array,
+  downW: Float64Array,
+  biases: (Float64Array | undefined)[] = [],
+): Float64Array {
+  const gate = linear(y, H, gateW, M, biases[0]);
+  const up = linear(y, H, upW, M, biases[1]);
+  for (let i = 0; i < gate.length; i++) gate[i] = silu(gate[i]!) * up[i]!;
+  return linear(gate, M, downW, H, biases[2]);
 }
 
 function add(a: Float64Array, b: Float64Array): Float64Array {

@@ -15,7 +15,19 @@ export type StoredDtype = 'F32' | 'BF16' | 'F16';
 export interface RandomModelOptions {
   /** Default: Random's (TEST_SEED, or a fresh one); the result says which. */
   seed?: number;
-  architecture?: 'llama' | 'mistral' | 'qwen2';
+  architecture?: 'llama' | 'mistral' | 'qwen2' | 'qwen3' | 'phi3' | 'mixtral' | 'qwen2_moe' | 'qwen3_moe';
+  /** MoE families: experts, experts per token, each expert's intermediate size (default intermediateSize). */
+  numExperts?: number;
+  topK?: number;
+  expertIntermediateSize?: number;
+  /** qwen2_moe: the shared expert's intermediate size (default 2 · expertIntermediateSize). */
+  sharedExpertIntermediateSize?: number;
+  /** Qwen-MoE `norm_topk_prob` (default: false for qwen2_moe, true for qwen3_moe). */
+  normTopkProb?: boolean;
+  /** Qwen-MoE `mlp_only_layers`: layers with a dense MLP. */
+  mlpOnlyLayers?: number[];
+  /** Experts written as fused 3-D stacks `experts.gate_up_proj`, `experts.down_proj` (newer transformers). */
+  fusedExperts?: boolean;
   hiddenSize?: number;
   intermediateSize?: number;
   numLayers?: number;
@@ -88,12 +100,33 @@ export function randomModel(options: RandomModelOptions = {}): RandomModel {
   const tied = options.tieWordEmbeddings ?? false;
   const dtype = options.dtype ?? 'F32';
   const llama = architecture === 'llama';
-  const qkvBias = architecture === 'qwen2' || (llama && (options.attentionBias ?? false));
-  const oBias = llama && (options.attentionBias ?? false);
+  // Which tensors each family has, written out from the Hugging Face modelling code.
+  const attentionBiasFamily = llama || architecture === 'qwen3' || architecture === 'qwen3_moe';
+  const qkvBias = architecture === 'qwen2' || architecture === 'qwen2_moe' || (attentionBiasFamily && (options.attentionBias ?? false));
+  const oBias = attentionBiasFamily && (options.attentionBias ?? false);
   const mlpBias = llama && (options.mlpBias ?? false);
+  const qkNorm = architecture === 'qwen3' || architecture === 'qwen3_moe';
+  const phi3 = architecture === 'phi3';
+  const moe = architecture === 'mixtral' || architecture === 'qwen2_moe' || architecture === 'qwen3_moe';
+  const numExperts = options.numExperts ?? 4;
+  const topK = options.topK ?? 2;
+  const expertIntermediate = options.expertIntermediateSize ?? intermediate;
+  const sharedIntermediate = architecture === 'qwen2_moe' ? (options.sharedExpertIntermediateSize ?? 2 * expertIntermediate) : 0;
+  const mlpOnly = new Set(options.mlpOnlyLayers ?? []);
 
   const configJson: Record<string, unknown> = {
-    architectures: [{ llama: 'LlamaForCausalLM', mistral: 'MistralForCausalLM', qwen2: 'Qwen2ForCausalLM' }[architecture]],
+    architectures: [
+      {
+        llama: 'LlamaForCausalLM',
+        mistral: 'MistralForCausalLM',
+        qwen2: 'Qwen2ForCausalLM',
+        qwen3: 'Qwen3ForCausalLM',
+        phi3: 'Phi3ForCausalLM',
+        mixtral: 'MixtralForCausalLM',
+        qwen2_moe: 'Qwen2MoeForCausalLM',
+        qwen3_moe: 'Qwen3MoeForCausalLM',
+      }[architecture],
+    ],
     model_type: architecture,
     hidden_size: hidden,
     intermediate_size: intermediate,
@@ -115,7 +148,22 @@ export function randomModel(options: RandomModelOptions = {}): RandomModel {
     configJson.attention_bias = options.attentionBias ?? false;
     configJson.mlp_bias = options.mlpBias ?? false;
   }
-  if (architecture === 'mistral') configJson.sliding_window = null;
+  if (architecture === 'mistral' || architecture === 'mixtral' || phi3) configJson.sliding_window = null;
+  if (attentionBiasFamily && !llama) configJson.attention_bias = options.attentionBias ?? false;
+  if (qkNorm && options.headDim === undefined) configJson.head_dim = headDim;
+  if (architecture === 'mixtral') {
+    configJson.num_local_experts = numExperts;
+    configJson.num_experts_per_tok = topK;
+    configJson.intermediate_size = expertIntermediate;
+  } else if (moe) {
+    configJson.num_experts = numExperts;
+    configJson.num_experts_per_tok = topK;
+    configJson.moe_intermediate_size = expertIntermediate;
+    configJson.norm_topk_prob = options.normTopkProb ?? architecture === 'qwen3_moe';
+    configJson.mlp_only_layers = [...mlpOnly];
+    configJson.decoder_sparse_step = 1;
+    if (architecture === 'qwen2_moe') configJson.shared_expert_intermediate_size = sharedIntermediate;
+  }
   if (options.ropeScaling === 'llama3') {
     // Llama 3.2's scaling on a short original context, so that all three regimes occur for small heads.
     configJson.rope_scaling = { rope_type: 'llama3', factor: 32, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 64 };
@@ -139,21 +187,58 @@ export function randomModel(options: RandomModelOptions = {}): RandomModel {
   for (let l = 0; l < layers; l++) {
     const p = `model.layers.${l}`;
     norm(`${p}.input_layernorm.weight`);
-    matrix(`${p}.self_attn.q_proj.weight`, heads * headDim, hidden);
-    if (qkvBias) bias(`${p}.self_attn.q_proj.bias`, heads * headDim);
-    matrix(`${p}.self_attn.k_proj.weight`, kvHeads * headDim, hidden);
-    if (qkvBias) bias(`${p}.self_attn.k_proj.bias`, kvHeads * headDim);
-    matrix(`${p}.self_attn.v_proj.weight`, kvHeads * headDim, hidden);
-    if (qkvBias) bias(`${p}.self_attn.v_proj.bias`, kvHeads * headDim);
+    if (phi3) {
+      matrix(`${p}.self_attn.qkv_proj.weight`, (heads + 2 * kvHeads) * headDim, hidden);
+    } else {
+      matrix(`${p}.self_attn.q_proj.weight`, heads * headDim, hidden);
+      if (qkvBias) bias(`${p}.self_attn.q_proj.bias`, heads * headDim);
+      matrix(`${p}.self_attn.k_proj.weight`, kvHeads * headDim, hidden);
+      if (qkvBias) bias(`${p}.self_attn.k_proj.bias`, kvHeads * headDim);
+      matrix(`${p}.self_attn.v_proj.weight`, kvHeads * headDim, hidden);
+      if (qkvBias) bias(`${p}.self_attn.v_proj.bias`, kvHeads * headDim);
+    }
+    if (qkNorm) {
+      // Wider than the other norms so that a missing per-head norm shows clearly.
+      add(`${p}.self_attn.q_norm.weight`, [headDim], random.uniforms(headDim, 0.5, 1.5));
+      add(`${p}.self_attn.k_norm.weight`, [headDim], random.uniforms(headDim, 0.5, 1.5));
+    }
     matrix(`${p}.self_attn.o_proj.weight`, hidden, heads * headDim);
     if (oBias) bias(`${p}.self_attn.o_proj.bias`, hidden);
     norm(`${p}.post_attention_layernorm.weight`);
-    matrix(`${p}.mlp.gate_proj.weight`, intermediate, hidden);
-    if (mlpBias) bias(`${p}.mlp.gate_proj.bias`, intermediate);
-    matrix(`${p}.mlp.up_proj.weight`, intermediate, hidden);
-    if (mlpBias) bias(`${p}.mlp.up_proj.bias`, intermediate);
-    matrix(`${p}.mlp.down_proj.weight`, hidden, intermediate);
-    if (mlpBias) bias(`${p}.mlp.down_proj.bias`, hidden);
+    if (moe && !mlpOnly.has(l)) {
+      const module = architecture === 'mixtral' ? `${p}.block_sparse_moe` : `${p}.mlp`;
+      // Router rows of norm ~3 spread the logits, so the top-k choice is far from ties.
+      add(`${module}.gate.weight`, [numExperts, hidden], random.normals(numExperts * hidden, 3 / Math.sqrt(hidden)));
+      if (options.fusedExperts) {
+        const I = expertIntermediate;
+        add(`${module}.experts.gate_up_proj`, [numExperts, 2 * I, hidden], random.normals(numExperts * 2 * I * hidden, 1 / Math.sqrt(hidden)));
+        add(`${module}.experts.down_proj`, [numExperts, hidden, I], random.normals(numExperts * hidden * I, 1 / Math.sqrt(I)));
+      } else {
+        for (let e = 0; e < numExperts; e++) {
+          const x = `${module}.experts.${e}`;
+          const [g, u, d] = architecture === 'mixtral' ? ['w1', 'w3', 'w2'] : ['gate_proj', 'up_proj', 'down_proj'];
+          matrix(`${x}.${g}.weight`, expertIntermediate, hidden);
+          matrix(`${x}.${u}.weight`, expertIntermediate, hidden);
+          matrix(`${x}.${d}.weight`, hidden, expertIntermediate);
+        }
+      }
+      if (architecture === 'qwen2_moe') {
+        matrix(`${module}.shared_expert.gate_proj.weight`, sharedIntermediate, hidden);
+        matrix(`${module}.shared_expert.up_proj.weight`, sharedIntermediate, hidden);
+        matrix(`${module}.shared_expert.down_proj.weight`, hidden, sharedIntermediate);
+        matrix(`${module}.shared_expert_gate.weight`, 1, hidden);
+      }
+    } else if (phi3) {
+      matrix(`${p}.mlp.gate_up_proj.weight`, 2 * intermediate, hidden);
+      matrix(`${p}.mlp.down_proj.weight`, hidden, intermediate);
+    } else {
+      matrix(`${p}.mlp.gate_proj.weight`, intermediate, hidden);
+      if (mlpBias) bias(`${p}.mlp.gate_proj.bias`, intermediate);
+      matrix(`${p}.mlp.up_proj.weight`, intermediate, hidden);
+      if (mlpBias) bias(`${p}.mlp.up_proj.bias`, intermediate);
+      matrix(`${p}.mlp.down_proj.weight`, hidden, intermediate);
+      if (mlpBias) bias(`${p}.mlp.down_proj.bias`, hidden);
+    }
   }
   norm('model.norm.weight');
   if (!tied) matrix('lm_head.weight', vocab, hidden);
