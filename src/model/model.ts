@@ -27,6 +27,8 @@ export type Residency = 'auto' | 'resident' | 'streamed';
 export interface LoadOptions {
   residency?: Residency;
   onProgress?: (done: number, total: number) => void;
+  /** Chat prompts with the model's thinking on (the template's `enable_thinking`); default off. */
+  thinking?: boolean;
   /** Told what the user should know that does not stop the work (prompts cut to fit the context). */
   onWarning?: (message: string) => void;
 }
@@ -56,6 +58,7 @@ export class LlamaModel {
     const config = await loadModelConfig(folder);
     // The forward pass needs no tokenizer: a folder of weights alone can still be run on token ids.
     const tokenizer = (await folder.has('tokenizer.json')) ? await ChatTokenizer.fromFolder(folder, { modelConfig: config }) : undefined;
+    if (tokenizer) tokenizer.enableThinking = options.thinking ?? false;
     const tensors = await SafetensorsModel.open(folder);
     checkTensors(config, tensors);
     const residency = options.residency ?? 'auto';

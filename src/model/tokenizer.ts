@@ -208,6 +208,13 @@ export class ChatTokenizer {
     return this.tokenizer.id_to_token(id);
   }
 
+  /**
+   * `enable_thinking` as passed to the chat template (Qwen3's templates read it): off by default,
+   * so measured and evaluated prompts get the template's empty thinking block and the model answers
+   * directly, as the reference abliteration tools do. Templates without the variable ignore it.
+   */
+  enableThinking = false;
+
   get hasChatTemplate(): boolean {
     return this.chatTemplate !== undefined;
   }
@@ -223,6 +230,7 @@ export class ChatTokenizer {
         ...this.templateVariables,
         tools: null,
         documents: null,
+        enable_thinking: this.enableThinking,
         ...variables,
         messages: messages.map((m) => ({ role: m.role, content: m.content })),
         add_generation_prompt: addGenerationPrompt,
