@@ -4,7 +4,7 @@ import { bytesPerElement, unpackFromU32 } from '../io/dtype.ts';
 import { recordSubspaceCut, recordSubspaceCutInverse, subspaceCutFactorsLength, type CutSide } from '../kernels/lowRank.ts';
 import type { LlamaModel } from '../model/model.ts';
 import type { PackedMatrix } from '../gpu/packedMatrix.ts';
-import { isResident, residualWriterNames, type LlamaWeights, type StreamedWeights } from '../model/weights.ts';
+import { isResident, residualWriterNames, type StreamedWeights } from '../model/weights.ts';
 
 /** Which decoder layers a cut touches. */
 export type LayerSelection =
@@ -190,7 +190,7 @@ export async function applyCut(model: LlamaModel, spec: CutSpec): Promise<Applie
   const packed = new Float32Array(basis.length * config.hiddenSize);
   basis.forEach((v, k) => packed.set(v, k * config.hiddenSize));
   const run = { basis: packed, rank: basis.length, targets, preserveRowNorm };
-  return isResident(weights) ? applyResidentCut(model, weights, run, undo) : applyStreamedCut(model, weights, run);
+  return isResident(weights) ? applyResidentCut(model, run, undo) : applyStreamedCut(model, weights, run);
 }
 
 interface CutRun {
@@ -212,12 +212,11 @@ interface ResidentTarget extends CutTarget {
   factors?: GPUBuffer;
 }
 
-
 function matrixBytes(matrix: PackedMatrix): number {
   return matrix.chunks.reduce((sum, chunk) => sum + chunk.buffer.size, 0);
 }
 
-async function applyResidentCut(model: LlamaModel, weights: LlamaWeights, run: CutRun, undo: CutUndo): Promise<AppliedCut> {
+async function applyResidentCut(model: LlamaModel, run: CutRun, undo: CutUndo): Promise<AppliedCut> {
   const { gpu } = model;
   const { rank } = run;
   const wasModified = new Set(model.modifiedTensors);
