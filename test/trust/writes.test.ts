@@ -84,6 +84,23 @@ describe('measure --out', () => {
   });
 });
 
+describe('measure interrupted', () => {
+  it('SIGINT once the work has started: exit 130, one line, its temporary file removed', async () => {
+    const out = join(work.path, 'interrupted.safetensors');
+    const result = await runCli(['measure', model.dir, '--out', out], {
+      onSpawn: (child) => {
+        child.stderr!.on('data', (text: Buffer) => {
+          if (text.toString().includes('adapter: ')) child.kill('SIGINT');
+        });
+      },
+    });
+    expect(result.code, result.stderr).toBe(130);
+    expect(result.lines.filter((l) => l.startsWith('abliterate: '))).toEqual([`abliterate: interrupted (SIGINT); nothing was written to ${out}`]);
+    expect(readdirSync(work.path).filter((e) => e.startsWith('.interrupted.safetensors') || e === 'interrupted.safetensors')).toEqual([]);
+    expect(snapshot(model.dir)).toEqual(input);
+  });
+});
+
 /** sha256 of a file. */
 function hash(path: string): string {
   return createHash('sha256').update(readFileSync(path)).digest('hex');

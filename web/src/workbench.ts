@@ -32,6 +32,8 @@ export interface Run {
   settings: AbliterationSettings;
   /** The cut's parameters, as the CLI stores them in the exported shards' `__metadata__`. */
   parameters: Record<string, unknown>;
+  /** Files of the picked folder the last export left out (weights in other formats). */
+  skippedFiles?: { file: string; reason: string }[];
 }
 
 export class Workbench {
@@ -140,7 +142,7 @@ export class Workbench {
   async exportModel(target: ModelWriteTarget, onProgress?: (done: number, total: number) => void): Promise<number> {
     const { model, run } = this.requireRun();
     const start = performance.now();
-    await exportModel(model, target, { parameters: run.parameters, onProgress });
+    run.skippedFiles = (await exportModel(model, target, { parameters: run.parameters, onProgress })).skipped;
     const seconds = (performance.now() - start) / 1000;
     run.result.timings = { ...run.result.timings, export: seconds };
     return seconds;
@@ -148,7 +150,7 @@ export class Workbench {
 
   report(adapter: string): AbliterationReport {
     const { model, run } = this.requireRun();
-    return reportOf(run.result, model, run.parameters, null, adapter);
+    return { ...reportOf(run.result, model, run.parameters, null, adapter), skipped_files: run.skippedFiles ?? [] };
   }
 
   async directionsFile(): Promise<Blob> {
