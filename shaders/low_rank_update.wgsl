@@ -7,7 +7,8 @@
 // (BF16, F16; common/float_bits.wgsl), so the result is the same on every adapter. For K = 1 that is
 // the correctly rounded w − s_i·b_j. NaN stays NaN.
 // With PRESERVE_ROW_NORM the update is f32 arithmetic (a chain of fma) times the row's scale, then
-// rounded.
+// rounded. MULTI_STEP (K > 1) compiles the loop over the first K − 1 steps; without it K must be 1,
+// and the kernel stays as small as a rank-1 update (compile time on software adapters).
 //
 // One workgroup per row. Lanes own u32 words, never elements: with 16-bit dtypes two elements share
 // a word, so each word of the row is read, updated and written by exactly one invocation; the half
@@ -130,9 +131,11 @@ fn scale_of(k: u32, row: u32) -> f32 {
 fn exact_update(w: f32, row: u32, col: u32, to_odd: bool) -> u32 {
   let last = params.rank - 1u;
   var y = w;
+#if MULTI_STEP
   for (var k = 0u; k < last; k++) {
     y = bitcast<f32>(exact_fms(y, scale_of(k, row), b[k * params.cols + col], false));
   }
+#endif
   return exact_fms(y, scale_of(last, row), b[last * params.cols + col], to_odd);
 }
 

@@ -108,6 +108,7 @@ export function recordLowRankUpdate(batch: ComputeBatch, args: LowRankUpdateArgs
     ...weightDefines(matrix.dtype),
     WG: LOW_RANK_WG,
     PRESERVE_ROW_NORM: preserveRowNorm,
+    MULTI_STEP: rank > 1,
   });
   const step = matrix.dtype !== 'F32' && matrix.cols % 2 === 1 ? 2 : 1;
   const limit = batch.gpu.limits.maxComputeWorkgroupsPerDimension;
