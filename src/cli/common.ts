@@ -60,7 +60,12 @@ export async function loadModel(gpu: Gpu, dir: string): Promise<LlamaModel> {
   const bar = progressBar('loading weights', 1);
   try {
     // Named as the user gave it: messages and reports show that path, not a resolved one.
-    return await LlamaModel.load(gpu, new NodeFolder(dir), { onProgress: (done, total) => bar.update(done, total), onWarning: (m) => status(`warning: ${m}`) });
+    return await LlamaModel.load(gpu, new NodeFolder(dir), {
+      onProgress: (done, total) => bar.update(done, total),
+      onWarning: (m) => status(`warning: ${m}`),
+      // Qwen3's chat templates think only when asked: off unless ABLITERATE_THINKING=1.
+      thinking: process.env.ABLITERATE_THINKING === '1',
+    });
   } finally {
     bar.stop();
   }

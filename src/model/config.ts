@@ -75,7 +75,13 @@ export type RopeScaling =
       highFreqFactor: number;
       originalMaxPositionEmbeddings: number;
     }
-  | { type: 'linear'; factor: number };
+  | { type: 'linear'; factor: number }
+  /**
+   * Phi-3's long-context RoPE (`longrope`, formerly `su`): per-frequency divisors, and cos and sin
+   * scaled by `attentionFactor`. The engine runs sequences up to `originalMaxPositionEmbeddings`,
+   * where transformers uses `shortFactor`; `longFactor` (beyond) is kept for the record.
+   */
+  | { type: 'longrope'; shortFactor: number[]; longFactor: number[]; originalMaxPositionEmbeddings: number; attentionFactor: number };
 
 export interface ModelConfig {
   architecture: Architecture;
@@ -311,7 +317,7 @@ function buildConfig(raw: RawConfig, architecture: Architecture, fail: (message:
     fail(`partial_rotary_factor ${raw.partial_rotary_factor} is not supported; only 1 (rotary embeddings over the whole head) is`);
   }
 
-  const { ropeTheta, ropeScaling } = parseRope(raw, fail);
+  const { ropeTheta, ropeScaling } = parseRope(raw, headDim, fail);
 
   // q/k/v biases: always for qwen2, `qkv_bias` (default true) for qwen2_moe, `attention_bias` for
   // llama and qwen3 (which then also bias o_proj, as for qwen3_moe), never for mistral, mixtral, phi3.
@@ -406,7 +412,7 @@ function parseMoe(raw: RawConfig, architecture: Architecture, fail: (message: st
   };
 }
 
-function parseRope(raw: RawConfig, fail: (message: string) => never): { ropeTheta: number; ropeScaling: RopeScaling | undefined } {
+function parseRope(raw: RawConfig, headDim: number, fail: (message: string) => never): { ropeTheta: number; ropeScaling: RopeScaling | undefined } {
   // transformers 5 writes `rope_parameters` (theta and scaling together); older configs write
   // `rope_theta` and `rope_scaling`, whose type key is `rope_type` or, older still, `type`.
   const params = raw.rope_parameters ?? undefined;
@@ -450,12 +456,30 @@ function parseRope(raw: RawConfig, fail: (message: string) => never): { ropeThet
       return { ropeTheta, ropeScaling };
     }
     case 'longrope':
-    case 'su':
-      return fail(
-        `${field} type ${show(type)} (Phi-3's long-context RoPE) is not supported yet; supported: "llama3", "linear" (or none) — the short-context Phi-3 models (e.g. Phi-3-mini-4k) have no rope_scaling`,
-      );
+    case 'su': {
+      const factors = (key: string): number[] => {
+        const value = scaling[key];
+        if (!Array.isArray(value) || value.length !== headDim / 2 || !value.every(isPositiveNumber)) {
+          fail(`${field}.${key} must be a list of ${headDim / 2} positive numbers (half the head dimension; got ${show(value)})`);
+        }
+        return value as number[];
+      };
+      const shortFactor = factors('short_factor');
+      const longFactor = factors('long_factor');
+      const original = scaling.original_max_position_embeddings ?? raw.original_max_position_embeddings;
+      if (!isPositiveInteger(original)) fail(`${field} type ${show(type)} needs original_max_position_embeddings (got ${show(original)})`);
+      // transformers: attention_factor as given, else √(1 + ln(factor) / ln(original)) with factor = max / original.
+      let attentionFactor: number;
+      if (scaling.attention_factor !== undefined && scaling.attention_factor !== null) {
+        attentionFactor = number('attention_factor', isPositiveNumber, 'a positive number');
+      } else {
+        const factor = (isPositiveNumber(scaling.factor) ? scaling.factor : (raw.max_position_embeddings ?? 4096) / (original as number)) as number;
+        attentionFactor = factor <= 1 ? 1 : Math.sqrt(1 + Math.log(factor) / Math.log(original as number));
+      }
+      return { ropeTheta, ropeScaling: { type: 'longrope', shortFactor, longFactor, originalMaxPositionEmbeddings: original as number, attentionFactor } };
+    }
     default:
-      return fail(`${field} type ${show(type)} is not supported; supported: "llama3", "linear" (or none)`);
+      return fail(`${field} type ${show(type)} is not supported; supported: "llama3", "linear", "longrope" (or none)`);
   }
 }
 
@@ -508,6 +532,9 @@ export function ropeInverseFrequencies(config: Pick<ModelConfig, 'headDim' | 'ro
   if (scaling?.type === 'linear') {
     const factor = f(scaling.factor);
     for (let i = 0; i < half; i++) out[i] = f(out[i]! / factor);
+  } else if (scaling?.type === 'longrope') {
+    // transformers' _compute_longrope_parameters: inv_freq = 1 / (ext_factors · theta^(2i/d)), in float32.
+    for (let i = 0; i < half; i++) out[i] = f(1 / f(f(scaling.shortFactor[i]!) * f(Math.pow(config.ropeTheta, f((2 * i) / dim)))));
   } else if (scaling?.type === 'llama3') {
     const factor = f(scaling.factor);
     const low = scaling.lowFreqFactor;
@@ -528,4 +555,13 @@ export function ropeInverseFrequencies(config: Pick<ModelConfig, 'headDim' | 'ro
     }
   }
   return out;
+}
+
+/**
+ * The attention score scale: 1/√head_dim, times the square of longrope's attention factor (which
+ * transformers applies to cos and sin, so to both q and k).
+ */
+export function attentionScale(config: Pick<ModelConfig, 'headDim' | 'ropeScaling'>): number {
+  const factor = config.ropeScaling?.type === 'longrope' ? config.ropeScaling.attentionFactor : 1;
+  return (factor * factor) / Math.sqrt(config.headDim);
 }

@@ -2,9 +2,14 @@ import type { Gpu } from '../gpu/gpu.ts';
 import { GpuOutOfMemoryError, formatBytes } from '../gpu/errors.ts';
 import type { ModelConfig } from './config.ts';
 
-/** The longest sequence (prompt and new tokens) the engine runs for this model: its context, within the sliding window. */
-export function contextLength(config: Pick<ModelConfig, 'maxPositionEmbeddings' | 'slidingWindow'>): number {
-  return Math.min(config.maxPositionEmbeddings, config.slidingWindow ?? Infinity);
+/**
+ * The longest sequence (prompt and new tokens) the engine runs for this model: its context, within
+ * the sliding window, and within longrope's original context (beyond it transformers switches to
+ * the long factors, which the engine does not).
+ */
+export function contextLength(config: Pick<ModelConfig, 'maxPositionEmbeddings' | 'slidingWindow' | 'ropeScaling'>): number {
+  const longrope = config.ropeScaling?.type === 'longrope' ? config.ropeScaling.originalMaxPositionEmbeddings : Infinity;
+  return Math.min(config.maxPositionEmbeddings, config.slidingWindow ?? Infinity, longrope);
 }
 
 /**
@@ -29,6 +34,11 @@ export class KvCache {
     if (config.slidingWindow !== undefined && maxLen > config.slidingWindow) {
       // Within the window, sliding-window attention is plain causal attention.
       throw new RangeError(`sequences of ${maxLen} positions exceed this model's sliding attention window of ${config.slidingWindow}, which is not supported`);
+    }
+    if (config.ropeScaling?.type === 'longrope' && maxLen > config.ropeScaling.originalMaxPositionEmbeddings) {
+      throw new RangeError(
+        `sequences of ${maxLen} positions exceed this model's original context of ${config.ropeScaling.originalMaxPositionEmbeddings} positions; longrope's long factors beyond it are not supported`,
+      );
     }
     const bytes = slots * maxLen * config.numKvHeads * config.headDim * 4;
     if (bytes > gpu.limits.maxStorageBufferBindingSize) {

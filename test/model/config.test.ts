@@ -4,7 +4,8 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { BlobFolder } from '../../src/io/byteSource.ts';
 import { NodeFolder } from '../../src/io/nodeFolder.ts';
-import { loadModelConfig, ModelConfigError, parseModelConfig, ropeInverseFrequencies, type ModelConfig } from '../../src/model/config.ts';
+import { attentionScale, loadModelConfig, ModelConfigError, parseModelConfig, ropeInverseFrequencies, type ModelConfig } from '../../src/model/config.ts';
+import { contextLength } from '../../src/model/kvCache.ts';
 
 const FIXTURES = join(import.meta.dirname, '..', 'fixtures', 'configs');
 const fixture = (name: string): Record<string, unknown> => JSON.parse(readFileSync(join(FIXTURES, name), 'utf8'));
@@ -269,7 +270,7 @@ describe('rope scaling forms', () => {
 
   it('unsupported types are named', () => {
     expect(errorOf(minimal({ rope_scaling: { rope_type: 'yarn', factor: 4 } }))).toBe(
-      'config.json: rope_scaling type "yarn" is not supported; supported: "llama3", "linear" (or none)',
+      'config.json: rope_scaling type "yarn" is not supported; supported: "llama3", "linear", "longrope" (or none)',
     );
     expect(errorOf(minimal({ rope_scaling: { type: 'dynamic', factor: 2 } }))).toContain('"dynamic" is not supported');
   });
@@ -408,14 +409,25 @@ describe('families beyond Llama', () => {
     expect(parseModelConfig({ ...base, model_type: 'qwen3', head_dim: 32, attention_bias: true })).toMatchObject({ headDim: 32, attentionBias: true, oProjBias: true });
   });
 
-  it('phi3: fused q/k/v and gate/up; the long-context RoPE is refused with a clear message', () => {
+  it('phi3: fused q/k/v and gate/up; longrope with its attention factor, the context limited to the original one', () => {
     const config = parseModelConfig({ ...base, model_type: 'phi3', sliding_window: 2047, bos_token_id: 1, eos_token_id: 32000 });
     expect(config.block).toEqual({ fusedQkv: true, qkNorm: false, fusedGateUp: true, mlpModule: 'mlp' });
     expect(config.slidingWindow).toBe(2047);
+    // Phi-3.5-mini's shape: 131072 / 4096 = 32, so the factor is √(1 + ln 32 / ln 4096).
+    const short = Array.from({ length: 8 }, (_, i) => 1 + i / 10);
+    const long = Array.from({ length: 8 }, (_, i) => 2 + i);
     for (const type of ['longrope', 'su']) {
-      const message = errorOf({ ...base, model_type: 'phi3', rope_scaling: { type, short_factor: [1], long_factor: [2] } });
-      expect(message).toContain(`rope_scaling type "${type}" (Phi-3's long-context RoPE) is not supported`);
+      const phi = parseModelConfig({ ...base, model_type: 'phi3', head_dim: 16, max_position_embeddings: 131072, original_max_position_embeddings: 4096, rope_scaling: { type, short_factor: short, long_factor: long } });
+      expect(phi.ropeScaling).toEqual({ type: 'longrope', shortFactor: short, longFactor: long, originalMaxPositionEmbeddings: 4096, attentionFactor: Math.sqrt(1 + Math.log(32) / Math.log(4096)) });
+      expect(contextLength(phi)).toBe(4096);
+      expect(attentionScale(phi)).toBeCloseTo((1 + Math.log(32) / Math.log(4096)) / 4, 12);
+      const inv = ropeInverseFrequencies(phi);
+      for (let i = 0; i < 8; i++) expect(inv[i]! / (1 / (short[i]! * Math.pow(10000, (2 * i) / 16)))).toBeCloseTo(1, 6);
     }
+    expect(errorOf({ ...base, model_type: 'phi3', head_dim: 16, original_max_position_embeddings: 4096, rope_scaling: { type: 'longrope', short_factor: [1, 2], long_factor: long } })).toContain(
+      'rope_scaling.short_factor must be a list of 8 positive numbers',
+    );
+    expect(errorOf({ ...base, model_type: 'phi3', head_dim: 16, rope_scaling: { type: 'longrope', short_factor: short, long_factor: long } })).toContain('needs original_max_position_embeddings');
   });
 
   it('mixtral: top-k of num_local_experts, renormalised; experts under block_sparse_moe', () => {

@@ -30,6 +30,7 @@ const VARIANTS: [string, RandomModelOptions][] = [
   ['qwen3, q/k norms, head_dim ≠ hidden/heads, untied, bf16', { architecture: 'qwen3', numHeads: 4, numKvHeads: 2, headDim: 32, dtype: 'BF16' }],
   ['qwen3, q/k norms, tied, f32', { architecture: 'qwen3', tieWordEmbeddings: true, dtype: 'F32' }],
   ['phi3, fused qkv_proj and gate_up_proj, f32', { architecture: 'phi3', numHeads: 4, numKvHeads: 2, dtype: 'F32' }],
+  ['phi3, longrope (short factors, attention factor), bf16', { architecture: 'phi3', ropeScaling: 'longrope', dtype: 'BF16' }],
   ['mixtral, top-2 of 4 experts, bf16', { architecture: 'mixtral', numExperts: 4, topK: 2, expertIntermediateSize: 48, dtype: 'BF16' }],
   [
     'qwen2-moe, shared expert, softmax before top-k (no renormalisation), a dense layer, f32',

@@ -31,7 +31,7 @@
  *     first), experts.down_proj [E, H, I].
  *
  * Everything is float64, including the RoPE inverse frequencies, which are computed here from
- * rope_theta and the llama3 / linear scaling formulas (not taken from src). Mistral's and Qwen2's
+ * rope_theta and the llama3 / linear / longrope scaling formulas (not taken from src). Mistral's and Qwen2's
  * sliding window is ignored: the reference is meant for sequences shorter than the window.
  */
 import type { ModelConfig } from '../../src/model/config.ts';
@@ -69,6 +69,9 @@ export function referenceInverseFrequencies(config: Pick<ModelConfig, 'headDim' 
   const scaling = config.ropeScaling;
   if (scaling?.type === 'linear') {
     for (let i = 0; i < out.length; i++) out[i]! /= scaling.factor;
+  } else if (scaling?.type === 'longrope') {
+    // Phi-3 within its original context: each frequency divided by its short factor.
+    for (let i = 0; i < out.length; i++) out[i]! /= scaling.shortFactor[i]!;
   } else if (scaling?.type === 'llama3') {
     // Llama 3.1: keep wavelengths below original/high_freq_factor, divide those above
     // original/low_freq_factor by factor, interpolate linearly in 1/wavelength in between.
@@ -235,6 +238,14 @@ export class ReferenceLlama {
     }
     applyRope(q, c.numHeads, d, positions, this.invFreq);
     applyRope(k, c.numKvHeads, d, positions, this.invFreq);
+    if (c.ropeScaling?.type === 'longrope') {
+      // cos and sin scaled by √(1 + ln(max / original) / ln(original)): q and k both.
+      const original = c.ropeScaling.originalMaxPositionEmbeddings;
+      const factor = c.maxPositionEmbeddings / original;
+      const m = factor <= 1 ? 1 : Math.sqrt(1 + Math.log(factor) / Math.log(original));
+      for (let i = 0; i < q.length; i++) q[i]! *= m;
+      for (let i = 0; i < k.length; i++) k[i]! *= m;
+    }
 
     const group = c.numHeads / c.numKvHeads;
     const scale = 1 / Math.sqrt(d);

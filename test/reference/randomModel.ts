@@ -43,7 +43,8 @@ export interface RandomModelOptions {
   /** llama `mlp_bias`. */
   mlpBias?: boolean;
   ropeTheta?: number;
-  ropeScaling?: 'llama3' | 'linear';
+  /** longrope: Phi-3's, with an original context of 64 positions and random short and long factors. */
+  ropeScaling?: 'llama3' | 'linear' | 'longrope';
   rmsNormEps?: number;
   dtype?: StoredDtype;
 }
@@ -169,6 +170,9 @@ export function randomModel(options: RandomModelOptions = {}): RandomModel {
     configJson.rope_scaling = { rope_type: 'llama3', factor: 32, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 64 };
   } else if (options.ropeScaling === 'linear') {
     configJson.rope_scaling = { type: 'linear', factor: 4 };
+  } else if (options.ropeScaling === 'longrope') {
+    configJson.original_max_position_embeddings = 64;
+    configJson.rope_scaling = { type: 'longrope', short_factor: Array.from(random.uniforms(headDim / 2, 1, 3)), long_factor: Array.from(random.uniforms(headDim / 2, 2, 20)) };
   }
   const config = parseModelConfig(configJson, 'random config.json');
 
