@@ -1,12 +1,12 @@
 import type { LlamaModel } from '../model/model.ts';
-import { applyCut, layerWeights, type AppliedCut, type LayerKernel, type LayerSelection } from './cut.ts';
+import { applyCut, layerWeights, type AppliedCut } from './cut.ts';
 import { evaluateModel, EvaluationPrompts, type ModelEvaluation } from './evaluate.ts';
 import { measure, type LayerScore, type Measurement } from './measure.ts';
 import { chatTokens } from './prefill.ts';
-import { DEFAULT_REFUSAL_MARKERS } from './refusal.ts';
 import { samplePrompts } from './sampling.ts';
-import { rankLayers, DEFAULT_WINDOW, type SelectionMetric } from './select.ts';
+import { rankLayers, type SelectionMetric } from './select.ts';
 import { rankByAblation, type CandidateTrial } from './selectByAblation.ts';
+import type { AbliterationSettings } from './settings.ts';
 
 // The building blocks the pipeline is made of, where its users have found them so far.
 export { samplePrompts } from './sampling.ts';
@@ -26,44 +26,8 @@ export interface PromptSets {
   plainText?: string;
 }
 
-export interface AbliterationSettings {
-  /** Force the direction's point (hidden_states index); otherwise chosen by `select`. */
-  layer?: number | undefined;
-  select: 'score' | 'ablation';
-  window: readonly [number, number];
-  metric: SelectionMetric;
-  /** Candidates tried by `select: 'ablation'`. */
-  candidates: number;
-  alpha: number;
-  layers: LayerSelection;
-  kernel: LayerKernel;
-  preserveRowNorm: boolean;
-  embedding: boolean;
-  maxNewTokens: number;
-  batchSize: number;
-  markers: readonly string[];
-  /**
-   * Prompts of each kind measured, sampled evenly from the sets (0: all). The mean of a few hundred
-   * last-token residuals already fixes the direction; Arditi et al. use 128 of each.
-   */
-  measurePrompts: number;
-}
-
-export const DEFAULT_SETTINGS: AbliterationSettings = {
-  select: 'score',
-  window: DEFAULT_WINDOW,
-  metric: 'effect_size',
-  candidates: 4,
-  alpha: 1,
-  layers: { kind: 'all' },
-  kernel: { kind: 'constant' },
-  preserveRowNorm: false,
-  embedding: true,
-  maxNewTokens: 64,
-  batchSize: 32,
-  markers: DEFAULT_REFUSAL_MARKERS,
-  measurePrompts: 256,
-};
+// The settings are defined by one schema (settings.ts), which also gives their defaults.
+export { DEFAULT_SETTINGS, type AbliterationSettings } from './settings.ts';
 
 export interface AbliterationResult {
   layer: number;

@@ -1,7 +1,6 @@
 import { SingleBar, Presets } from 'cli-progress';
-import { Option, type Command } from 'commander';
 import type { Gpu } from '../gpu/gpu.ts';
-import { ADAPTER_CHOICES, createNodeGpu, type AdapterChoice } from '../gpu/node.ts';
+import { createNodeGpu, type AdapterChoice } from '../gpu/node.ts';
 import { NodeFolder } from '../io/nodeFolder.ts';
 import { LlamaModel } from '../model/model.ts';
 
@@ -12,12 +11,6 @@ export class UsageError extends Error {
 
 export interface GpuOptions {
   adapter?: AdapterChoice;
-}
-
-export function addGpuOptions(command: Command): Command {
-  return command.addOption(
-    new Option('--adapter <name>', 'WebGPU adapter: the best found, a hardware one, or a software Vulkan driver').choices(ADAPTER_CHOICES as string[]).env('ABLITERATE_ADAPTER'),
-  );
 }
 
 /** Writes a status line to stderr (stdout is kept for results). */
@@ -84,22 +77,6 @@ export async function withModel<T>(dir: string, options: GpuOptions, action: (mo
   } finally {
     gpu.dispose();
   }
-}
-
-export function parseInteger(name: string, min: number): (value: string) => number {
-  return (value) => {
-    const n = Number(value);
-    if (!Number.isInteger(n) || n < min) throw new UsageError(`${name} must be an integer ≥ ${min}, got "${value}"`);
-    return n;
-  };
-}
-
-export function parseNumber(name: string, min: number, max = Infinity): (value: string) => number {
-  return (value) => {
-    const n = Number(value);
-    if (!Number.isFinite(n) || n < min || n > max) throw new UsageError(`${name} must be a number in [${min}, ${max}], got "${value}"`);
-    return n;
-  };
 }
 
 export function printJson(value: unknown): void {

@@ -1,27 +1,34 @@
 import type { Command } from 'commander';
 import { evaluateModel, EvaluationPrompts, firstTokenLogits } from '../abliterate/evaluate.ts';
-import { addGpuOptions, bar, loadModel, openGpu, parseInteger, printJson } from './common.ts';
+import { bar, loadModel, openGpu, printJson } from './common.ts';
+import { addSettingOptions, commandValues, type CommandSettings } from './options.ts';
 import { BUNDLED, loadPrompts, MAX_PLAIN_TEXT_BYTES, readTextInput } from './settings.ts';
 
+export const EVAL_SETTINGS: CommandSettings = {
+  name: 'eval',
+  options: [
+    'baseline',
+    { key: 'eval-harmful', help: 'harmful prompts; default: the bundled test split' },
+    { key: 'eval-harmless', help: 'harmless prompts; default: the bundled test split' },
+    'plain-text',
+    'column',
+    'limit',
+    { key: 'max-tokens', help: 'new tokens per answer' },
+    'batch-size',
+    'json',
+    'adapter',
+  ],
+};
+
 export function registerEval(program: Command): void {
-  addGpuOptions(
-    program
-      .command('eval')
-      .description('refusal rates on harmful and harmless prompts, perplexity, and KL against a baseline model')
-      .argument('<model-dir>')
-      .option('--baseline <model-dir>', 'the original model, for the first-token KL')
-      .option('--eval-harmful <file>', 'harmful prompts; default: the bundled test split')
-      .option('--eval-harmless <file>', 'harmless prompts; default: the bundled test split')
-      .option('--plain-text <file>', 'plain text for perplexity; default: the bundled sample')
-      .option('--column <name>', 'column or field holding the prompt')
-      .option('--limit <n>', 'use at most n prompts of each file', parseInteger('--limit', 1))
-      .option('--max-tokens <n>', 'new tokens per answer', parseInteger('--max-tokens', 1), 64)
-      .option('--batch-size <n>', 'prompts per step', parseInteger('--batch-size', 1), 32)
-      .option('--json', 'print JSON'),
-  ).action(async (dir: string, options: { baseline?: string; evalHarmful?: string; evalHarmless?: string; plainText?: string; column?: string; limit?: number; maxTokens: number; batchSize: number; json?: boolean; adapter?: 'auto' }) => {
-    const harmful = await loadPrompts(options.evalHarmful ?? BUNDLED['eval-harmful'], options.column, options.limit);
-    const harmless = await loadPrompts(options.evalHarmless ?? BUNDLED['eval-harmless'], options.column, options.limit);
-    const textFile = options.plainText ?? BUNDLED['plain-text'];
+  addSettingOptions(
+    program.command('eval').description('refusal rates on harmful and harmless prompts, perplexity, and KL against a baseline model').argument('<model-dir>'),
+    EVAL_SETTINGS,
+  ).action(async (dir: string, _o: unknown, command: Command) => {
+    const options = await commandValues(command, EVAL_SETTINGS);
+    const harmful = await loadPrompts(options['eval-harmful'] ?? BUNDLED['eval-harmful'], options.column, options.limit);
+    const harmless = await loadPrompts(options['eval-harmless'] ?? BUNDLED['eval-harmless'], options.column, options.limit);
+    const textFile = options['plain-text'] ?? BUNDLED['plain-text'];
     const text = await readTextInput(textFile, 'plain text', MAX_PLAIN_TEXT_BYTES);
     const gpu = await openGpu(options);
     try {
@@ -29,7 +36,7 @@ export function registerEval(program: Command): void {
       if (options.baseline) {
         const original = await loadModel(gpu, options.baseline);
         try {
-          baseline = await firstTokenLogits(original, harmless, { batchSize: options.batchSize });
+          baseline = await firstTokenLogits(original, harmless, { batchSize: options['batch-size'] });
         } finally {
           original.dispose();
         }
@@ -37,7 +44,7 @@ export function registerEval(program: Command): void {
       const model = await loadModel(gpu, dir);
       try {
         const prompts = new EvaluationPrompts(model, { harmful, harmless, plainText: text });
-        const e = await bar('evaluate', (update) => evaluateModel(model, prompts, { baseline, batchSize: options.batchSize, maxNewTokens: options.maxTokens, onProgress: update }));
+        const e = await bar('evaluate', (update) => evaluateModel(model, prompts, { baseline, batchSize: options['batch-size'], maxNewTokens: options['max-tokens'], onProgress: update }));
         const kl = baseline ? e.kl : null;
         const ppl = e.perplexity!;
         const report = { harmful_refusal_rate: e.harmful_refusal_rate, harmless_refusal_rate: e.harmless_refusal_rate, kl, perplexity: ppl, samples: { harmful: e.harmful_answers.slice(0, 5), harmless: e.harmless_answers.slice(0, 5) } };

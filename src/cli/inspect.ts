@@ -4,16 +4,17 @@ import { SafetensorsModel } from '../io/safetensors.ts';
 import { loadModelConfig, SUPPORTED_ARCHITECTURES } from '../model/config.ts';
 import { detectExpertStorage, inactiveExpertParameters } from '../model/layout.ts';
 import { formatBytes } from '../gpu/errors.ts';
-import { addGpuOptions, openGpu, printJson, type GpuOptions } from './common.ts';
+import { openGpu, printJson } from './common.ts';
+import { addSettingOptions, commandValues, type CommandSettings } from './options.ts';
+
+export const INSPECT_SETTINGS: CommandSettings = { name: 'inspect', options: ['json', 'adapter'] };
 
 export function registerInspect(program: Command): void {
-  addGpuOptions(
-    program
-      .command('inspect')
-      .description('summarise a model folder (architecture, sizes, dtypes) and the adapter it would run on')
-      .argument('<model-dir>')
-      .option('--json', 'print JSON'),
-  ).action(async (dir: string, options: GpuOptions & { json?: boolean }) => {
+  addSettingOptions(
+    program.command('inspect').description('summarise a model folder (architecture, sizes, dtypes) and the adapter it would run on').argument('<model-dir>'),
+    INSPECT_SETTINGS,
+  ).action(async (dir: string, _o: unknown, command: Command) => {
+    const options = await commandValues(command, INSPECT_SETTINGS);
     const folder = new NodeFolder(dir);
     const config = await loadModelConfig(folder);
     const tensors = await SafetensorsModel.open(folder);

@@ -5,28 +5,37 @@ import { samplePrompts } from '../abliterate/sampling.ts';
 import { chatTokens } from '../abliterate/prefill.ts';
 import { rankLayers } from '../abliterate/select.ts';
 import { MemorySink } from '../io/safetensorsWriter.ts';
-import { addGpuOptions, bar, printJson, withModel } from './common.ts';
+import { abliterationSettings, settingsInGroups } from '../abliterate/settings.ts';
+import { bar, printJson, withModel } from './common.ts';
+import { addSettingOptions, commandValues, type CommandSettings } from './options.ts';
 import { withOutputFile } from './output.ts';
-import { addRunOptions, configFromCommand } from './runOptions.ts';
-import { BUNDLED, loadPrompts, settingsFrom } from './settings.ts';
+import { BUNDLED, loadPrompts } from './settings.ts';
+
+/** Measuring chooses its point by score only (selection by ablation needs the whole run). */
+export const MEASURE_SETTINGS: CommandSettings = {
+  name: 'measure',
+  config: true,
+  options: [
+    ...settingsInGroups('prompts', 'measure'),
+    'layer',
+    'window',
+    'metric',
+    { key: 'out', help: 'directions file to write (.safetensors)', required: true },
+    'force',
+    { key: 'json', help: 'print the scores as JSON' },
+    'adapter',
+  ],
+};
 
 export function registerMeasure(program: Command): void {
-  addGpuOptions(
-    addRunOptions(
-      program
-        .command('measure')
-        .description('measure the refusal direction at every layer and choose one; writes a directions file')
-        .argument('<model-dir>')
-        .requiredOption('--out <file>', 'directions file to write (.safetensors)')
-        .option('--force', 'replace --out if it exists')
-        .option('--config <file>', 'a TOML file whose keys are the long flags')
-        .option('--json', 'print the scores as JSON'),
-    ),
+  addSettingOptions(
+    program.command('measure').description('measure the refusal direction at every layer and choose one; writes a directions file').argument('<model-dir>'),
+    MEASURE_SETTINGS,
   ).action(async (dir: string, _o: unknown, command: Command) => {
-    const config = await configFromCommand(command);
-    const settings = settingsFrom(config);
+    const config = await commandValues(command, MEASURE_SETTINGS);
+    const settings = abliterationSettings(config);
     // The output is checked (and its temporary file created) before any work; the results are printed once it is in place.
-    const { layer, measurement, output } = await withOutputFile(config.out!, dir, config.force ?? false, async (file) => {
+    const { layer, measurement, output } = await withOutputFile(config.out!, dir, config.force, async (file) => {
       const harmful = samplePrompts(await loadPrompts(config.harmful ?? BUNDLED.harmful, config.column, config.limit), settings.measurePrompts);
       const harmless = samplePrompts(await loadPrompts(config.harmless ?? BUNDLED.harmless, config.column, config.limit), settings.measurePrompts);
       return withModel(dir, { adapter: config.adapter }, async (model) => {

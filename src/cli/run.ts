@@ -1,33 +1,39 @@
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { runAbliteration, type Stage } from '../abliterate/pipeline.ts';
-import { addGpuOptions, printJson, progressBar, status, UsageError, withModel, type Progress } from './common.ts';
+import { abliterationSettings, settingsInGroups } from '../abliterate/settings.ts';
+import { printJson, progressBar, status, UsageError, withModel, type Progress } from './common.ts';
 import { cutParameters } from '../abliterate/report.ts';
 import { reportOf, summaryTable, withOutputFolder, writeRunOutput } from './output.ts';
-import { addRunOptions, configFromCommand, type RunCommandOptions } from './runOptions.ts';
-import { loadPromptSets, settingsFrom } from './settings.ts';
+import { addSettingOptions, commandValues, type CommandSettings } from './options.ts';
+import { loadPromptSets } from './settings.ts';
+
+/** The whole abliteration takes every setting of its stages. */
+export const RUN_SETTINGS: CommandSettings = {
+  name: 'run',
+  config: true,
+  options: [
+    ...settingsInGroups('prompts', 'evaluation prompts', 'validation prompts', 'measure', 'select', 'cut', 'evaluate'),
+    { key: 'out', valueName: 'dir', help: 'write the abliterated model, the report and the direction here' },
+    'force',
+    { key: 'json', help: 'print the report as JSON' },
+    'adapter',
+  ],
+};
 
 export function registerRun(program: Command): void {
-  const command = addGpuOptions(
-    addRunOptions(
-      program
-        .command('run')
-        .description('the whole abliteration: measure, select, evaluate, cut, evaluate again, export')
-        .argument('<model-dir>')
-        .option('--config <file>', 'a TOML file whose keys are these long flags (flags given here win)')
-        .option('--out <dir>', 'write the abliterated model, the report and the direction here')
-        .option('--force', 'replace --out if it exists')
-        .option('--json', 'print the report as JSON'),
-    ),
+  const command = addSettingOptions(
+    program.command('run').description('the whole abliteration: measure, select, evaluate, cut, evaluate again, export').argument('<model-dir>'),
+    RUN_SETTINGS,
   );
-  command.action(async (dir: string, _options: RunCommandOptions, cmd: Command) => {
-    const config = await configFromCommand(cmd);
+  command.action(async (dir: string, _options: unknown, cmd: Command) => {
+    const config = await commandValues(cmd, RUN_SETTINGS);
     if (!config.out) throw new UsageError('--out is required (a new folder for the abliterated model)');
-    const settings = settingsFrom(config);
+    const settings = abliterationSettings(config);
     const sets = await loadPromptSets(config, { plainText: true, validation: settings.select === 'ablation' });
     const output = resolve(config.out);
     // The summary is printed once the output is in place under its final name.
-    const { report, adapter } = await withOutputFolder(output, resolve(dir), config.force ?? false, (out) => withModel(dir, { adapter: config.adapter }, async (model, gpu) => {
+    const { report, adapter } = await withOutputFolder(output, resolve(dir), config.force, (out) => withModel(dir, { adapter: config.adapter }, async (model, gpu) => {
       let bar: Progress | undefined;
       const result = await runAbliteration(model, sets, settings, {
         onStage: (stage: Stage) => {

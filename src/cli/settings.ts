@@ -1,12 +1,13 @@
 import { basename, dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parse as parseToml } from 'smol-toml';
 import * as v from 'valibot';
-import { DEFAULT_SETTINGS, type AbliterationSettings, type PromptSets } from '../abliterate/pipeline.ts';
-import type { LayerKernel, LayerSelection } from '../abliterate/cut.ts';
+import type { PromptSets } from '../abliterate/pipeline.ts';
+import { booleanSetting, choiceSetting, fieldOf, fileSetting, SETTINGS_SCHEMA, SettingError, textSetting, type SettingField, type SettingValues } from '../abliterate/settings.ts';
+import { ADAPTER_CHOICES, type AdapterChoice } from '../gpu/node.ts';
 import { FileMissingError, FileTooLargeError, formatSize, NotRegularFileError, type ByteSource } from '../io/byteSource.ts';
 import { NodeFolder, readTextFile } from '../io/nodeFolder.ts';
 import { readPrompts } from '../io/prompts.ts';
+import { TAP_POINTS, type PositionSelector } from '../model/taps.ts';
 import { status, UsageError } from './common.ts';
 
 /** The bundled prompt sets, written by this project (data/README.md). */
@@ -21,40 +22,62 @@ export const BUNDLED: Record<'harmful' | 'harmless' | 'eval-harmful' | 'eval-har
   'plain-text': `${BUNDLED_DATA}/plain_text.txt`,
 };
 
-const positiveInt = v.pipe(v.number(), v.integer(), v.minValue(1));
-const path = v.pipe(v.string(), v.minLength(1));
+/** "last", "all", or a comma-separated list of integers (negative counts from the end). */
+export function parsePositions(value: string): PositionSelector {
+  if (value === 'last' || value === 'all') return value;
+  const parts = value.split(',').map((p) => p.trim());
+  if (parts.some((p) => !/^[+-]?\d+$/.test(p) || !Number.isSafeInteger(Number(p)))) {
+    throw new SettingError(`must be last, all, or a comma-separated list of integers (negative counts from the end), got ${JSON.stringify(value)}`);
+  }
+  return parts.map(Number);
+}
 
-/** Keys of a run's TOML config: exactly the long flags of `abliterate run`. */
-const RunFileSchema = v.strictObject({
-  harmful: v.optional(path),
-  harmless: v.optional(path),
-  'eval-harmful': v.optional(path),
-  'eval-harmless': v.optional(path),
-  'val-harmful': v.optional(path),
-  'val-harmless': v.optional(path),
-  'plain-text': v.optional(path),
-  column: v.optional(v.string()),
-  limit: v.optional(positiveInt),
-  'measure-prompts': v.optional(v.pipe(v.number(), v.integer(), v.minValue(0))),
-  layer: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0))),
-  select: v.optional(v.picklist(['score', 'ablation'])),
-  window: v.optional(v.pipe(v.tuple([v.number(), v.number()]), v.check(([a, b]) => a >= 0 && b <= 1 && a <= b, 'must be [from, to] with 0 ≤ from ≤ to ≤ 1'))),
-  metric: v.optional(v.picklist(['effect_size', 'gap', 'relative_gap'])),
-  candidates: v.optional(positiveInt),
-  alpha: v.optional(v.pipe(v.number(), v.finite())),
-  layers: v.optional(v.string()),
-  kernel: v.optional(v.string()),
-  'preserve-norm': v.optional(v.boolean()),
-  embedding: v.optional(v.boolean()),
-  'max-tokens': v.optional(positiveInt),
-  'batch-size': v.optional(positiveInt),
-  markers: v.optional(v.array(v.pipe(v.string(), v.minLength(1)))),
-  out: v.optional(path),
-  force: v.optional(v.boolean()),
-  json: v.optional(v.boolean()),
-  adapter: v.optional(v.picklist(['auto', 'hardware', 'lavapipe', 'swiftshader'])),
+/** A comma-separated list of distinct point indices. */
+export function parsePoints(value: string): number[] {
+  const points = value.split(',').map((part) => part.trim());
+  if (points.some((p) => !/^\d+$/.test(p) || !Number.isSafeInteger(Number(p)))) throw new SettingError(`must be point indices separated by commas (e.g. 3,4,5), got ${JSON.stringify(value)}`);
+  const numbers = points.map(Number);
+  if (new Set(numbers).size !== numbers.length) throw new SettingError(`lists a point twice: ${JSON.stringify(value)}`);
+  return numbers;
+}
+
+/** The CLI's own settings: where to read and write, and what the commands other than the abliteration take. */
+export const CLI_SCHEMA = v.strictObject({
+  config: fileSetting({ key: 'config', group: 'cli', label: 'Config file', help: 'a TOML file whose keys are the long flags (flags given here win)' }),
+  out: fileSetting({ key: 'out', group: 'cli', label: 'Output', help: 'where to write' }),
+  force: booleanSetting({ key: 'force', group: 'cli', label: 'Replace', help: 'replace --out if it exists' }, false),
+  json: booleanSetting({ key: 'json', group: 'cli', label: 'JSON', help: 'print JSON' }, false),
+  adapter: choiceSetting(
+    { key: 'adapter', group: 'cli', label: 'Adapter', help: 'WebGPU adapter: the best found, a hardware one, or a software Vulkan driver', env: 'ABLITERATE_ADAPTER' },
+    ADAPTER_CHOICES as readonly [AdapterChoice, ...AdapterChoice[]],
+    'auto',
+  ),
+  direction: fileSetting({ key: 'direction', group: 'cli', label: 'Directions file', help: 'directions file from abliterate measure or run' }),
+  baseline: fileSetting({ key: 'baseline', group: 'cli', label: 'Baseline model', help: 'the original model, for the first-token KL', valueName: 'model-dir' }),
+  points: textSetting(
+    { key: 'points', group: 'cli', label: 'Points', help: "cut the subspace spanned by these points' directions (e.g. 3,4,5; orthonormalised in that order)", valueName: 'list' },
+    undefined,
+    parsePoints,
+  ),
+  prompt: textSetting({ key: 'prompt', group: 'cli', label: 'Prompt', help: 'the prompt' }),
+  prompts: fileSetting({ key: 'prompts', group: 'cli', label: 'Prompts', help: 'prompts to probe, labelled by whether the model refuses them' }),
+  'per-layer': booleanSetting({ key: 'per-layer', group: 'cli', label: 'Per layer', help: "project each point on its own direction, not the file's chosen one" }, false),
+  chat: booleanSetting({ key: 'chat', group: 'cli', label: 'Chat', help: "format the prompt with the model's chat template" }, false),
+  point: choiceSetting({ key: 'point', group: 'cli', label: 'Tap point', help: 'tap point', valueName: 'name' }, TAP_POINTS, 'resid_post'),
+  position: textSetting({ key: 'position', group: 'cli', label: 'Positions', help: 'last, all, or positions like 0,3,-1', valueName: 'which' }, 'last', parsePositions),
 });
-export type RunFileConfig = v.InferOutput<typeof RunFileSchema>;
+
+export type CliKey = keyof typeof CLI_SCHEMA.entries;
+/** Every value a command can be given, library settings and the CLI's own, defaults filled in. */
+export type CommandValues = SettingValues & v.InferOutput<typeof CLI_SCHEMA>;
+
+/** Every setting a command can name, library ones first, with the schema entry that checks it. */
+export const ALL_SETTINGS: ReadonlyMap<string, { field: SettingField; schema: v.GenericSchema }> = new Map(
+  [...Object.values(SETTINGS_SCHEMA.entries), ...Object.values(CLI_SCHEMA.entries)].map((schema) => {
+    const field = fieldOf(schema as v.GenericSchema);
+    return [field.key, { field, schema: schema as v.GenericSchema }] as const;
+  }),
+);
 
 /** Largest TOML config read (a config is a few hundred bytes). */
 export const MAX_CONFIG_BYTES = 2 ** 20;
@@ -76,61 +99,6 @@ export async function readTextInput(file: string, what: string, maxBytes: number
   }
 }
 
-/** Reads and validates a TOML config; paths in it are relative to the config file. */
-export async function readRunConfig(file: string): Promise<RunFileConfig> {
-  const text = await readTextInput(file, 'config file', MAX_CONFIG_BYTES);
-  let raw: unknown;
-  try {
-    raw = parseToml(text);
-  } catch (error) {
-    throw new UsageError(`${file}: invalid TOML: ${(error as Error).message.split('\n')[0]}`);
-  }
-  const result = v.safeParse(RunFileSchema, raw);
-  if (!result.success) {
-    const issue = result.issues[0];
-    const key = issue.path?.map((p) => String(p.key)).join('.') ?? '';
-    const message = issue.type === 'strict_object' ? `unknown key "${key}" (the keys are the long flags of abliterate run, e.g. eval-harmful, max-tokens)` : `${key}: ${issue.message}`;
-    throw new UsageError(`${file}: ${message}`);
-  }
-  const config = result.output;
-  const base = dirname(resolve(file));
-  for (const key of ['harmful', 'harmless', 'eval-harmful', 'eval-harmless', 'val-harmful', 'val-harmless', 'plain-text', 'out'] as const) {
-    const value = config[key];
-    if (value !== undefined) config[key] = resolve(base, value);
-  }
-  return config;
-}
-
-/** "all", "3-7", "1,4,9", "above_median" or "top_k:4". */
-export function parseLayerSelection(text: string): LayerSelection {
-  if (text === 'all') return { kind: 'all' };
-  if (text === 'above_median') return { kind: 'above_median' };
-  const topK = /^top_k:(\d+)$/.exec(text);
-  if (topK) return { kind: 'top_k', k: Number(topK[1]) };
-  const range = /^(\d+)-(\d+)$/.exec(text);
-  if (range) return { kind: 'range', from: Number(range[1]), to: Number(range[2]) };
-  if (/^\d+(,\d+)*$/.test(text)) return { kind: 'list', layers: text.split(',').map(Number) };
-  throw new UsageError(`--layers must be all, FROM-TO, a list like 1,4,9, above_median or top_k:N; got "${text}"`);
-}
-
-/** "constant" or "tent:PEAK,WIDTH[,MIN[,MAX]]". */
-export function parseKernel(text: string): LayerKernel {
-  if (text === 'constant') return { kind: 'constant' };
-  const tent = /^tent:([\d.]+),([\d.]+)(?:,([\d.]+))?(?:,([\d.]+))?$/.exec(text);
-  if (tent) {
-    const [peak, width, min = 0, max = 1] = tent.slice(1).map((x) => (x === undefined ? undefined : Number(x))) as number[];
-    if (!(width! > 0)) throw new UsageError('--kernel tent width must be positive');
-    return { kind: 'tent', peak: peak!, width: width!, min, max };
-  }
-  throw new UsageError(`--kernel must be constant or tent:PEAK,WIDTH[,MIN[,MAX]]; got "${text}"`);
-}
-
-export function parseWindow(text: string): [number, number] {
-  const parts = text.split(',').map(Number);
-  if (parts.length !== 2 || parts.some((x) => !(x >= 0 && x <= 1)) || parts[0]! > parts[1]!) throw new UsageError(`--window must be FROM,TO with 0 ≤ FROM ≤ TO ≤ 1; got "${text}"`);
-  return [parts[0]!, parts[1]!];
-}
-
 /** Reads a prompt file (txt, jsonl, json, csv, parquet), printing warnings to stderr. */
 export async function loadPrompts(file: string, column?: string, limit?: number): Promise<string[]> {
   const full = resolve(file);
@@ -146,7 +114,7 @@ export async function loadPrompts(file: string, column?: string, limit?: number)
   return limit ? prompts.slice(0, limit) : prompts;
 }
 
-export async function loadPromptSets(config: RunFileConfig, needed: { plainText: boolean; validation: boolean }): Promise<PromptSets> {
+export async function loadPromptSets(config: Partial<CommandValues>, needed: { plainText: boolean; validation: boolean }): Promise<PromptSets> {
   const file = (key: keyof typeof BUNDLED) => config[key] ?? BUNDLED[key];
   const { column, limit } = config;
   const sets: PromptSets = {
@@ -161,24 +129,4 @@ export async function loadPromptSets(config: RunFileConfig, needed: { plainText:
   }
   if (needed.plainText) sets.plainText = await readTextInput(file('plain-text'), 'plain text', MAX_PLAIN_TEXT_BYTES);
   return sets;
-}
-
-export function settingsFrom(config: RunFileConfig): AbliterationSettings {
-  return {
-    ...DEFAULT_SETTINGS,
-    layer: config.layer,
-    select: config.select ?? DEFAULT_SETTINGS.select,
-    window: config.window ?? DEFAULT_SETTINGS.window,
-    metric: config.metric ?? DEFAULT_SETTINGS.metric,
-    candidates: config.candidates ?? DEFAULT_SETTINGS.candidates,
-    alpha: config.alpha ?? DEFAULT_SETTINGS.alpha,
-    layers: config.layers ? parseLayerSelection(config.layers) : DEFAULT_SETTINGS.layers,
-    kernel: config.kernel ? parseKernel(config.kernel) : DEFAULT_SETTINGS.kernel,
-    preserveRowNorm: config['preserve-norm'] ?? DEFAULT_SETTINGS.preserveRowNorm,
-    embedding: config.embedding ?? DEFAULT_SETTINGS.embedding,
-    maxNewTokens: config['max-tokens'] ?? DEFAULT_SETTINGS.maxNewTokens,
-    batchSize: config['batch-size'] ?? DEFAULT_SETTINGS.batchSize,
-    markers: config.markers ?? DEFAULT_SETTINGS.markers,
-    measurePrompts: config['measure-prompts'] ?? DEFAULT_SETTINGS.measurePrompts,
-  };
 }

@@ -1,42 +1,30 @@
 import type { Command } from 'commander';
 import { KvCache } from '../model/kvCache.ts';
-import { HookRunner, LAYER_POINTS, TAP_POINTS, selectRows, type PositionSelector, type TapPoint } from '../model/taps.ts';
-import { addGpuOptions, printJson, UsageError, withModel, type GpuOptions } from './common.ts';
+import { HookRunner, LAYER_POINTS, TAP_POINTS, selectRows, type TapPoint } from '../model/taps.ts';
+import { printJson, UsageError, withModel } from './common.ts';
+import { addSettingOptions, commandValues, type CommandSettings } from './options.ts';
+import { parsePositions } from './settings.ts';
 
-interface TapsCliOptions extends GpuOptions {
-  prompt: string;
-  chat?: boolean;
-  point: string;
-  position: string;
-  json?: boolean;
-}
-
-function parsePositions(value: string): PositionSelector {
-  if (value === 'last' || value === 'all') return value;
-  const positions = value.split(',').map((p) => Number(p.trim()));
-  if (positions.length === 0 || positions.some((p) => !Number.isInteger(p))) {
-    throw new UsageError(`--position must be last, all, or a comma-separated list of integers (negative counts from the end), got "${value}"`);
-  }
-  return positions;
-}
+export const TAPS_SETTINGS: CommandSettings = {
+  name: 'taps',
+  options: [
+    { key: 'prompt', required: true },
+    { key: 'chat', help: "format the prompt with the model's chat template (generation prompt on)" },
+    { key: 'point', help: `tap point: ${TAP_POINTS.join(', ')}` },
+    'position',
+    { key: 'json', help: 'print {"point", "positions", "layers"} as JSON' },
+    'adapter',
+  ],
+};
 
 export function registerTaps(program: Command): void {
-  addGpuOptions(
-    program
-      .command('taps')
-      .description('read the residual stream at a tap point of every layer for one prompt')
-      .argument('<model-dir>')
-      .requiredOption('--prompt <text>', 'the prompt')
-      .option('--chat', "format the prompt with the model's chat template (generation prompt on)")
-      .option('--point <name>', `tap point: ${TAP_POINTS.join(', ')}`, 'resid_post')
-      .option('--position <which>', 'last, all, or positions like 0,3,-1', 'last')
-      .option('--json', 'print {"point", "positions", "layers"} as JSON'),
-  ).action(async (dir: string, options: TapsCliOptions) => {
-    if (!(TAP_POINTS as readonly string[]).includes(options.point)) throw new UsageError(`--point must be one of ${TAP_POINTS.join(', ')}, got "${options.point}"`);
-    const point = options.point as TapPoint;
+  addSettingOptions(program.command('taps').description('read the residual stream at a tap point of every layer for one prompt').argument('<model-dir>'), TAPS_SETTINGS).action(
+    async (dir: string, _o: unknown, command: Command) => {
+    const options = await commandValues(command, TAPS_SETTINGS);
+    const point: TapPoint = options.point;
     const selector = parsePositions(options.position);
     await withModel(dir, options, async (model, gpu) => {
-      const tokens = options.chat ? model.tokenizer.encodeChat(options.prompt) : model.tokenizer.encode(options.prompt);
+      const tokens = options.chat ? model.tokenizer.encodeChat(options.prompt!) : model.tokenizer.encode(options.prompt!);
       const sequences = [{ slot: 0, start: 0, length: tokens.length, firstPosition: 0 }];
       const rows = selectRows(selector, sequences);
       if (rows.length === 0) throw new UsageError(`--position ${options.position} selects no token of a ${tokens.length}-token prompt`);
