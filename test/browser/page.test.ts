@@ -199,7 +199,7 @@ describe('the web page in headless Chromium with WebGPU', () => {
 
   it('cancels a run, keeps the model usable and leaks no GPU memory', async () => {
     await page.fill('#setting-limit', String(LIMIT));
-    await page.fill('#setting-tokens', '64');
+    await page.fill('#setting-max-tokens', '64');
     await page.click('#run');
     await page.waitForSelector('#stages li[data-stage="evaluate before"][data-state=active]', { timeout: 120_000 });
     await page.click('#cancel');
@@ -217,7 +217,7 @@ describe('the web page in headless Chromium with WebGPU', () => {
   let harmfulAfter: number;
   it(`abliterates the bundled model (${LIMIT} prompts per set, ${MAX_TOKENS} new tokens, the README's settings)`, async () => {
     await page.fill('#setting-limit', String(LIMIT));
-    await page.fill('#setting-tokens', String(MAX_TOKENS));
+    await page.fill('#setting-max-tokens', String(MAX_TOKENS));
     await page.selectOption('#setting-layer', 'ablation');
     await page.fill('#setting-alpha', String(ALPHA));
     const start = Date.now();

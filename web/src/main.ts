@@ -13,6 +13,7 @@ import type { LlamaModel } from '../../src/model/model.ts';
 import { bundledManifest, bundledModel, bundledPromptFile, directoryPicker, fetchBundled, folderFromDrop, folderFromHandle, folderFromInput, type BundledManifest } from './folders.ts';
 import { renderGenerations, renderHistogram, renderScoreChart, renderTable, selectionMetricKey, type ScoreKey } from './results.ts';
 import { abortableTarget, createSubfolder, DirectoryTarget, DownloadLinks, tarBlob } from './saving.ts';
+import { readSettingsForm, renderSettingsForm } from './settingsForm.ts';
 import { Workbench, type PageSettings, type Run } from './workbench.ts';
 
 function $<T extends HTMLElement = HTMLElement>(id: string): T {
@@ -47,11 +48,6 @@ const ui = {
   promptColumn: $<HTMLInputElement>('prompt-column'),
   settings: $<HTMLFormElement>('settings'),
   layer: $<HTMLSelectElement>('setting-layer'),
-  alpha: $<HTMLInputElement>('setting-alpha'),
-  limit: $<HTMLInputElement>('setting-limit'),
-  tokens: $<HTMLInputElement>('setting-tokens'),
-  batch: $<HTMLInputElement>('setting-batch'),
-  embedding: $<HTMLInputElement>('setting-embedding'),
   run: $<HTMLButtonElement>('run'),
   cancel: $<HTMLButtonElement>('cancel'),
   runProgress: $('run-progress'),
@@ -75,6 +71,7 @@ const ui = {
   downloadLinks: $<HTMLUListElement>('download-links'),
   gpuMemory: $<HTMLOutputElement>('gpu-memory'),
 };
+renderSettingsForm(ui.settings);
 
 const workbench = new Workbench();
 const downloads = new DownloadLinks();
@@ -292,24 +289,14 @@ async function loadFolder(source: () => Promise<FileFolder>, what: string): Prom
 // Prompts and settings
 
 function readSettings(): { page: PageSettings; limit: number } {
-  const number = (input: HTMLInputElement, name: string, integer: boolean, min: number, max: number) => {
-    const value = Number(input.value);
-    if (input.value.trim() === '' || !Number.isFinite(value) || (integer && !Number.isInteger(value)) || value < min || value > max) {
-      input.focus();
-      throw new RangeError(`${name} must be ${integer ? 'a whole number' : 'a number'} from ${min} to ${max} (got "${input.value}")`);
-    }
-    return value;
-  };
+  const { limit = 0, ...form } = readSettingsForm(ui.settings);
   return {
     page: {
+      ...form,
       layer: ui.layer.value === 'auto' || ui.layer.value === 'ablation' ? undefined : Number(ui.layer.value),
       select: ui.layer.value === 'ablation' ? 'ablation' : 'score',
-      alpha: number(ui.alpha, 'the cut strength α', false, -10, 10),
-      embedding: ui.embedding.checked,
-      maxNewTokens: number(ui.tokens, 'new tokens per answer', true, 1, 1024),
-      batchSize: number(ui.batch, 'prompts per forward step', true, 1, 256),
     },
-    limit: number(ui.limit, 'prompts per set', true, 0, 1_000_000),
+    limit,
   };
 }
 

@@ -5,27 +5,17 @@
  */
 import { writeDirections } from '../../src/abliterate/directionsFile.ts';
 import { exportModel } from '../../src/abliterate/export.ts';
-import { DEFAULT_SETTINGS, runAbliteration, type AbliterationResult, type AbliterationSettings, type PromptSets, type RunCallbacks } from '../../src/abliterate/pipeline.ts';
+import { runAbliteration, type AbliterationResult, type AbliterationSettings, type PromptSets, type RunCallbacks } from '../../src/abliterate/pipeline.ts';
 import { cutParameters, reportOf, type AbliterationReport } from '../../src/abliterate/report.ts';
+import { abliterationSettings, type SettingValues } from '../../src/abliterate/settings.ts';
 import { createBrowserGpu } from '../../src/gpu/browser.ts';
 import type { Gpu } from '../../src/gpu/gpu.ts';
 import type { FileFolder } from '../../src/io/byteSource.ts';
 import { MemorySink, type ModelWriteTarget } from '../../src/io/safetensorsWriter.ts';
 import { LlamaModel } from '../../src/model/model.ts';
 
-export interface PageSettings {
-  /** undefined: chosen by `select`. */
-  layer: number | undefined;
-  select: 'score' | 'ablation';
-  alpha: number;
-  embedding: boolean;
-  maxNewTokens: number;
-  batchSize: number;
-}
-
-export function abliterationSettings(page: PageSettings): AbliterationSettings {
-  return { ...DEFAULT_SETTINGS, layer: page.layer, select: page.select, alpha: page.alpha, embedding: page.embedding, maxNewTokens: page.maxNewTokens, batchSize: page.batchSize };
-}
+/** The settings the page's form gives, by the schema's keys; the others keep their defaults. */
+export type PageSettings = Partial<SettingValues>;
 
 export interface Run {
   result: AbliterationResult;

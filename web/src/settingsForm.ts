@@ -1,0 +1,70 @@
+/**
+ * The settings form, rendered from the library's settings schema: each field's label, help, kind,
+ * range and default come from there, and its value is checked by the same strict parser as the
+ * CLI's flags.
+ */
+import { parseSettingText, settingFields, type SettingField, type SettingKey, type SettingValues } from '../../src/abliterate/settings.ts';
+
+/** The settings the page offers, in this order. */
+const PAGE_SETTINGS: SettingKey[] = ['alpha', 'limit', 'max-tokens', 'batch-size', 'embedding'];
+
+/** Smaller defaults than the CLI's: a browser tab runs a whole abliteration in a minute or two. */
+const PAGE_DEFAULTS: Partial<SettingValues> = { limit: 32, 'max-tokens': 48 };
+
+export function settingId(key: string): string {
+  return `setting-${key}`;
+}
+
+function field(setting: SettingField): HTMLElement[] {
+  const id = settingId(setting.key);
+  const fallback = (PAGE_DEFAULTS as Record<string, unknown>)[setting.key] ?? setting.default;
+  const input = document.createElement('input');
+  input.id = id;
+  input.title = setting.help;
+  if (setting.kind === 'boolean') {
+    input.type = 'checkbox';
+    input.checked = fallback === true;
+    const label = document.createElement('label');
+    label.className = 'checkbox';
+    label.htmlFor = id;
+    label.append(input, ` ${setting.label}`);
+    return [label];
+  }
+  const label = document.createElement('label');
+  label.htmlFor = id;
+  label.textContent = setting.label;
+  input.type = setting.kind === 'integer' || setting.kind === 'number' ? 'number' : 'text';
+  if (input.type === 'number') {
+    input.step = String(setting.step ?? (setting.kind === 'integer' ? 1 : 'any'));
+    if (setting.min !== undefined) input.min = String(setting.min);
+    if (setting.max !== undefined) input.max = String(setting.max);
+  }
+  if (fallback !== undefined) input.value = String(fallback);
+  input.required = true;
+  return [label, input];
+}
+
+/** Adds the schema's fields to the form, after what it already holds (the direction layer). */
+export function renderSettingsForm(form: HTMLFormElement): void {
+  form.append(...settingFields(PAGE_SETTINGS).flatMap(field));
+}
+
+/** The form's values, checked; an invalid one gets the focus and its message names its label. */
+export function readSettingsForm(form: HTMLFormElement): Partial<SettingValues> {
+  const values: Record<string, unknown> = {};
+  for (const setting of settingFields(PAGE_SETTINGS)) {
+    const input = form.querySelector<HTMLInputElement>(`#${settingId(setting.key)}`);
+    if (!input) throw new Error(`the settings form has no field ${setting.key}`);
+    if (setting.kind === 'boolean') {
+      values[setting.key] = input.checked;
+      continue;
+    }
+    try {
+      values[setting.key] = parseSettingText(setting, input.value, setting.label);
+    } catch (error) {
+      input.focus();
+      throw error;
+    }
+  }
+  return values as Partial<SettingValues>;
+}
