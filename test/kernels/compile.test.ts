@@ -19,7 +19,7 @@ afterAll(() => gpu?.dispose());
 describe('every shader compiles through Dawn without a message', () => {
   it('compiles each kernel variant the engine uses', async () => {
     // Exercise the engine's paths so that every variant it builds gets compiled: dtypes, biases,
-    // decode and prefill tilings, hooks, sampling, the cut (with and without norm preservation), losses.
+    // decode and prefill tilings, hooks, sampling, the cut (ranks 1 and 2, with and without norm preservation), losses.
     for (const options of [
       { dtype: 'BF16', attentionBias: true, mlpBias: true },
       { dtype: 'F16', tieWordEmbeddings: true },
@@ -41,6 +41,10 @@ describe('every shader compiles through Dawn without a message', () => {
       const direction = Float32Array.from({ length: model.config.hiddenSize }, (_, i) => (i === 1 ? 1 : 0));
       (await applyCut(model, { direction, embedding: true })).release();
       (await applyCut(model, { direction, embedding: true, preserveRowNorm: true })).release();
+      // Rank 2: the multi-step update.
+      const plane = [0, 2].map((j) => Float32Array.from({ length: model.config.hiddenSize }, (_, i) => (i === j ? 1 : 0)));
+      (await applyCut(model, { basis: plane, embedding: true })).release();
+      (await applyCut(model, { basis: plane, embedding: true, preserveRowNorm: true })).release();
       model.dispose();
     }
     const rows = 3;
