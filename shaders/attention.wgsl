@@ -5,6 +5,11 @@
 // stable online softmax; positions after p are never read, so prefill of packed prompts and decode
 // share this kernel once kv_cache_write has stored the new keys and values.
 //
+// Sliding window (`window` > 0): only the last `window` keys, positions p − window + 1 .. p, are read
+// (transformers' sliding mask: key k is seen when p − window < k ≤ p). With window 0 the loop starts
+// at key 0 and every operation is the same as without a window.
+// SOFT_CAP (Gemma 2): each score s = scale · q·k becomes softCap · tanh(s / softCap) before the softmax.
+//
 // Layouts (in f32 elements): q rows of qStride, head h at qOffset + h·HEAD_DIM; caches [slots, maxLen,
 // kvHeads, HEAD_DIM]; out rows of outStride, head h at h·HEAD_DIM. With VEC4 every one of these is read
 // as vec4 (HEAD_DIM, strides and offsets multiples of 4); without, as f32.
@@ -29,6 +34,8 @@ struct Params {
   // HEAD_DIM / W again, as a run-time value: loops over it stay loops (fully unrolled, they compile
   // slowly on llvmpipe and run no faster).
   headUnits: u32,
+  window: u32,
+  softCap: f32,
 }
 
 #if VEC4
@@ -42,6 +49,14 @@ alias V = f32;
 const W: u32 = 1u;
 fn dotv(a: V, b: V) -> f32 {
   return a * b;
+}
+#endif
+
+#if SOFT_CAP
+// tanh from one exp of a non-positive argument: no overflow for any x, sign kept.
+fn tanhStable(x: f32) -> f32 {
+  let e = exp(-2.0 * abs(x));
+  return sign(x) * (1.0 - e) / (1.0 + e);
 }
 #endif
 
@@ -64,6 +79,7 @@ var<workgroup> ps: array<f32, GROUP * CHUNK>;
 var<workgroup> chunkMax: array<f32, GROUP>;
 var<workgroup> rescale: array<f32, GROUP>;
 var<workgroup> keyCount: u32;
+var<workgroup> firstKey: u32;
 var<workgroup> partialAcc: array<V, PARTIALS>;
 var<workgroup> partialSum: array<f32, PARTIALS>;
 
@@ -84,13 +100,16 @@ fn main(
   let base = slots[t] * params.maxLen * kvRow + kvh * DW;
 
   if (lid == 0u) {
-    keyCount = min(positions[t] + 1u, params.maxLen);
+    let count = min(positions[t] + 1u, params.maxLen);
+    keyCount = count;
+    firstKey = select(0u, count - params.window, params.window > 0u && count > params.window);
   }
   let qBase = (t * params.qStride + params.qOffset) / W + kvh * UNITS;
   for (var e = lid; e < UNITS; e += WG) {
     qs[e] = q[qBase + e] * params.scale;
   }
   let count = workgroupUniformLoad(&keyCount);
+  let first = workgroupUniformLoad(&firstKey);
 
   // Invocation lid accumulates units lid + o·WG (one unit, slice `slice`, when SLICES > 1).
   let slice = lid / UNITS;
@@ -103,7 +122,7 @@ fn main(
     sum[o] = 0.0;
   }
 
-  for (var c0 = 0u; c0 < count; c0 += CHUNK) {
+  for (var c0 = first; c0 < count; c0 += CHUNK) {
     let n = min(CHUNK, count - c0);
     // The previous chunk's readers of ps and rescale are done (and qs is loaded).
     workgroupBarrier();
@@ -120,7 +139,11 @@ fn main(
         }
       }
       for (var g = 0u; g < GROUP; g++) {
+#if SOFT_CAP
+        ps[g * CHUNK + j] = params.softCap * tanhStable(s[g] / params.softCap);
+#else
         ps[g * CHUNK + j] = s[g];
+#endif
       }
     }
     workgroupBarrier();
@@ -129,7 +152,7 @@ fn main(
       for (var j = 1u; j < n; j++) {
         m = max(m, ps[lid * CHUNK + j]);
       }
-      if (c0 == 0u) {
+      if (c0 == first) {
         rescale[lid] = 0.0;
       } else {
         m = max(m, runningMax);

@@ -28,10 +28,18 @@ export interface AttentionArgs {
   outRowStride?: number;
   /** Score scale; default 1 / sqrt(headDim). */
   scale?: number;
+  /**
+   * Sliding window: each query sees only the last `window` keys (positions p − window + 1 .. p);
+   * undefined or 0 for full causal attention.
+   */
+  window?: number;
+  /** Attention logit soft-capping (Gemma 2): scores s become softCap · tanh(s / softCap); undefined for none. */
+  softCap?: number;
 }
 
 /**
- * Causal grouped-query attention over the KV cache, for prefill (packed prompts) and decode alike.
+ * Causal grouped-query attention over the KV cache, for prefill (packed prompts) and decode alike,
+ * optionally within a sliding window and with soft-capped scores.
  * One workgroup per (token, kv head) serves the heads / kvHeads query heads that share it.
  */
 export function recordAttention(batch: ComputeBatch, args: AttentionArgs): void {
@@ -43,13 +51,25 @@ export function recordAttention(batch: ComputeBatch, args: AttentionArgs): void 
   const outStride = args.outRowStride ?? heads * headDim;
   if (qOffset + heads * headDim > qStride || heads * headDim > outStride) throw new GpuError('attention: row strides are smaller than heads · headDim');
   const scale = args.scale ?? 1 / Math.sqrt(headDim);
+  const window = args.window ?? 0;
+  if (!Number.isSafeInteger(window) || window < 0) throw new GpuError(`attention: bad window ${window}`);
+  const softCap = args.softCap;
+  if (softCap !== undefined && !(softCap > 0 && Number.isFinite(softCap))) throw new GpuError(`attention: bad softCap ${softCap}`);
   if (tokens === 0) return;
   const group = heads / kvHeads;
   const vec4 = headDim % 4 === 0 && qStride % 4 === 0 && qOffset % 4 === 0 && outStride % 4 === 0;
   batch.dispatch(
-    batch.gpu.kernel('attention.wgsl', { WG, CHUNK, HEAD_DIM: headDim, GROUP: group, VEC4: vec4 }),
-    { params: { tokens, kvHeads, maxLen, qStride, qOffset, outStride, scale, headUnits: vec4 ? headDim / 4 : headDim }, q, kCache, vCache, positions, slots, out },
+    batch.gpu.kernel('attention.wgsl', { WG, CHUNK, HEAD_DIM: headDim, GROUP: group, VEC4: vec4, SOFT_CAP: softCap !== undefined }),
+    {
+      params: { tokens, kvHeads, maxLen, qStride, qOffset, outStride, scale, headUnits: vec4 ? headDim / 4 : headDim, window, softCap: softCap ?? 1 },
+      q,
+      kCache,
+      vCache,
+      positions,
+      slots,
+      out,
+    },
     workgroups1D(tokens * kvHeads, 1),
-    `T=${tokens} heads=${heads} kvHeads=${kvHeads} dim=${headDim} maxLen=${maxLen}`,
+    `T=${tokens} heads=${heads} kvHeads=${kvHeads} dim=${headDim} maxLen=${maxLen}${window ? ` window=${window}` : ''}${softCap ? ` softCap=${softCap}` : ''}`,
   );
 }

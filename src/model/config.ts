@@ -483,6 +483,17 @@ function parseRope(raw: RawConfig, headDim: number, fail: (message: string) => n
   }
 }
 
+/**
+ * The sliding attention window of layer l, or undefined for full causal attention: every layer of
+ * Mistral, Mixtral and Phi-3 with a `sliding_window`; Qwen2's layers from `max_window_layers` on
+ * with `use_sliding_window`.
+ */
+export function attentionWindow(config: Pick<ModelConfig, 'slidingWindow' | 'slidingWindowFromLayer'>, l: number): number | undefined {
+  if (config.slidingWindow === undefined) return undefined;
+  if (config.slidingWindowFromLayer !== undefined && l < config.slidingWindowFromLayer) return undefined;
+  return config.slidingWindow;
+}
+
 // ---------------------------------------------------------------------------------------------
 
 /** Joins a folder's name and a file name for messages. */

@@ -9,7 +9,7 @@ import { recordExpertMatvec, recordMoeRoute } from '../kernels/moe.ts';
 import { recordRmsNorm } from '../kernels/rmsnorm.ts';
 import { recordRope } from '../kernels/rope.ts';
 import { recordGatherRows } from '../kernels/rows.ts';
-import { attentionScale, ropeInverseFrequencies, type ModelConfig } from './config.ts';
+import { attentionScale, attentionWindow, ropeInverseFrequencies, type ModelConfig } from './config.ts';
 import { FiniteCheck } from './finiteCheck.ts';
 import type { KvCache } from './kvCache.ts';
 import type { PackedMatrix } from '../gpu/packedMatrix.ts';
@@ -235,7 +235,19 @@ export class LlamaForward {
     recordRope(batch, { x: q, positions, invFreq: this.invFreq, tokens: T, heads: c.numHeads, headDim: c.headDim });
     recordRope(batch, { x: k, positions, invFreq: this.invFreq, tokens: T, heads: c.numKvHeads, headDim: c.headDim });
     recordKvCacheWrite(batch, { k, v, kCache: cache.keys[l]!, vCache: cache.values[l]!, positions, slots, tokens: T, kvHeads: c.numKvHeads, headDim: c.headDim, maxLen: cache.maxLen });
-    recordAttention(batch, { q, kCache: cache.keys[l]!, vCache: cache.values[l]!, positions, slots, out: attn, tokens: T, ...heads, maxLen: cache.maxLen, scale: attentionScale(c) });
+    recordAttention(batch, {
+      q,
+      kCache: cache.keys[l]!,
+      vCache: cache.values[l]!,
+      positions,
+      slots,
+      out: attn,
+      tokens: T,
+      ...heads,
+      maxLen: cache.maxLen,
+      scale: attentionScale(c),
+      window: attentionWindow(c, l),
+    });
     recordMatmul(batch, { x: attn, tokens: T, weight: w.o, bias: w.oBias, y: attnOut });
     this.tap(batch, ctx, 'attn_out', l, attnOut);
     recordAdd(batch, { x: resid, y: attnOut, n: T * H, check: this.layerCheck(l) });

@@ -3,13 +3,14 @@ import { GpuOutOfMemoryError, formatBytes } from '../gpu/errors.ts';
 import type { ModelConfig } from './config.ts';
 
 /**
- * The longest sequence (prompt and new tokens) the engine runs for this model: its context, within
- * the sliding window, and within longrope's original context (beyond it transformers switches to
- * the long factors, which the engine does not).
+ * The longest sequence (prompt and new tokens) the engine runs for this model: its context, and
+ * within longrope's original context (beyond it transformers switches to the long factors, which
+ * the engine does not). A sliding window does not shorten it: attention then reads only the
+ * window's keys of the cache.
  */
-export function contextLength(config: Pick<ModelConfig, 'maxPositionEmbeddings' | 'slidingWindow' | 'ropeScaling'>): number {
+export function contextLength(config: Pick<ModelConfig, 'maxPositionEmbeddings' | 'ropeScaling'>): number {
   const longrope = config.ropeScaling?.type === 'longrope' ? config.ropeScaling.originalMaxPositionEmbeddings : Infinity;
-  return Math.min(config.maxPositionEmbeddings, config.slidingWindow ?? Infinity, longrope);
+  return Math.min(config.maxPositionEmbeddings, longrope);
 }
 
 /**
@@ -30,10 +31,6 @@ export class KvCache {
       throw new RangeError(
         `sequences of ${maxLen} positions exceed this model's context of ${config.maxPositionEmbeddings} positions (max_position_embeddings in config.json); use shorter prompts or fewer new tokens`,
       );
-    }
-    if (config.slidingWindow !== undefined && maxLen > config.slidingWindow) {
-      // Within the window, sliding-window attention is plain causal attention.
-      throw new RangeError(`sequences of ${maxLen} positions exceed this model's sliding attention window of ${config.slidingWindow}, which is not supported`);
     }
     if (config.ropeScaling?.type === 'longrope' && maxLen > config.ropeScaling.originalMaxPositionEmbeddings) {
       throw new RangeError(

@@ -26,14 +26,16 @@ interface Shape {
   maxLen: number;
   numSlots: number;
   sequences: Sequence[];
+  window?: number;
+  softCap?: number;
 }
 
 function describeShape(s: Shape): string {
   const seqs = s.sequences.map((q) => `${q.past}+${q.length}@${q.slot}`).join(',');
-  return `heads=${s.heads} kv=${s.kvHeads} dim=${s.headDim} seqs=[${seqs}]`;
+  return `heads=${s.heads} kv=${s.kvHeads} dim=${s.headDim} seqs=[${seqs}]${s.window ? ` window=${s.window}` : ''}${s.softCap ? ` softCap=${s.softCap}` : ''}`;
 }
 
-/** Causal GQA attention in float64 over the cache contents. */
+/** Causal GQA attention in float64 over the cache contents (keys p − window < j ≤ p; scores soft-capped). */
 function attentionReference(shape: Shape, q: Float32Array, kCache: Float32Array, vCache: Float32Array, positions: Uint32Array, slots: Uint32Array): Float64Array {
   const { heads, kvHeads, headDim: D, maxLen } = shape;
   const T = positions.length;
@@ -48,20 +50,21 @@ function attentionReference(shape: Shape, q: Float32Array, kCache: Float32Array,
       const kvh = Math.floor(h / group);
       const qRow = q.subarray(t * heads * D + h * D, t * heads * D + (h + 1) * D);
       const scores = new Float64Array(p + 1);
+      const first = shape.window ? Math.max(0, p - shape.window + 1) : 0;
       let max = -Infinity;
-      for (let j = 0; j <= p; j++) {
+      for (let j = first; j <= p; j++) {
         let s = 0;
         const at = base + j * kvDim + kvh * D;
         for (let d = 0; d < D; d++) s += qRow[d]! * kCache[at + d]!;
-        scores[j] = s * scale;
+        scores[j] = shape.softCap ? shape.softCap * Math.tanh((s * scale) / shape.softCap) : s * scale;
         max = Math.max(max, scores[j]!);
       }
       let sum = 0;
-      for (let j = 0; j <= p; j++) {
+      for (let j = first; j <= p; j++) {
         scores[j] = Math.exp(scores[j]! - max);
         sum += scores[j]!;
       }
-      for (let j = 0; j <= p; j++) {
+      for (let j = first; j <= p; j++) {
         const w = scores[j]! / sum;
         const at = base + j * kvDim + kvh * D;
         for (let d = 0; d < D; d++) out[t * heads * D + h * D + d]! += w * vCache[at + d]!;
@@ -75,8 +78,8 @@ function attentionReference(shape: Shape, q: Float32Array, kCache: Float32Array,
  * Fills the cache with NaN except the `past` positions of each sequence, writes the step's new keys and
  * values with kv_cache_write, runs attention, and checks both against float64.
  */
-async function checkStep(shape: Shape, bound: number): Promise<{ error: number; ms: number }> {
-  const rng = new Random();
+async function checkStep(shape: Shape, bound: number, seed?: number): Promise<{ error: number; ms: number; out: Float32Array; seed: number }> {
+  const rng = new Random(seed);
   const { heads, kvHeads, headDim: D, maxLen, numSlots, sequences } = shape;
   const kvDim = kvHeads * D;
   const cacheSize = numSlots * maxLen * kvDim;
@@ -86,6 +89,12 @@ async function checkStep(shape: Shape, bound: number): Promise<{ error: number; 
     const from = s.slot * maxLen * kvDim;
     kCache.set(f32(rng.normals(s.past * kvDim)), from);
     vCache.set(f32(rng.normals(s.past * kvDim)), from);
+    // With a window, keys older than every query's window stay NaN: reading one would show.
+    if (shape.window) {
+      const oldest = Math.max(0, s.past - shape.window + 1);
+      kCache.fill(Number.NaN, from, from + oldest * kvDim);
+      vCache.fill(Number.NaN, from, from + oldest * kvDim);
+    }
   }
   const T = sequences.reduce((n, s) => n + s.length, 0);
   const positions = new Uint32Array(T);
@@ -114,7 +123,7 @@ async function checkStep(shape: Shape, bound: number): Promise<{ error: number; 
   };
   const batch = gpu.batch('attention step');
   recordKvCacheWrite(batch, { ...buffers, tokens: T, kvHeads, headDim: D, maxLen, numSlots });
-  recordAttention(batch, { ...buffers, tokens: T, heads, kvHeads, headDim: D, maxLen });
+  recordAttention(batch, { ...buffers, tokens: T, heads, kvHeads, headDim: D, maxLen, window: shape.window, softCap: shape.softCap });
   const started = performance.now();
   await batch.submit();
   const out = await gpu.readF32(buffers.out);
@@ -134,7 +143,7 @@ async function checkStep(shape: Shape, bound: number): Promise<{ error: number; 
 
   const expected = attentionReference(shape, q, kCache, vCache, positions, slots);
   const error = expectClose(out, expected, bound, `attention ${describeShape(shape)}`, rng.seed);
-  return { error, ms };
+  return { error, ms, out, seed: rng.seed };
 }
 
 function sameBits(a: Float32Array, b: Float32Array): boolean {
@@ -163,6 +172,26 @@ describe('attention', () => {
   it.each(shapes)('%s', async (_name, shape) => {
     const { error, ms } = await checkStep(shape, BOUND);
     console.log(`attention ${describeShape(shape)}: relative error ${error.toExponential(2)}, ${ms.toFixed(1)} ms on ${gpu.adapter.name}`);
+  });
+
+  const windowed: [string, Shape][] = [
+    ['window 16 over a 100-token prefill and a continued prefill', { heads: 4, kvHeads: 2, headDim: 32, maxLen: 160, numSlots: 2, window: 16, sequences: [{ slot: 0, past: 0, length: 100 }, { slot: 1, past: 40, length: 9 }] }],
+    ['window 100 across chunk boundaries, decode', { heads: 8, kvHeads: 2, headDim: 64, maxLen: 700, numSlots: 3, window: 100, sequences: [{ slot: 0, past: 650, length: 1 }, { slot: 1, past: 99, length: 1 }, { slot: 2, past: 5, length: 1 }] }],
+    ['window 7, dim 42 (f32 loads)', { heads: 4, kvHeads: 4, headDim: 42, maxLen: 64, numSlots: 1, window: 7, sequences: [{ slot: 0, past: 0, length: 50 }] }],
+    ['soft-capped scores (cap 3)', { heads: 4, kvHeads: 2, headDim: 32, maxLen: 96, numSlots: 2, softCap: 3, sequences: [{ slot: 0, past: 0, length: 70 }, { slot: 1, past: 30, length: 1 }] }],
+    ['soft-capping and a window together', { heads: 6, kvHeads: 3, headDim: 64, maxLen: 200, numSlots: 1, window: 33, softCap: 2, sequences: [{ slot: 0, past: 0, length: 150 }] }],
+  ];
+
+  it.each(windowed)('%s', async (_name, shape) => {
+    const { error } = await checkStep(shape, BOUND);
+    console.log(`attention ${describeShape(shape)}: relative error ${error.toExponential(2)} on ${gpu.adapter.name}`);
+  });
+
+  it('a window covering every key gives the bits of full causal attention', async () => {
+    const shape: Shape = { heads: 8, kvHeads: 2, headDim: 64, maxLen: 300, numSlots: 2, sequences: [{ slot: 0, past: 0, length: 130 }, { slot: 1, past: 200, length: 1 }] };
+    const full = await checkStep(shape, BOUND);
+    const covering = await checkStep({ ...shape, window: 300 }, BOUND, full.seed);
+    expect(sameBits(covering.out, full.out)).toBe(true);
   });
 
   it.each([8, 6])('reads a fused QKV buffer through strides and offsets and writes output rows %i wider', async (extra) => {

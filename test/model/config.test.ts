@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { BlobFolder } from '../../src/io/byteSource.ts';
 import { NodeFolder } from '../../src/io/nodeFolder.ts';
-import { attentionScale, loadModelConfig, ModelConfigError, parseModelConfig, ropeInverseFrequencies, type ModelConfig } from '../../src/model/config.ts';
+import { attentionScale, attentionWindow, loadModelConfig, ModelConfigError, parseModelConfig, ropeInverseFrequencies, type ModelConfig } from '../../src/model/config.ts';
 import { contextLength } from '../../src/model/kvCache.ts';
 
 const FIXTURES = join(import.meta.dirname, '..', 'fixtures', 'configs');
@@ -229,6 +229,9 @@ describe('defaults as in transformers', () => {
     expect(config.slidingWindow).toBeUndefined();
     const windowed = parseModelConfig(minimal({ model_type: 'qwen2', num_key_value_heads: 2, use_sliding_window: true, sliding_window: 1024, max_window_layers: 1 }));
     expect(windowed).toMatchObject({ slidingWindow: 1024, slidingWindowFromLayer: 1 });
+    expect([0, 1, 2].map((l) => attentionWindow(windowed, l))).toEqual([undefined, 1024, 1024]);
+    expect(attentionWindow(config, 0)).toBeUndefined();
+    expect(attentionWindow(parseModelConfig(minimal({ model_type: 'mistral', num_key_value_heads: 2, sliding_window: 10 })), 0)).toBe(10);
   });
 
   it('head_dim given explicitly need not divide hidden_size', () => {

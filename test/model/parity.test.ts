@@ -27,6 +27,8 @@ const VARIANTS: [string, RandomModelOptions][] = [
   ['llama, attention and MLP biases, f16', { attentionBias: true, mlpBias: true, dtype: 'F16' }],
   ['qwen2, q/k/v biases, f32', { architecture: 'qwen2', numHeads: 4, numKvHeads: 1, dtype: 'F32' }],
   ['mistral, MHA, head_dim ≠ hidden/heads, bf16', { architecture: 'mistral', numHeads: 4, numKvHeads: 4, headDim: 24, dtype: 'BF16' }],
+  ['mistral, sliding window 6 exercised (prompts of 11 and 23 tokens), GQA 2:1, bf16', { architecture: 'mistral', numHeads: 4, numKvHeads: 2, slidingWindow: 6, dtype: 'BF16' }],
+  ['qwen2, sliding window 5 from layer 1 (use_sliding_window), f32', { architecture: 'qwen2', numHeads: 4, numKvHeads: 2, slidingWindow: 5, slidingWindowFromLayer: 1, dtype: 'F32' }],
   ['qwen3, q/k norms, head_dim ≠ hidden/heads, untied, bf16', { architecture: 'qwen3', numHeads: 4, numKvHeads: 2, headDim: 32, dtype: 'BF16' }],
   ['qwen3, q/k norms, tied, f32', { architecture: 'qwen3', tieWordEmbeddings: true, dtype: 'F32' }],
   ['phi3, fused qkv_proj and gate_up_proj, f32', { architecture: 'phi3', numHeads: 4, numKvHeads: 2, dtype: 'F32' }],
@@ -41,7 +43,7 @@ const VARIANTS: [string, RandomModelOptions][] = [
 ];
 
 /** One variant of each family for the greedy-generation comparison. */
-const GREEDY_VARIANTS = [...VARIANTS.slice(0, 3), ...VARIANTS.filter(([name]) => /^(qwen3, q\/k norms, tied|phi3|mixtral|qwen2-moe|qwen3-moe, norm)/.test(name))];
+const GREEDY_VARIANTS = [...VARIANTS.slice(0, 3), ...VARIANTS.filter(([name]) => /^(mistral, sliding|qwen3, q\/k norms, tied|phi3|mixtral|qwen2-moe|qwen3-moe, norm)/.test(name))];
 
 async function loadRandom(options: RandomModelOptions): Promise<{ random: RandomModel; model: LlamaModel; reference: ReferenceLlama }> {
   const { random, model } = await loadRandomModel(gpu, options);

@@ -31,8 +31,9 @@
  *     first), experts.down_proj [E, H, I].
  *
  * Everything is float64, including the RoPE inverse frequencies, which are computed here from
- * rope_theta and the llama3 / linear / longrope scaling formulas (not taken from src). Mistral's and Qwen2's
- * sliding window is ignored: the reference is meant for sequences shorter than the window.
+ * rope_theta and the llama3 / linear / longrope scaling formulas (not taken from src). Sliding windows
+ * (Mistral, Mixtral, Phi-3 every layer; Qwen2 from max_window_layers with use_sliding_window): query
+ * t sees keys s with t − window < s ≤ t (transformers' sliding-window mask).
  */
 import type { ModelConfig } from '../../src/model/config.ts';
 
@@ -249,24 +250,26 @@ export class ReferenceLlama {
 
     const group = c.numHeads / c.numKvHeads;
     const scale = 1 / Math.sqrt(d);
+    const window = this.window(l);
     const attn = new Float64Array(T * qDim);
     const scores = new Float64Array(T);
     for (let h = 0; h < c.numHeads; h++) {
       const g = Math.floor(h / group);
       for (let t = 0; t < T; t++) {
         let max = -Infinity;
-        for (let s = 0; s <= t; s++) {
+        const first = window === undefined ? 0 : Math.max(0, t - window + 1);
+        for (let s = first; s <= t; s++) {
           let dot = 0;
           for (let i = 0; i < d; i++) dot += q[t * qDim + h * d + i]! * k[s * kvDim + g * d + i]!;
           scores[s] = dot * scale;
           if (scores[s]! > max) max = scores[s]!;
         }
         let total = 0;
-        for (let s = 0; s <= t; s++) {
+        for (let s = first; s <= t; s++) {
           scores[s] = Math.exp(scores[s]! - max);
           total += scores[s]!;
         }
-        for (let s = 0; s <= t; s++) {
+        for (let s = first; s <= t; s++) {
           const weight = scores[s]! / total;
           for (let i = 0; i < d; i++) attn[t * qDim + h * d + i]! += weight * v[s * kvDim + g * d + i]!;
         }
@@ -279,6 +282,13 @@ export class ReferenceLlama {
     const mlpOut = c.moe?.sparseLayers[l] ? this.moe(l, y) : this.denseMlp(l, y);
     const residPost = add(residMid, mlpOut);
     return { residPre, attnOut, residMid, mlpOut, residPost };
+  }
+
+  /** Layer l's sliding window, read from the config's raw fields (not through src's helper). */
+  private window(l: number): number | undefined {
+    const c = this.config;
+    if (c.slidingWindow === undefined) return undefined;
+    return c.slidingWindowFromLayer !== undefined && l < c.slidingWindowFromLayer ? undefined : c.slidingWindow;
   }
 
   /** The gated MLP of layer l on rows y [T, H]. */

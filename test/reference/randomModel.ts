@@ -47,6 +47,10 @@ export interface RandomModelOptions {
   ropeScaling?: 'llama3' | 'linear' | 'longrope';
   rmsNormEps?: number;
   dtype?: StoredDtype;
+  /** `sliding_window` (mistral, mixtral, phi3: every layer; qwen2: with use_sliding_window from `slidingWindowFromLayer`). */
+  slidingWindow?: number;
+  /** qwen2 `max_window_layers` (with use_sliding_window). */
+  slidingWindowFromLayer?: number;
 }
 
 export interface RandomTensor {
@@ -149,7 +153,12 @@ export function randomModel(options: RandomModelOptions = {}): RandomModel {
     configJson.attention_bias = options.attentionBias ?? false;
     configJson.mlp_bias = options.mlpBias ?? false;
   }
-  if (architecture === 'mistral' || architecture === 'mixtral' || phi3) configJson.sliding_window = null;
+  if (architecture === 'mistral' || architecture === 'mixtral' || phi3) configJson.sliding_window = options.slidingWindow ?? null;
+  if (architecture === 'qwen2' && options.slidingWindow !== undefined) {
+    configJson.use_sliding_window = true;
+    configJson.sliding_window = options.slidingWindow;
+    configJson.max_window_layers = options.slidingWindowFromLayer ?? 0;
+  }
   if (attentionBiasFamily && !llama) configJson.attention_bias = options.attentionBias ?? false;
   if (qkNorm && options.headDim === undefined) configJson.head_dim = headDim;
   if (architecture === 'mixtral') {
