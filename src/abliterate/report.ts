@@ -1,5 +1,6 @@
 import type { LlamaModel } from '../model/model.ts';
 import type { AbliterationResult, AbliterationSettings } from './pipeline.ts';
+import { settingsRecord } from './settings.ts';
 
 /** Names of the files a run writes beside the model (CLI output folder, page downloads). */
 export const REPORT_FILE = 'abliteration_report.json';
@@ -18,8 +19,11 @@ export function cutParameters(result: AbliterationResult, settings: Abliteration
   };
 }
 
-/** The JSON report of a run: the figures a user and a script need, without the per-token data. */
-export function reportOf(result: AbliterationResult, model: LlamaModel, parameters: Record<string, unknown>, output: string | null, adapter: string) {
+/**
+ * The JSON report of a run: the figures a user and a script need, without the per-token data.
+ * `settings` is recorded by the settings schema's keys, as a TOML config would give them.
+ */
+export function reportOf(result: AbliterationResult, model: LlamaModel, parameters: Record<string, unknown>, output: string | null, adapter: string, settings: AbliterationSettings) {
   const evaluation = (e: AbliterationResult['before']) => ({
     harmful_refusal_rate: e.harmful_refusal_rate,
     harmless_refusal_rate: e.harmless_refusal_rate,
@@ -41,6 +45,7 @@ export function reportOf(result: AbliterationResult, model: LlamaModel, paramete
     after: evaluation(result.after),
     kl: result.kl,
     parameters,
+    settings: settingsRecord(settings),
     timings_s: result.timings,
     output,
     /** Files of the input folder the export left out (weights in other formats, hidden files), with why. */

@@ -45,7 +45,7 @@ export function registerRun(program: Command): void {
       bar?.stop();
       const parameters = cutParameters(result, settings, dir);
       // Paths as the user gave them: a report shared elsewhere shows no resolved local path.
-      const report = reportOf(result, model, parameters, config.out!, gpu.adapter.name);
+      const report = reportOf(result, model, parameters, config.out!, gpu.adapter.name, settings);
       const exportBar = progressBar('export', 1);
       await writeRunOutput(out, model, result, report, parameters, (done, total) => exportBar.update(done, total));
       exportBar.stop();

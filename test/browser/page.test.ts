@@ -293,7 +293,7 @@ describe('the web page in headless Chromium with WebGPU', () => {
     const [reportDownload] = await Promise.all([page.waitForEvent('download'), page.click('#save-report')]);
     const report = JSON.parse(await readFile((await reportDownload.path())!, 'utf8')) as { layer: number; parameters: Record<string, unknown>; after: { harmful_refusal_rate: number }; scores: unknown[] };
     // The CLI's report (reportOf is shared).
-    expect(Object.keys(report)).toEqual(['model', 'adapter', 'layer', 'selection', 'scores', 'layer_weights', 'before', 'after', 'kl', 'parameters', 'timings_s', 'output']);
+    expect(Object.keys(report)).toEqual(['model', 'adapter', 'layer', 'selection', 'scores', 'layer_weights', 'before', 'after', 'kl', 'parameters', 'settings', 'timings_s', 'output', 'skipped_files']);
     expect(report.after.harmful_refusal_rate).toBe(harmfulAfter);
     expect(report.parameters).toMatchObject({ layer, alpha: ALPHA, embedding: true });
     const [directionDownload] = await Promise.all([page.waitForEvent('download'), page.click('#save-direction')]);

@@ -140,7 +140,7 @@ export class Workbench {
 
   report(adapter: string): AbliterationReport {
     const { model, run } = this.requireRun();
-    return { ...reportOf(run.result, model, run.parameters, null, adapter), skipped_files: run.skippedFiles ?? [] };
+    return { ...reportOf(run.result, model, run.parameters, null, adapter, run.settings), skipped_files: run.skippedFiles ?? [] };
   }
 
   async directionsFile(): Promise<Blob> {
