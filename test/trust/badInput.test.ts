@@ -97,7 +97,9 @@ describe.concurrent('model folders', () => {
     });
     await expectRunFails(
       target,
-      `${target.dir}/config.json: model_type "gpt2" (GPT2LMHeadModel) is not supported; supported: LlamaForCausalLM (model_type "llama"), MistralForCausalLM (model_type "mistral"), Qwen2ForCausalLM (model_type "qwen2")`,
+      `${target.dir}/config.json: model_type "gpt2" (GPT2LMHeadModel) is not supported; supported: LlamaForCausalLM (model_type "llama"), MistralForCausalLM (model_type "mistral"), Qwen2ForCausalLM (model_type "qwen2"), ` +
+        'Qwen3ForCausalLM (model_type "qwen3"), Phi3ForCausalLM (model_type "phi3"), MixtralForCausalLM (model_type "mixtral"), ' +
+        'Qwen2MoeForCausalLM (model_type "qwen2_moe"), Qwen3MoeForCausalLM (model_type "qwen3_moe")',
     );
   });
 
