@@ -127,7 +127,15 @@ export function plainTextTokens(model: LlamaModel, text: string): number[] {
 export async function perplexity(
   model: LlamaModel,
   text: string | readonly number[],
-  options: { hooks?: readonly Hook[]; window?: number; maxTokens?: number } = {},
+  options: {
+    hooks?: readonly Hook[];
+    window?: number;
+    maxTokens?: number;
+    /** Checked before each window: a cancelled run stops within one window's forward pass. */
+    signal?: AbortSignal;
+    /** Windows done of all windows. */
+    onProgress?: (done: number, total: number) => void;
+  } = {},
 ): Promise<{ perplexity: number; tokens: number }> {
   const { gpu, config } = model;
   const ids = (typeof text === 'string' ? plainTextTokens(model, text) : text).slice(0, options.maxTokens ?? 4096);
@@ -137,7 +145,10 @@ export async function perplexity(
   const hooks = new HookRunner(options.hooks ?? [], config.numLayers);
   let totalNll = 0;
   let counted = 0;
+  const windows = Math.max(1, Math.ceil((ids.length - 1) / (window - 1)));
+  let done = 0;
   for (let start = 0; start + 1 < ids.length; start += window - 1) {
+    options.signal?.throwIfAborted();
     const tokens = ids.slice(start, start + window);
     const T = tokens.length;
     const cache = new KvCache(gpu, config, 1, T);
@@ -155,6 +166,7 @@ export async function perplexity(
       gpu.destroyBuffer(targets);
       gpu.destroyBuffer(nll);
     }
+    options.onProgress?.(++done, windows);
     if (start + window >= ids.length) break;
   }
   await model.forward.verifyFinite();
@@ -205,8 +217,13 @@ export interface ModelEvaluationOptions {
   perplexity?: boolean;
   /** Progress over the answers generated (harmful, then harmless prompts). */
   onProgress?: (done: number, total: number) => void;
+  /** Progress of each sub-step in its own units (answers, prompts, perplexity windows). */
+  onStep?: (step: EvaluationStep, done: number, total: number) => void;
   signal?: AbortSignal;
 }
+
+/** The sub-steps of `evaluateModel`, in order. */
+export type EvaluationStep = 'harmful refusals' | 'harmless refusals' | 'first-token KL' | 'perplexity';
 
 /**
  * Evaluates the model as it is now (weights, plus any hooks) on prepared prompts: greedy answers to
@@ -217,10 +234,31 @@ export async function evaluateModel(model: LlamaModel, prompts: EvaluationPrompt
   const { baseline, hooks, batchSize, maxNewTokens, markers, signal } = options;
   const total = prompts.harmful.length + prompts.harmless.length;
   const run = { hooks, batchSize, maxNewTokens, markers, signal };
-  const harmful = await evaluateRefusals(model, prompts.harmful, { ...run, onProgress: (done) => options.onProgress?.(done, total) });
-  const harmless = await evaluateRefusals(model, prompts.harmless, { ...run, onProgress: (done) => options.onProgress?.(prompts.harmful.length + done, total) });
-  const kl = baseline ? (await firstTokenKl(model, baseline, prompts.harmless, { hooks, batchSize, signal })).mean : 0;
-  const ppl = prompts.plainText && options.perplexity !== false ? (await perplexity(model, prompts.plainText, { hooks })).perplexity : null;
+  const step = (name: EvaluationStep, total: number) => {
+    options.onStep?.(name, 0, total);
+    return (done: number, of: number) => options.onStep?.(name, done, of);
+  };
+  const harmfulStep = step('harmful refusals', prompts.harmful.length);
+  const harmful = await evaluateRefusals(model, prompts.harmful, {
+    ...run,
+    onProgress: (done) => {
+      harmfulStep(done, prompts.harmful.length);
+      options.onProgress?.(done, total);
+    },
+  });
+  const harmlessStep = step('harmless refusals', prompts.harmless.length);
+  const harmless = await evaluateRefusals(model, prompts.harmless, {
+    ...run,
+    onProgress: (done) => {
+      harmlessStep(done, prompts.harmless.length);
+      options.onProgress?.(prompts.harmful.length + done, total);
+    },
+  });
+  const kl = baseline ? (await firstTokenKl(model, baseline, prompts.harmless, { hooks, batchSize, signal, onProgress: step('first-token KL', prompts.harmless.length) })).mean : 0;
+  const ppl =
+    prompts.plainText && options.perplexity !== false
+      ? (await perplexity(model, prompts.plainText, { hooks, signal, onProgress: step('perplexity', 1) })).perplexity
+      : null;
   return {
     harmful_refusal_rate: harmful.rate,
     harmless_refusal_rate: harmless.rate,

@@ -1,6 +1,6 @@
 import type { LlamaModel } from '../model/model.ts';
 import { applyCut, layerWeights, type AppliedCut } from './cut.ts';
-import { evaluateModel, EvaluationPrompts, type ModelEvaluation } from './evaluate.ts';
+import { evaluateModel, EvaluationPrompts, type EvaluationStep, type ModelEvaluation } from './evaluate.ts';
 import { measure, type LayerScore, type Measurement } from './measure.ts';
 import { chatTokens } from './prefill.ts';
 import { samplePrompts } from './sampling.ts';
@@ -51,6 +51,8 @@ export type Stage = 'measure' | 'select' | 'evaluate before' | 'cut' | 'evaluate
 export interface RunCallbacks {
   onStage?: (stage: Stage) => void;
   onProgress?: (stage: Stage, done: number, total: number) => void;
+  /** Progress of each sub-step of an evaluation stage (refusals, first-token KL, perplexity), in its own units. */
+  onStep?: (stage: Stage, step: EvaluationStep, done: number, total: number) => void;
   signal?: AbortSignal;
 }
 
@@ -121,12 +123,17 @@ export async function runAbliteration(model: LlamaModel, sets: PromptSets, setti
     const before = await stage('evaluate before', async (progress) => {
       baseline = await evaluation.baseline({ batchSize, signal });
       // The original model against its own logits: KL 0.
-      return evaluateModel(model, evaluation, { ...evaluate, onProgress: progress });
+      return evaluateModel(model, evaluation, { ...evaluate, onProgress: progress, onStep: (step, done, total) => callbacks.onStep?.('evaluate before', step, done, total) });
     });
     // undo() restores the weights bit for bit (from GPU or host copies, as memory allows).
     const cut = await stage('cut', () => applyCut(model, { direction, alpha: settings.alpha, layerWeights: weights, preserveRowNorm: settings.preserveRowNorm, embedding: settings.embedding }));
     try {
-      const after = await stage('evaluate after', (progress) => evaluateModel(model, evaluation, { ...evaluate, baseline, onProgress: progress }));
+      const after = await stage('evaluate after', (progress) => evaluateModel(model, evaluation, {
+          ...evaluate,
+          baseline,
+          onProgress: progress,
+          onStep: (step, done, total) => callbacks.onStep?.('evaluate after', step, done, total),
+        }));
       return { layer, selection, scores: measurement.scores, layerWeights: weights, before, after, kl: after.kl, measurement, direction, timings, cut };
     } catch (error) {
       await cut.undo().catch((undoError: unknown) => {
