@@ -2,7 +2,7 @@ import { SingleBar, Presets } from 'cli-progress';
 import type { Gpu } from '../gpu/gpu.ts';
 import { createNodeGpu, type AdapterChoice } from '../gpu/node.ts';
 import { NodeFolder } from '../io/nodeFolder.ts';
-import { LlamaModel } from '../model/model.ts';
+import { LlamaModel, openModelFiles, type ModelFiles } from '../model/model.ts';
 
 /** An error whose message is all a CLI user needs: printed as one line, exit code 1. */
 export class UsageError extends Error {
@@ -49,11 +49,17 @@ export function bar<T>(label: string, work: (update: (done: number, total: numbe
   return work((done, total) => progress.update(done, total)).finally(() => progress.stop());
 }
 
-export async function loadModel(gpu: Gpu, dir: string): Promise<LlamaModel> {
+/** Reads and checks a model folder (config, tokenizer, weight headers) before any GPU work, so a bad folder fails at once. */
+export function checkModelFolder(dir: string): Promise<ModelFiles> {
+  // Named as the user gave it: messages and reports show that path, not a resolved one.
+  return openModelFiles(new NodeFolder(dir));
+}
+
+export async function loadModel(gpu: Gpu, source: string | ModelFiles): Promise<LlamaModel> {
+  const files = typeof source === 'string' ? await checkModelFolder(source) : source;
   const bar = progressBar('loading weights', 1);
   try {
-    // Named as the user gave it: messages and reports show that path, not a resolved one.
-    return await LlamaModel.load(gpu, new NodeFolder(dir), {
+    return await LlamaModel.load(gpu, files, {
       onProgress: (done, total) => bar.update(done, total),
       onWarning: (m) => status(`warning: ${m}`),
       // Qwen3's chat templates think only when asked: off unless ABLITERATE_THINKING=1.
@@ -66,9 +72,10 @@ export async function loadModel(gpu: Gpu, dir: string): Promise<LlamaModel> {
 
 /** Runs an action with a GPU and a loaded model, and always releases both. */
 export async function withModel<T>(dir: string, options: GpuOptions, action: (model: LlamaModel, gpu: Gpu) => Promise<T>): Promise<T> {
+  const files = await checkModelFolder(dir);
   const gpu = await openGpu(options);
   try {
-    const model = await loadModel(gpu, dir);
+    const model = await loadModel(gpu, files);
     try {
       return await action(model, gpu);
     } finally {

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { evaluateModel, EvaluationPrompts, firstTokenLogits } from '../abliterate/evaluate.ts';
-import { bar, loadModel, openGpu, printJson } from './common.ts';
+import { bar, checkModelFolder, loadModel, openGpu, printJson } from './common.ts';
 import { addSettingOptions, commandValues, type CommandSettings } from './options.ts';
 import { BUNDLED, loadPrompts, MAX_PLAIN_TEXT_BYTES, readTextInput } from './settings.ts';
 
@@ -30,18 +30,21 @@ export function registerEval(program: Command): void {
     const harmless = await loadPrompts(options['eval-harmless'] ?? BUNDLED['eval-harmless'], options.column, options.limit);
     const textFile = options['plain-text'] ?? BUNDLED['plain-text'];
     const text = await readTextInput(textFile, 'plain text', MAX_PLAIN_TEXT_BYTES);
+    // Both folders are checked before the GPU is opened.
+    const originalFiles = options.baseline ? await checkModelFolder(options.baseline) : undefined;
+    const files = await checkModelFolder(dir);
     const gpu = await openGpu(options);
     try {
       let baseline: GPUBuffer | undefined;
-      if (options.baseline) {
-        const original = await loadModel(gpu, options.baseline);
+      if (originalFiles) {
+        const original = await loadModel(gpu, originalFiles);
         try {
           baseline = await firstTokenLogits(original, harmless, { batchSize: options['batch-size'] });
         } finally {
           original.dispose();
         }
       }
-      const model = await loadModel(gpu, dir);
+      const model = await loadModel(gpu, files);
       try {
         const prompts = new EvaluationPrompts(model, { harmful, harmless, plainText: text });
         const e = await bar('evaluate', (update) => evaluateModel(model, prompts, { baseline, batchSize: options['batch-size'], maxNewTokens: options['max-tokens'], onProgress: update }));

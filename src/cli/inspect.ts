@@ -1,10 +1,8 @@
 import type { Command } from 'commander';
-import { NodeFolder } from '../io/nodeFolder.ts';
-import { SafetensorsModel } from '../io/safetensors.ts';
-import { loadModelConfig, SUPPORTED_ARCHITECTURES } from '../model/config.ts';
+import { SUPPORTED_ARCHITECTURES } from '../model/config.ts';
 import { detectExpertStorage, inactiveExpertParameters } from '../model/layout.ts';
 import { formatBytes } from '../gpu/errors.ts';
-import { openGpu, printJson } from './common.ts';
+import { checkModelFolder, openGpu, printJson } from './common.ts';
 import { addSettingOptions, commandValues, type CommandSettings } from './options.ts';
 
 export const INSPECT_SETTINGS: CommandSettings = { name: 'inspect', options: ['json', 'adapter'] };
@@ -15,9 +13,8 @@ export function registerInspect(program: Command): void {
     INSPECT_SETTINGS,
   ).action(async (dir: string, _o: unknown, command: Command) => {
     const options = await commandValues(command, INSPECT_SETTINGS);
-    const folder = new NodeFolder(dir);
-    const config = await loadModelConfig(folder);
-    const tensors = await SafetensorsModel.open(folder);
+    // A config that disagrees with its weights is an error here too, not a summary of a model that cannot run.
+    const { config, tensors } = await checkModelFolder(dir);
     let parameters = 0;
     let bytes = 0;
     const dtypes = new Map<string, number>();

@@ -3,6 +3,7 @@ import { create, globals } from 'webgpu';
 import { GpuError, NoAdapterError } from './errors.ts';
 import { Gpu, type GpuRestrictions } from './gpu.ts';
 import { summarizeAdapter } from './adapter.ts';
+import { quietNativeOutput } from './quietNative.ts';
 
 /** Which adapter to use: the best found, a hardware one only, or a named software driver. */
 export type AdapterChoice = 'auto' | 'hardware' | 'lavapipe' | 'swiftshader';
@@ -18,6 +19,9 @@ export interface NodeGpuOptions extends GpuRestrictions {
   /** Defaults to the ABLITERATE_ADAPTER environment variable, then 'auto'. */
   adapter?: AdapterChoice;
 }
+
+/** The software driver (as in SOFTWARE_ICDS) behind an adapter name of `summarizeAdapter`. */
+const DRIVER_OF_ADAPTER: Readonly<Record<string, string>> = { llvmpipe: 'lavapipe', swiftshader: 'swiftshader' };
 
 /** Environment variable that caps the GPU memory the engine allocates (bytes, or e.g. 512MiB, 2GiB). */
 export const MEMORY_BUDGET_ENV = 'ABLITERATE_MEMORY_BUDGET';
@@ -41,26 +45,33 @@ export async function createNodeGpu(options: NodeGpuOptions = {}): Promise<Gpu> 
       else tried.push(`${driver}: ${icd} not installed`);
     }
   }
-  for (const candidate of candidates) {
-    const found = await requestAdapter(candidate.icd);
-    if (!found) {
-      tried.push(`${candidate.label}: no adapter`);
-      continue;
+  // Dawn and the Vulkan drivers print notices while adapters are probed (unless ABLITERATE_DEBUG is set, they are not shown).
+  const gpu = await quietNativeOutput(async () => {
+    for (const candidate of candidates) {
+      const found = await requestAdapter(candidate.icd);
+      if (!found) {
+        tried.push(`${candidate.label}: no adapter`);
+        continue;
+      }
+      const { adapter, instance } = found;
+      const summary = summarizeAdapter(adapter);
+      if (choice === 'hardware' && summary.software) {
+        tried.push(`${candidate.label}: only a software adapter (${summary.name})`);
+        continue;
+      }
+      // The loader found only a software driver: take them in our fallback order instead, unless it
+      // found the first of them (each probe costs time, and the driver's notices are printed again).
+      const fallback = candidates[1]?.label;
+      if (choice === 'auto' && summary.software && candidate === candidates[0] && userIcd === undefined && fallback !== DRIVER_OF_ADAPTER[summary.name]) {
+        tried.push(`${candidate.label}: software adapter ${summary.name}`);
+        continue;
+      }
+      // dawn.node crashes if the instance is garbage-collected while its device lives, so the Gpu holds it.
+      return Gpu.fromAdapter(adapter, summary, { ...options, memoryBudget }, instance);
     }
-    const { adapter, instance } = found;
-    const summary = summarizeAdapter(adapter);
-    if (choice === 'hardware' && summary.software) {
-      tried.push(`${candidate.label}: only a software adapter (${summary.name})`);
-      continue;
-    }
-    if (choice === 'auto' && summary.software && candidate === candidates[0] && userIcd === undefined) {
-      // The loader found only a software driver; take them in our fallback order instead.
-      tried.push(`${candidate.label}: software adapter ${summary.name}`);
-      continue;
-    }
-    // dawn.node crashes if the instance is garbage-collected while its device lives, so the Gpu holds it.
-    return Gpu.fromAdapter(adapter, summary, { ...options, memoryBudget }, instance);
-  }
+    return undefined;
+  });
+  if (gpu) return gpu;
   throw new NoAdapterError(
     `no WebGPU adapter (${choice}): ${tried.join('; ')}. Install a Vulkan driver (scripts/setup-system.sh installs libvulkan1 and Mesa lavapipe)`,
   );

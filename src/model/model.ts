@@ -33,6 +33,28 @@ export interface LoadOptions {
   onWarning?: (message: string) => void;
 }
 
+/** A model folder's config, tokenizer and weight headers, read and checked against each other: no GPU needed. */
+export interface ModelFiles {
+  folder: FileFolder;
+  config: ModelConfig;
+  /** Absent when the folder has no tokenizer.json: the forward pass can still run on token ids. */
+  tokenizer: ChatTokenizer | undefined;
+  tensors: SafetensorsModel;
+}
+
+/**
+ * Reads and checks a model folder without touching the GPU: config.json, the tokenizer and its chat
+ * template, and the safetensors headers against the config (every tensor present, of its shape and
+ * a supported dtype, no layers beyond num_hidden_layers). A bad folder fails here, at once.
+ */
+export async function openModelFiles(folder: FileFolder): Promise<ModelFiles> {
+  const config = await loadModelConfig(folder);
+  const tokenizer = (await folder.has('tokenizer.json')) ? await ChatTokenizer.fromFolder(folder, { modelConfig: config }) : undefined;
+  const tensors = await SafetensorsModel.open(folder);
+  checkTensors(config, tensors);
+  return { folder, config, tokenizer, tensors };
+}
+
 /** Share of the memory budget the weights may take before 'auto' streams them (the rest: activations, KV cache). */
 const RESIDENT_SHARE = 0.75;
 
@@ -54,13 +76,10 @@ export class LlamaModel {
     readonly forward: LlamaForward,
   ) {}
 
-  static async load(gpu: Gpu, folder: FileFolder, options: LoadOptions = {}): Promise<LlamaModel> {
-    const config = await loadModelConfig(folder);
-    // The forward pass needs no tokenizer: a folder of weights alone can still be run on token ids.
-    const tokenizer = (await folder.has('tokenizer.json')) ? await ChatTokenizer.fromFolder(folder, { modelConfig: config }) : undefined;
+  /** Loads a model folder (or the files `openModelFiles` already read and checked) onto the GPU. */
+  static async load(gpu: Gpu, source: FileFolder | ModelFiles, options: LoadOptions = {}): Promise<LlamaModel> {
+    const { folder, config, tokenizer, tensors } = 'tensors' in source ? source : await openModelFiles(source);
     if (tokenizer) tokenizer.enableThinking = options.thinking ?? false;
-    const tensors = await SafetensorsModel.open(folder);
-    checkTensors(config, tensors);
     const residency = options.residency ?? 'auto';
     const total = [...tensors.tensors.values()].reduce((n, t) => n + t.byteLength, 0);
     const streamed = residency === 'streamed' || (residency === 'auto' && total > gpu.memoryBudget * RESIDENT_SHARE);

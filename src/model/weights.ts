@@ -58,12 +58,21 @@ export class WeightError extends Error {
 /** Checks that every tensor the config needs is present with the right shape, before anything is uploaded. */
 export function checkTensors(config: ModelConfig, model: SafetensorsModel): void {
   const problems: string[] = [];
+  // Layers past num_hidden_layers would be ignored, and missing ones listed tensor by tensor: say it first.
+  let weightLayers = 0;
+  for (const name of model.allTensors.keys()) {
+    const layer = /^model\.layers\.(\d+)\./.exec(name)?.[1];
+    if (layer !== undefined) weightLayers = Math.max(weightLayers, Number(layer) + 1);
+  }
+  if (weightLayers !== config.numLayers) problems.push(`the weights have ${weightLayers} layers but num_hidden_layers is ${config.numLayers}`);
   for (const [name, shape] of expectedTensors(config, detectExpertStorage(config, (name) => model.allTensors.has(name)))) {
     const info = model.tensors.get(name);
     const stored = model.allTensors.get(name);
     if (!info && stored) problems.push(`${name} has dtype ${stored.dtype}, which is not supported (only ${SUPPORTED_DTYPES.join(', ')})`);
-    else if (!info) problems.push(`${name} is missing`);
-    else if (info.shape.length !== shape.length || info.shape.some((d, j) => d !== shape[j])) {
+    else if (!info) {
+      const unlisted = model.sharded ? [...model.shards].find(([, shard]) => shard.has(name))?.[0] : undefined;
+      problems.push(unlisted ? `${name} is in ${unlisted} but not listed in ${model.indexFile}` : `${name} is missing`);
+    } else if (info.shape.length !== shape.length || info.shape.some((d, j) => d !== shape[j])) {
       problems.push(`${name} has shape [${info.shape.join(', ')}], expected [${shape.join(', ')}] from config.json`);
     }
   }

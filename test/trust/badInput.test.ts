@@ -121,8 +121,8 @@ describe.concurrent('model folders', () => {
     const p = 'model.layers.2';
     await expectRunFails(
       target,
-      `${target.dir}: the weights do not match config.json: ${p}.input_layernorm.weight is missing; ${p}.post_attention_layernorm.weight is missing; ` +
-        `${p}.self_attn.q_proj.weight is missing; ${p}.self_attn.k_proj.weight is missing; ${p}.self_attn.v_proj.weight is missing; and 4 more`,
+      `${target.dir}: the weights do not match config.json: the weights have 2 layers but num_hidden_layers is 3; ${p}.input_layernorm.weight is missing; ` +
+        `${p}.post_attention_layernorm.weight is missing; ${p}.self_attn.q_proj.weight is missing; ${p}.self_attn.k_proj.weight is missing; and 5 more`,
     );
   });
 

@@ -13,7 +13,7 @@ export interface CliResult {
   signal: NodeJS.Signals | null;
   stdout: string;
   stderr: string;
-  /** stderr without the adapter's own notices (Dawn prints limit warnings on lavapipe). */
+  /** stderr without the adapter's own notices (Dawn's limit warnings on lavapipe: the CLI silences them, except when its stderr is a socket, as Node's child processes have). */
   lines: string[];
 }
 
@@ -42,9 +42,9 @@ function quote(arg: string): string {
 /** Runs `abliterate <args>` as a child process. */
 export function runCli(args: readonly string[], options: CliOptions = {}): Promise<CliResult> {
   const argv = [...(options.nodeArgs ?? []), BIN, ...args];
-  const env = { ...process.env, ...options.env };
+  // ABLITERATE_DEBUG only when a test asks for it.
+  const env: Record<string, string | undefined> = { ...process.env, ABLITERATE_DEBUG: undefined, ...options.env };
   for (const [key, value] of Object.entries(env)) if (value === undefined) delete env[key];
-  delete env.ABLITERATE_DEBUG;
   const spawnOptions = { cwd: options.cwd ?? ROOT, env, ...(options.uid === undefined ? {} : { uid: options.uid, gid: options.gid ?? options.uid }) };
   const child = options.shellPrefix
     ? spawn('bash', ['-c', `${options.shellPrefix}; exec ${quote(process.execPath)} ${argv.map(quote).join(' ')}`], spawnOptions)
