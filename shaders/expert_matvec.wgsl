@@ -5,7 +5,7 @@
 //                                                         into the layer's output)
 // Tokens not routed to the expert are skipped whole (their workgroups read no weights), so a step
 // reads only the selected experts' weights. W is [n, k] in its file dtype. One workgroup per
-// (token, output feature); its WG invocations split the dot product along k.
+// (token, block of TN output features); its WG invocations split the dot products along k.
 struct Params {
   tokens: u32,
   k: u32,
@@ -30,8 +30,9 @@ var<workgroup> routed: f32;
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
   let index = group.x + group.y * groups.x;
-  let t = index / params.n;
-  let n = index % params.n;
+  let blocks = (params.n + TN - 1u) / TN;
+  let t = index / blocks;
+  let n0 = (index % blocks) * TN;
   if (t >= params.tokens) {
     return;
   }
@@ -44,17 +45,23 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(num_workgroups) groups
     return;
   }
   let k = params.k;
-  var sum = 0.0;
+  var sums: array<f32, TN>;
   for (var kk = lane; kk < k; kk += WG) {
-    sum += x[t * k + kk] * weight_at(n * k + kk);
+    let xv = x[t * k + kk];
+    for (var j = 0u; j < TN; j++) {
+      // Rows past the end read the last row again; their sums are never stored.
+      sums[j] += xv * weight_at(min(n0 + j, params.n - 1u) * k + kk);
+    }
   }
-  let total = workgroup_sum(sum, lane);
-  if (lane == 0u) {
-    let out = t * params.out_stride + params.row_start + n;
+  for (var j = 0u; j < TN; j++) {
+    let total = workgroup_sum(sums[j], lane);
+    if (lane == 0u && n0 + j < params.n) {
+      let out = t * params.out_stride + params.row_start + n0 + j;
 #if ACCUMULATE
-    y[out] += r * total;
+      y[out] += r * total;
 #else
-    y[out] = total;
+      y[out] = total;
 #endif
+    }
   }
 }

@@ -4,6 +4,8 @@ import { GpuError } from '../gpu/errors.ts';
 import { weightDefines, type PackedMatrix } from '../gpu/packedMatrix.ts';
 
 const WG = 64;
+/** Output features per workgroup of expert_matvec. */
+const TN = 4;
 
 /**
  * Dense routing weights [tokens, stride] from router logits [tokens, stride]: the top-k experts of
@@ -38,10 +40,10 @@ export function recordExpertMatvec(
   const { x, tokens, weight, route, routeStride, expert, y, accumulate } = args;
   if (expert >= routeStride) throw new GpuError(`expert_matvec: expert ${expert} is outside the ${routeStride} routing columns`);
   if (tokens === 0) return;
-  const kernel = batch.gpu.kernel('expert_matvec.wgsl', { WG, ...weightDefines(weight.dtype), ACCUMULATE: accumulate });
+  const kernel = batch.gpu.kernel('expert_matvec.wgsl', { WG, TN, ...weightDefines(weight.dtype), ACCUMULATE: accumulate });
   const outStride = args.outStride ?? weight.rows;
   for (const chunk of weight.chunks) {
     const params = { tokens, k: weight.cols, n: chunk.rows, out_stride: outStride, row_start: chunk.rowStart, route_stride: routeStride, expert };
-    batch.dispatch(kernel, { params, x, weight: chunk.buffer, route, y }, workgroups1D(tokens * chunk.rows, 1), `${weight.name} tokens=${tokens} k=${weight.cols} n=${chunk.rows}`);
+    batch.dispatch(kernel, { params, x, weight: chunk.buffer, route, y }, workgroups1D(tokens * Math.ceil(chunk.rows / TN), 1), `${weight.name} tokens=${tokens} k=${weight.cols} n=${chunk.rows}`);
   }
 }
