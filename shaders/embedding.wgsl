@@ -1,10 +1,12 @@
 // out[t, :] = E[ids[t], :] for the tokens whose id falls in this chunk of the table's rows.
 // Tables larger than one storage binding are split by rows into chunks, one dispatch per chunk.
+// SCALED (Gemma): times `scale` (√hidden in the table's dtype), in f32.
 struct Params {
   tokens: u32,
   dim: u32,
   row_start: u32,
   row_count: u32,
+  scale: f32,
 }
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> ids: array<u32>;
@@ -23,6 +25,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   let row = ids[t] - params.row_start;
   // Unsigned wrap-around makes ids below row_start fail this test too.
   if (row < params.row_count) {
+#if SCALED
+    out[i] = weight_at(row * params.dim + i % params.dim) * params.scale;
+#else
     out[i] = weight_at(row * params.dim + i % params.dim);
+#endif
   }
 }

@@ -1,4 +1,5 @@
 // y[r, :] = x[r, :] / sqrt(mean(x[r, :]²) + eps) · weight — one workgroup per row.
+// PLUS_ONE (Gemma): · (1 + weight), with 1 + weight formed in f32 as transformers does.
 struct Params {
   rows: u32,
   dim: u32,
@@ -27,6 +28,10 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(num_workgroups) groups
   }
   let scale = inverseSqrt(workgroup_sum(sum, lane) / f32(params.dim) + params.eps);
   for (var i = lane; i < params.dim; i += WG) {
+#if PLUS_ONE
+    y[base + i] = x[base + i] * scale * (1.0 + weight[i]);
+#else
     y[base + i] = x[base + i] * scale * weight[i];
+#endif
   }
 }

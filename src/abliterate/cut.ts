@@ -172,6 +172,13 @@ function cutTargets(model: LlamaModel, alpha: number, weights: { o: readonly num
  */
 export async function applyCut(model: LlamaModel, spec: CutSpec): Promise<AppliedCut> {
   const { config, weights } = model;
+  if (config.block.sandwichNorms) {
+    // Gemma's writers are followed by an RMSNorm with a learned scale: cutting o_proj and down_proj
+    // does not remove the direction from what the stream receives (ARCHITECTURE.md, "Post-normed blocks").
+    throw new RangeError(
+      `cutting weights of ${config.architecture} models is not supported: their attention and MLP outputs pass through a norm with a learned scale before the residual stream, so a weight cut would not equal ablating the direction; ablate it at run time (steer) instead`,
+    );
+  }
   const given = spec.direction !== undefined ? [spec.direction] : spec.basis instanceof Float32Array ? [spec.basis] : spec.basis;
   const basis = cutBasis(given, config.hiddenSize, { orthonormalize: spec.orthonormalize ?? false });
   const alpha = spec.alpha ?? 1;

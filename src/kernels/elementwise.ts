@@ -18,3 +18,16 @@ export function recordSiluMul(batch: ComputeBatch, args: { gate: GPUBuffer; up: 
   const { gate, up, n } = args;
   batch.dispatch(batch.gpu.kernel('silu_mul.wgsl', { WG }), { params: { n }, gate, up }, workgroups1D(n, WG), `n=${n}`);
 }
+
+/** gate ← gelu_tanh(gate) · up over `n` elements (Gemma's gated MLP, transformers' gelu_pytorch_tanh). */
+export function recordGeluTanhMul(batch: ComputeBatch, args: { gate: GPUBuffer; up: GPUBuffer; n: number }): void {
+  const { gate, up, n } = args;
+  batch.dispatch(batch.gpu.kernel('gelu_tanh_mul.wgsl', { WG }), { params: { n }, gate, up }, workgroups1D(n, WG), `n=${n}`);
+}
+
+/** x ← cap · tanh(x / cap) over `n` elements (Gemma 2's final-logit soft-capping). */
+export function recordSoftCap(batch: ComputeBatch, args: { x: GPUBuffer; n: number; cap: number }): void {
+  const { x, n, cap } = args;
+  if (!(cap > 0 && Number.isFinite(cap))) throw new RangeError(`soft cap must be a positive number (got ${cap})`);
+  batch.dispatch(batch.gpu.kernel('soft_cap.wgsl', { WG }), { params: { n, cap }, x }, workgroups1D(n, WG), `n=${n} cap=${cap}`);
+}

@@ -10,9 +10,10 @@
  */
 import * as v from 'valibot';
 import { FileMissingError, type FileFolder } from '../io/byteSource.ts';
+import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../io/dtype.ts';
 import { jsonErrorReason } from '../io/json.ts';
 
-export type Architecture = 'llama' | 'mistral' | 'qwen2' | 'qwen3' | 'phi3' | 'mixtral' | 'qwen2_moe' | 'qwen3_moe';
+export type Architecture = 'llama' | 'mistral' | 'qwen2' | 'qwen3' | 'phi3' | 'mixtral' | 'qwen2_moe' | 'qwen3_moe' | 'gemma2' | 'gemma3_text';
 
 /** The `architectures` class of each supported `model_type`. */
 export const SUPPORTED_ARCHITECTURES: Readonly<Record<Architecture, string>> = {
@@ -24,6 +25,8 @@ export const SUPPORTED_ARCHITECTURES: Readonly<Record<Architecture, string>> = {
   mixtral: 'MixtralForCausalLM',
   qwen2_moe: 'Qwen2MoeForCausalLM',
   qwen3_moe: 'Qwen3MoeForCausalLM',
+  gemma2: 'Gemma2ForCausalLM',
+  gemma3_text: 'Gemma3ForCausalLM',
 };
 
 /**
@@ -39,6 +42,18 @@ export interface BlockDescription {
   fusedGateUp: boolean;
   /** The module holding the MLP or the experts: `mlp`, or `block_sparse_moe` (Mixtral). */
   mlpModule: 'mlp' | 'block_sparse_moe';
+  /** Every RMSNorm scales by (1 + w) instead of w (Gemma). */
+  normPlusOne: boolean;
+  /**
+   * Norms before and after attention and the MLP (Gemma 2, 3): `post_attention_layernorm` normalises
+   * the attention's output (not the MLP's input, as in Llama), `pre_feedforward_layernorm` the MLP's
+   * input, `post_feedforward_layernorm` its output.
+   */
+  sandwichNorms: boolean;
+  /** The gated MLP's activation: silu, or GELU with the tanh approximation (Gemma's `gelu_pytorch_tanh`). */
+  activation: 'silu' | 'gelu_tanh';
+  /** The embeddings are multiplied by √hidden_size (Gemma; see `embeddingMultiplier`). */
+  scaledEmbedding: boolean;
 }
 
 /** A sparse mixture-of-experts MLP (Mixtral, Qwen2-MoE, Qwen3-MoE). */
@@ -121,6 +136,19 @@ export interface ModelConfig {
   slidingWindowFromLayer?: number;
   /** `torch_dtype` (or `dtype`) as written, e.g. "bfloat16". Informative: the weights' own dtypes rule. */
   torchDtype?: string;
+  /**
+   * Per layer, whether it uses the sliding window (Gemma 2: every other layer from the first; Gemma 3:
+   * `layer_types`, else all but every `sliding_window_pattern`-th). Absent: see `attentionWindow`.
+   */
+  slidingLayers?: boolean[];
+  /** Gemma 2, 3: scores are scaled by 1/√query_pre_attn_scalar instead of 1/√head_dim. */
+  queryPreAttnScalar?: number;
+  /** Gemma 2: attention scores become c · tanh(s / c). */
+  attnLogitSoftcap?: number;
+  /** Gemma 2: logits become c · tanh(logits / c). */
+  finalLogitSoftcap?: number;
+  /** Gemma 3: the RoPE base of the sliding-window layers (`rope_local_base_freq`; no scaling there). */
+  ropeLocalTheta?: number;
 }
 
 export class ModelConfigError extends Error {
@@ -199,6 +227,15 @@ const ConfigSchema = v.looseObject(
     mlp_only_layers: v.nullish(check('mlp_only_layers', 'a list of layer indices', (x): x is number[] => Array.isArray(x) && x.every(isTokenId))),
     qkv_bias: v.nullish(boolean('qkv_bias')),
     original_max_position_embeddings: v.nullish(positiveInteger('original_max_position_embeddings')),
+    hidden_activation: v.nullish(string('hidden_activation')),
+    query_pre_attn_scalar: v.nullish(positiveNumber('query_pre_attn_scalar')),
+    attn_logit_softcapping: v.nullish(positiveNumber('attn_logit_softcapping')),
+    final_logit_softcapping: v.nullish(positiveNumber('final_logit_softcapping')),
+    sliding_window_pattern: v.nullish(positiveInteger('sliding_window_pattern')),
+    layer_types: v.nullish(
+      check('layer_types', 'a list of "sliding_attention" or "full_attention"', (x): x is string[] => Array.isArray(x) && x.every((t) => t === 'sliding_attention' || t === 'full_attention')),
+    ),
+    rope_local_base_freq: v.nullish(positiveNumber('rope_local_base_freq')),
   },
   (issue) => {
     const key = issue.path?.[0]?.key;
@@ -222,18 +259,25 @@ const DEFAULTS: Record<
   mixtral: { numKvHeads: 8, maxPositionEmbeddings: 4096 * 32, bosTokenId: 1, eosTokenId: 2, slidingWindow: undefined },
   qwen2_moe: { numKvHeads: 16, maxPositionEmbeddings: 32768, bosTokenId: undefined, eosTokenId: undefined, slidingWindow: 4096 },
   qwen3_moe: { numKvHeads: 4, maxPositionEmbeddings: 32768, bosTokenId: undefined, eosTokenId: undefined, slidingWindow: 4096 },
+  gemma2: { numKvHeads: 4, maxPositionEmbeddings: 8192, bosTokenId: 2, eosTokenId: 1, slidingWindow: 4096 },
+  gemma3_text: { numKvHeads: 4, maxPositionEmbeddings: 131072, bosTokenId: 2, eosTokenId: 1, slidingWindow: 4096 },
 };
 
 /** The block of each family. */
+const LLAMA_NORMS = { normPlusOne: false, sandwichNorms: false, activation: 'silu', scaledEmbedding: false } as const;
+const GEMMA_NORMS = { normPlusOne: true, sandwichNorms: true, activation: 'gelu_tanh', scaledEmbedding: true } as const;
+
 const BLOCKS: Record<Architecture, BlockDescription> = {
-  llama: { fusedQkv: false, qkNorm: false, fusedGateUp: false, mlpModule: 'mlp' },
-  mistral: { fusedQkv: false, qkNorm: false, fusedGateUp: false, mlpModule: 'mlp' },
-  qwen2: { fusedQkv: false, qkNorm: false, fusedGateUp: false, mlpModule: 'mlp' },
-  qwen3: { fusedQkv: false, qkNorm: true, fusedGateUp: false, mlpModule: 'mlp' },
-  phi3: { fusedQkv: true, qkNorm: false, fusedGateUp: true, mlpModule: 'mlp' },
-  mixtral: { fusedQkv: false, qkNorm: false, fusedGateUp: false, mlpModule: 'block_sparse_moe' },
-  qwen2_moe: { fusedQkv: false, qkNorm: false, fusedGateUp: false, mlpModule: 'mlp' },
-  qwen3_moe: { fusedQkv: false, qkNorm: true, fusedGateUp: false, mlpModule: 'mlp' },
+  llama: { fusedQkv: false, qkNorm: false, fusedGateUp: false, mlpModule: 'mlp', ...LLAMA_NORMS },
+  mistral: { fusedQkv: false, qkNorm: false, fusedGateUp: false, mlpModule: 'mlp', ...LLAMA_NORMS },
+  qwen2: { fusedQkv: false, qkNorm: false, fusedGateUp: false, mlpModule: 'mlp', ...LLAMA_NORMS },
+  qwen3: { fusedQkv: false, qkNorm: true, fusedGateUp: false, mlpModule: 'mlp', ...LLAMA_NORMS },
+  phi3: { fusedQkv: true, qkNorm: false, fusedGateUp: true, mlpModule: 'mlp', ...LLAMA_NORMS },
+  mixtral: { fusedQkv: false, qkNorm: false, fusedGateUp: false, mlpModule: 'block_sparse_moe', ...LLAMA_NORMS },
+  qwen2_moe: { fusedQkv: false, qkNorm: false, fusedGateUp: false, mlpModule: 'mlp', ...LLAMA_NORMS },
+  qwen3_moe: { fusedQkv: false, qkNorm: true, fusedGateUp: false, mlpModule: 'mlp', ...LLAMA_NORMS },
+  gemma2: { fusedQkv: false, qkNorm: false, fusedGateUp: false, mlpModule: 'mlp', ...GEMMA_NORMS },
+  gemma3_text: { fusedQkv: false, qkNorm: true, fusedGateUp: false, mlpModule: 'mlp', ...GEMMA_NORMS },
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -244,6 +288,7 @@ export function parseModelConfig(json: unknown, source = 'config.json'): ModelCo
     throw new ModelConfigError(`${source}: ${message}`);
   };
   if (typeof json !== 'object' || json === null || Array.isArray(json)) fail(`the config must be a JSON object (got ${show(json)})`);
+  json = gemma3TextPart(json as Record<string, unknown>, fail);
   const architecture = detectArchitecture(json as Record<string, unknown>, fail);
 
   const result = v.safeParse(ConfigSchema, json, { abortEarly: false });
@@ -261,6 +306,20 @@ export function parseModelConfig(json: unknown, source = 'config.json'): ModelCo
   }
   const raw = (result as v.SafeParseResult<typeof ConfigSchema> & { success: true }).output;
   return buildConfig(raw, architecture, fail);
+}
+
+/**
+ * A `gemma3` config (Gemma3ForConditionalGeneration) describes a vision tower and a text decoder;
+ * without a vision tower its `text_config` is the model. Vision towers are refused.
+ */
+function gemma3TextPart(json: Record<string, unknown>, fail: (message: string) => never): Record<string, unknown> {
+  if (json.model_type !== 'gemma3') return json;
+  if (json.vision_config != null) {
+    fail('model_type "gemma3" with a vision_config (Gemma3ForConditionalGeneration) has a vision tower, and vision towers are not supported; the text-only Gemma 3 models (model_type "gemma3_text", Gemma3ForCausalLM) are');
+  }
+  const text = json.text_config;
+  if (typeof text !== 'object' || text === null || Array.isArray(text)) fail('model_type "gemma3" needs a text_config object (the text decoder)');
+  return { ...(text as Record<string, unknown>), model_type: 'gemma3_text', architectures: ['Gemma3ForCausalLM'] };
 }
 
 function detectArchitecture(json: Record<string, unknown>, fail: (message: string) => never): Architecture {
@@ -292,13 +351,22 @@ function buildConfig(raw: RawConfig, architecture: Architecture, fail: (message:
   const hiddenSize = raw.hidden_size;
   const numHeads = raw.num_attention_heads;
 
-  const hiddenAct = raw.hidden_act ?? 'silu';
-  if (hiddenAct !== 'silu' && hiddenAct !== 'swish') fail(`hidden_act "${hiddenAct}" is not supported; only "silu" is`);
+  const gemma = architecture === 'gemma2' || architecture === 'gemma3_text';
+  if (gemma) {
+    // Gemma's MLP reads hidden_activation (hidden_act is kept in configs for older code and ignored).
+    const activation = raw.hidden_activation ?? 'gelu_pytorch_tanh';
+    if (activation !== 'gelu_pytorch_tanh') fail(`hidden_activation "${activation}" is not supported for ${architecture}; only "gelu_pytorch_tanh" is`);
+  } else {
+    const hiddenAct = raw.hidden_act ?? 'silu';
+    if (hiddenAct !== 'silu' && hiddenAct !== 'swish') fail(`hidden_act "${hiddenAct}" is not supported; only "silu" is`);
+  }
 
   let headDim: number;
   if (raw.head_dim == null && architecture === 'qwen3') {
     // Qwen3Config's own default; configs written by transformers always carry head_dim.
     headDim = 128;
+  } else if (raw.head_dim == null && gemma) {
+    headDim = 256;
   } else if (raw.head_dim != null) {
     headDim = raw.head_dim;
   } else {
@@ -317,7 +385,8 @@ function buildConfig(raw: RawConfig, architecture: Architecture, fail: (message:
     fail(`partial_rotary_factor ${raw.partial_rotary_factor} is not supported; only 1 (rotary embeddings over the whole head) is`);
   }
 
-  const { ropeTheta, ropeScaling } = parseRope(raw, headDim, fail);
+  // Gemma 3's global layers default to a base of 1e6 (its local layers: rope_local_base_freq).
+  const { ropeTheta, ropeScaling } = parseRope(architecture === 'gemma3_text' && raw.rope_theta == null ? { ...raw, rope_theta: 1_000_000 } : raw, headDim, fail);
 
   // q/k/v biases: always for qwen2, `qkv_bias` (default true) for qwen2_moe, `attention_bias` for
   // llama and qwen3 (which then also bias o_proj, as for qwen3_moe), never for mistral, mixtral, phi3.
@@ -360,7 +429,7 @@ function buildConfig(raw: RawConfig, architecture: Architecture, fail: (message:
     ropeTheta,
     ropeScaling,
     maxPositionEmbeddings: raw.max_position_embeddings ?? defaults.maxPositionEmbeddings,
-    tieWordEmbeddings: raw.tie_word_embeddings ?? false,
+    tieWordEmbeddings: raw.tie_word_embeddings ?? gemma,
     attentionBias,
     oProjBias,
     mlpBias,
@@ -373,7 +442,38 @@ function buildConfig(raw: RawConfig, architecture: Architecture, fail: (message:
   if (slidingWindowFromLayer !== undefined) config.slidingWindowFromLayer = slidingWindowFromLayer;
   const dtype = raw.torch_dtype ?? raw.dtype;
   if (dtype != null) config.torchDtype = dtype;
+  if (gemma) addGemma(config, raw, architecture, fail);
   return config;
+}
+
+/** Gemma 2 and 3: the interleaved sliding-window layers, the score scale, soft-capping, the local RoPE base. */
+function addGemma(config: ModelConfig, raw: RawConfig, architecture: Architecture, fail: (message: string) => never): void {
+  const layers = config.numLayers;
+  config.slidingWindow = raw.sliding_window ?? 4096;
+  let types: boolean[];
+  if (raw.layer_types != null) {
+    if (raw.layer_types.length !== layers) fail(`layer_types has ${raw.layer_types.length} entries, but the model has ${layers} layers`);
+    types = raw.layer_types.map((t) => t === 'sliding_attention');
+  } else {
+    // transformers: Gemma 2 alternates sliding and full layers starting with sliding; Gemma 3 makes
+    // every sliding_window_pattern-th layer full (default 6).
+    const pattern = architecture === 'gemma2' ? 2 : (raw.sliding_window_pattern ?? 6);
+    types = Array.from({ length: layers }, (_, l) => (l + 1) % pattern !== 0);
+  }
+  config.slidingLayers = types;
+  config.queryPreAttnScalar = raw.query_pre_attn_scalar ?? 256;
+  if (architecture === 'gemma2') {
+    // Gemma2Config's defaults are 50 and 30; null in the file turns them off.
+    const attn = raw.attn_logit_softcapping === undefined ? 50 : raw.attn_logit_softcapping;
+    const final = raw.final_logit_softcapping === undefined ? 30 : raw.final_logit_softcapping;
+    if (attn != null) config.attnLogitSoftcap = attn;
+    if (final != null) config.finalLogitSoftcap = final;
+  } else {
+    if (raw.attn_logit_softcapping != null) config.attnLogitSoftcap = raw.attn_logit_softcapping;
+    if (raw.final_logit_softcapping != null) config.finalLogitSoftcap = raw.final_logit_softcapping;
+    config.ropeLocalTheta = raw.rope_local_base_freq ?? 10000;
+  }
+  if (config.padTokenId === undefined && raw.pad_token_id === undefined) config.padTokenId = 0;
 }
 
 function parseMoe(raw: RawConfig, architecture: Architecture, fail: (message: string) => never): MoeConfig | undefined {
@@ -486,10 +586,11 @@ function parseRope(raw: RawConfig, headDim: number, fail: (message: string) => n
 /**
  * The sliding attention window of layer l, or undefined for full causal attention: every layer of
  * Mistral, Mixtral and Phi-3 with a `sliding_window`; Qwen2's layers from `max_window_layers` on
- * with `use_sliding_window`.
+ * with `use_sliding_window`; Gemma's sliding layers (`slidingLayers`).
  */
-export function attentionWindow(config: Pick<ModelConfig, 'slidingWindow' | 'slidingWindowFromLayer'>, l: number): number | undefined {
+export function attentionWindow(config: Pick<ModelConfig, 'slidingWindow' | 'slidingWindowFromLayer' | 'slidingLayers'>, l: number): number | undefined {
   if (config.slidingWindow === undefined) return undefined;
+  if (config.slidingLayers !== undefined) return config.slidingLayers[l] ? config.slidingWindow : undefined;
   if (config.slidingWindowFromLayer !== undefined && l < config.slidingWindowFromLayer) return undefined;
   return config.slidingWindow;
 }
@@ -572,7 +673,19 @@ export function ropeInverseFrequencies(config: Pick<ModelConfig, 'headDim' | 'ro
  * The attention score scale: 1/√head_dim, times the square of longrope's attention factor (which
  * transformers applies to cos and sin, so to both q and k).
  */
-export function attentionScale(config: Pick<ModelConfig, 'headDim' | 'ropeScaling'>): number {
+export function attentionScale(config: Pick<ModelConfig, 'headDim' | 'ropeScaling' | 'queryPreAttnScalar'>): number {
   const factor = config.ropeScaling?.type === 'longrope' ? config.ropeScaling.attentionFactor : 1;
-  return (factor * factor) / Math.sqrt(config.headDim);
+  return (factor * factor) / Math.sqrt(config.queryPreAttnScalar ?? config.headDim);
+}
+
+/**
+ * Gemma's embedding multiplier √hidden_size as transformers applies it: a tensor in the activations'
+ * dtype (the embedding's), so √hidden_size rounded to bf16 or f16 first (e.g. √3072 = 55.43 → 55.5 in
+ * bf16). The product is then formed in f32 (the engine's activations), not rounded again. 1 for
+ * families without the scaling.
+ */
+export function embeddingMultiplier(config: Pick<ModelConfig, 'hiddenSize' | 'block'>, dtype: 'F32' | 'F16' | 'BF16'): number {
+  if (!config.block.scaledEmbedding) return 1;
+  const root = Math.sqrt(config.hiddenSize);
+  return dtype === 'BF16' ? bf16ToF32(f32ToBf16(root)) : dtype === 'F16' ? f16ToF32(f32ToF16(root)) : Math.fround(root);
 }

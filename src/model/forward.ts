@@ -2,14 +2,14 @@ import type { ComputeBatch } from '../gpu/gpu.ts';
 import type { Gpu } from '../gpu/gpu.ts';
 import { recordAttention } from '../kernels/attention.ts';
 import { recordEmbedding } from '../kernels/embedding.ts';
-import { recordAdd, recordSiluMul } from '../kernels/elementwise.ts';
+import { recordAdd, recordGeluTanhMul, recordSiluMul, recordSoftCap } from '../kernels/elementwise.ts';
 import { recordKvCacheWrite } from '../kernels/kvCacheWrite.ts';
 import { recordMatmul } from '../kernels/matmul.ts';
 import { recordExpertMatvec, recordMoeRoute } from '../kernels/moe.ts';
 import { recordRmsNorm } from '../kernels/rmsnorm.ts';
 import { recordRope } from '../kernels/rope.ts';
 import { recordGatherRows } from '../kernels/rows.ts';
-import { attentionScale, attentionWindow, ropeInverseFrequencies, type ModelConfig } from './config.ts';
+import { attentionScale, attentionWindow, embeddingMultiplier, ropeInverseFrequencies, type ModelConfig } from './config.ts';
 import { FiniteCheck } from './finiteCheck.ts';
 import type { KvCache } from './kvCache.ts';
 import type { PackedMatrix } from '../gpu/packedMatrix.ts';
@@ -84,6 +84,8 @@ class Workspace {
 export class LlamaForward {
   private readonly workspace: Workspace;
   private readonly invFreq: GPUBuffer;
+  /** Gemma 3's sliding-window layers: their own RoPE base, no scaling. */
+  private readonly invFreqLocal: GPUBuffer | undefined;
   /** Catches NaN and ±Inf after the embedding, every layer and the logits; `verifyFinite()` reports them. */
   private readonly finite: FiniteCheck;
   /** Records the non-finite checks (on by default; off only to measure what they cost). */
@@ -96,6 +98,10 @@ export class LlamaForward {
   ) {
     this.workspace = new Workspace(gpu);
     this.invFreq = gpu.upload(ropeInverseFrequencies(config), 'rope inverse frequencies');
+    if (config.ropeLocalTheta !== undefined) {
+      const local = ropeInverseFrequencies({ headDim: config.headDim, ropeTheta: config.ropeLocalTheta, ropeScaling: undefined });
+      this.invFreqLocal = gpu.upload(local, 'rope inverse frequencies of the sliding-window layers');
+    }
     this.finite = new FiniteCheck(gpu, config.numLayers);
   }
 
@@ -203,7 +209,7 @@ export class LlamaForward {
   }
 
   private recordEmbed(batch: ComputeBatch, ctx: StepContext, embed: PackedMatrix): void {
-    recordEmbedding(batch, { ids: ctx.ids, table: embed, out: ctx.resid, tokens: ctx.T });
+    recordEmbedding(batch, { ids: ctx.ids, table: embed, out: ctx.resid, tokens: ctx.T, scale: embeddingMultiplier(this.config, embed.dtype) });
     this.tap(batch, ctx, 'embed', undefined, ctx.resid);
     this.check(batch, 'embed', ctx.resid, ctx.T, this.config.hiddenSize);
   }
@@ -218,8 +224,10 @@ export class LlamaForward {
     let { q, k } = ctx;
     const H = c.hiddenSize;
     const heads = { heads: c.numHeads, kvHeads: c.numKvHeads, headDim: c.headDim };
+    const plusOne = c.block.normPlusOne;
+    const window = attentionWindow(c, l);
     this.tap(batch, ctx, 'resid_pre', l, resid);
-    recordRmsNorm(batch, { x: resid, weight: w.inputNorm, y: normed, rows: T, dim: H, eps: c.rmsNormEps });
+    recordRmsNorm(batch, { x: resid, weight: w.inputNorm, y: normed, rows: T, dim: H, eps: c.rmsNormEps, plusOne });
     recordMatmul(batch, { x: normed, tokens: T, weight: w.q, bias: w.qBias, y: q });
     recordMatmul(batch, { x: normed, tokens: T, weight: w.k, bias: w.kBias, y: k });
     recordMatmul(batch, { x: normed, tokens: T, weight: w.v, bias: w.vBias, y: v });
@@ -227,13 +235,14 @@ export class LlamaForward {
       // Qwen3: each head's q and k normalised over head_dim (one row per token and head) before RoPE.
       const qNormed = this.workspace.get('q_normed', T * c.numHeads * c.headDim * 4);
       const kNormed = this.workspace.get('k_normed', T * c.numKvHeads * c.headDim * 4);
-      recordRmsNorm(batch, { x: q, weight: w.qNorm, y: qNormed, rows: T * c.numHeads, dim: c.headDim, eps: c.rmsNormEps });
-      recordRmsNorm(batch, { x: k, weight: w.kNorm, y: kNormed, rows: T * c.numKvHeads, dim: c.headDim, eps: c.rmsNormEps });
+      recordRmsNorm(batch, { x: q, weight: w.qNorm, y: qNormed, rows: T * c.numHeads, dim: c.headDim, eps: c.rmsNormEps, plusOne });
+      recordRmsNorm(batch, { x: k, weight: w.kNorm, y: kNormed, rows: T * c.numKvHeads, dim: c.headDim, eps: c.rmsNormEps, plusOne });
       q = qNormed;
       k = kNormed;
     }
-    recordRope(batch, { x: q, positions, invFreq: this.invFreq, tokens: T, heads: c.numHeads, headDim: c.headDim });
-    recordRope(batch, { x: k, positions, invFreq: this.invFreq, tokens: T, heads: c.numKvHeads, headDim: c.headDim });
+    const invFreq = window !== undefined && this.invFreqLocal ? this.invFreqLocal : this.invFreq;
+    recordRope(batch, { x: q, positions, invFreq, tokens: T, heads: c.numHeads, headDim: c.headDim });
+    recordRope(batch, { x: k, positions, invFreq, tokens: T, heads: c.numKvHeads, headDim: c.headDim });
     recordKvCacheWrite(batch, { k, v, kCache: cache.keys[l]!, vCache: cache.values[l]!, positions, slots, tokens: T, kvHeads: c.numKvHeads, headDim: c.headDim, maxLen: cache.maxLen });
     recordAttention(batch, {
       q,
@@ -246,27 +255,40 @@ export class LlamaForward {
       ...heads,
       maxLen: cache.maxLen,
       scale: attentionScale(c),
-      window: attentionWindow(c, l),
+      window,
+      softCap: c.attnLogitSoftcap,
     });
-    recordMatmul(batch, { x: attn, tokens: T, weight: w.o, bias: w.oBias, y: attnOut });
+    if (c.block.sandwichNorms) {
+      // Gemma: what the stream receives is the norm of o_proj's output (normed is free once q, k, v are made).
+      recordMatmul(batch, { x: attn, tokens: T, weight: w.o, bias: w.oBias, y: normed });
+      recordRmsNorm(batch, { x: normed, weight: w.postAttentionNorm, y: attnOut, rows: T, dim: H, eps: c.rmsNormEps, plusOne });
+    } else {
+      recordMatmul(batch, { x: attn, tokens: T, weight: w.o, bias: w.oBias, y: attnOut });
+    }
     this.tap(batch, ctx, 'attn_out', l, attnOut);
     recordAdd(batch, { x: resid, y: attnOut, n: T * H, check: this.layerCheck(l) });
     this.tap(batch, ctx, 'resid_mid', l, resid);
-    recordRmsNorm(batch, { x: resid, weight: w.postAttentionNorm, y: normed, rows: T, dim: H, eps: c.rmsNormEps });
-    if (w.mlp.kind === 'dense') this.recordDenseMlp(batch, ctx, w.mlp);
+    const mlpNorm = c.block.sandwichNorms ? w.preFeedforwardNorm! : w.postAttentionNorm;
+    recordRmsNorm(batch, { x: resid, weight: mlpNorm, y: normed, rows: T, dim: H, eps: c.rmsNormEps, plusOne });
+    if (w.mlp.kind === 'dense') this.recordDenseMlp(batch, ctx, w.mlp, c.block.sandwichNorms ? normed : mlpOut);
     else this.recordMoe(batch, ctx, w.mlp);
+    if (c.block.sandwichNorms) {
+      // down_proj wrote into normed (its input, gate and up, is elsewhere); the stream receives its norm.
+      recordRmsNorm(batch, { x: normed, weight: w.postFeedforwardNorm!, y: mlpOut, rows: T, dim: H, eps: c.rmsNormEps, plusOne });
+    }
     this.tap(batch, ctx, 'mlp_out', l, mlpOut);
     recordAdd(batch, { x: resid, y: mlpOut, n: T * H, check: this.layerCheck(l) });
     this.tap(batch, ctx, 'resid_post', l, resid);
   }
 
-  /** mlpOut = down(silu(gate(normed)) · up(normed)). */
-  private recordDenseMlp(batch: ComputeBatch, ctx: StepContext, m: DenseMlpWeights): void {
-    const { T, normed, gate, up, mlpOut } = ctx;
+  /** out = down(act(gate(normed)) · up(normed)), act silu or (Gemma) GELU-tanh. */
+  private recordDenseMlp(batch: ComputeBatch, ctx: StepContext, m: DenseMlpWeights, out: GPUBuffer): void {
+    const { T, normed, gate, up } = ctx;
     recordMatmul(batch, { x: normed, tokens: T, weight: m.gate, bias: m.gateBias, y: gate });
     recordMatmul(batch, { x: normed, tokens: T, weight: m.up, bias: m.upBias, y: up });
-    recordSiluMul(batch, { gate, up, n: T * m.gate.rows });
-    recordMatmul(batch, { x: gate, tokens: T, weight: m.down, bias: m.downBias, y: mlpOut });
+    if (this.config.block.activation === 'gelu_tanh') recordGeluTanhMul(batch, { gate, up, n: T * m.gate.rows });
+    else recordSiluMul(batch, { gate, up, n: T * m.gate.rows });
+    recordMatmul(batch, { x: gate, tokens: T, weight: m.down, bias: m.downBias, y: out });
   }
 
   /**
@@ -309,13 +331,14 @@ export class LlamaForward {
     const finalNorm = this.weights.finalNorm;
     const normAll = (ctx.hooks?.has('final_norm') ?? false) || step.logits === 'all';
     if (normAll) {
-      recordRmsNorm(batch, { x: resid, weight: finalNorm, y: normed, rows: T, dim: H, eps: c.rmsNormEps });
+      recordRmsNorm(batch, { x: resid, weight: finalNorm, y: normed, rows: T, dim: H, eps: c.rmsNormEps, plusOne: c.block.normPlusOne });
       this.tap(batch, ctx, 'final_norm', undefined, normed);
     }
     if (step.logits === 'none') return undefined;
     if (step.logits === 'all') {
       const logits = ws.get('logits', T * c.vocabSize * f32);
       recordMatmul(batch, { x: normed, tokens: T, weight: lmHead, y: logits });
+      if (c.finalLogitSoftcap !== undefined) recordSoftCap(batch, { x: logits, n: T * c.vocabSize, cap: c.finalLogitSoftcap });
       this.check(batch, 'logits', logits, T, c.vocabSize);
       return logits;
     }
@@ -329,10 +352,11 @@ export class LlamaForward {
     } else {
       const lastResid = ws.get('last_resid', S * H * f32);
       recordGatherRows(batch, { x: resid, rows: lastRows, count: S, dim: H, out: lastResid });
-      recordRmsNorm(batch, { x: lastResid, weight: finalNorm, y: last, rows: S, dim: H, eps: c.rmsNormEps });
+      recordRmsNorm(batch, { x: lastResid, weight: finalNorm, y: last, rows: S, dim: H, eps: c.rmsNormEps, plusOne: c.block.normPlusOne });
     }
     const logits = ws.get('logits', S * c.vocabSize * f32);
     recordMatmul(batch, { x: last, tokens: S, weight: lmHead, y: logits });
+    if (c.finalLogitSoftcap !== undefined) recordSoftCap(batch, { x: logits, n: S * c.vocabSize, cap: c.finalLogitSoftcap });
     this.check(batch, 'logits', logits, S, c.vocabSize);
     return logits;
   }
@@ -367,5 +391,6 @@ export class LlamaForward {
     this.workspace.dispose();
     this.finite.dispose();
     this.gpu.destroyBuffer(this.invFreq);
+    if (this.invFreqLocal) this.gpu.destroyBuffer(this.invFreqLocal);
   }
 }

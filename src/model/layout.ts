@@ -51,6 +51,9 @@ export interface LayerLayout {
   /** Qwen3's per-head norms of q and k, [headDim] each. */
   qNorm?: string;
   kNorm?: string;
+  /** Gemma's norms of the MLP's input and output (its `postAttentionNorm` normalises the attention's output). */
+  preFeedforwardNorm?: string;
+  postFeedforwardNorm?: string;
   mlp: ({ kind: 'dense' } & DenseMlpLayout) | ({ kind: 'moe' } & MoeLayout);
 }
 
@@ -127,6 +130,10 @@ export function layerLayout(config: ModelConfig, l: number, experts: ExpertStora
     layout.qNorm = `${attn}.q_norm.weight`;
     layout.kNorm = `${attn}.k_norm.weight`;
   }
+  if (block.sandwichNorms) {
+    layout.preFeedforwardNorm = `${p}.pre_feedforward_layernorm.weight`;
+    layout.postFeedforwardNorm = `${p}.post_feedforward_layernorm.weight`;
+  }
   const moe = config.moe;
   if (moe && moe.sparseLayers[l]) {
     const module = `${p}.${block.mlpModule}`;
@@ -189,6 +196,8 @@ export function expectedTensors(config: ModelConfig, experts: ExpertStorage = 'p
     vector(layout.oBias, h);
     vector(layout.qNorm, headDim);
     vector(layout.kNorm, headDim);
+    vector(layout.preFeedforwardNorm, h);
+    vector(layout.postFeedforwardNorm, h);
     const mlps = layout.mlp.kind === 'dense' ? [layout.mlp] : [...layout.mlp.experts, ...(layout.mlp.shared ? [layout.mlp.shared] : [])];
     for (const m of mlps) {
       vector(m.gateBias, m.gate.rows);

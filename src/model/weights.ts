@@ -40,6 +40,9 @@ export interface LayerWeights {
   /** Qwen3's per-head RMSNorm weights of q and k ([headDim], f32). */
   qNorm: GPUBuffer | undefined;
   kNorm: GPUBuffer | undefined;
+  /** Gemma's norms of the MLP's input and output (f32). */
+  preFeedforwardNorm: GPUBuffer | undefined;
+  postFeedforwardNorm: GPUBuffer | undefined;
   mlp: ({ kind: 'dense' } & DenseMlpWeights) | ({ kind: 'moe' } & MoeWeights);
 }
 
@@ -147,6 +150,8 @@ export async function uploadLayer(gpu: Gpu, config: ModelConfig, model: TensorSo
       oBias: await optional(layout.oBias),
       qNorm: await optional(layout.qNorm),
       kNorm: await optional(layout.kNorm),
+      preFeedforwardNorm: await optional(layout.preFeedforwardNorm),
+      postFeedforwardNorm: await optional(layout.postFeedforwardNorm),
     };
     const m = layout.mlp;
     if (m.kind === 'dense') return { ...attention, mlp: { kind: 'dense', ...(await denseMlp(m)) } };
@@ -208,7 +213,7 @@ export function destroyMatrix(gpu: Gpu, matrix: PackedMatrix): void {
 export function destroyLayer(gpu: Gpu, layer: LayerWeights): void {
   for (const m of layerMatrices(layer)) destroyMatrix(gpu, m);
   const biases = mlpList(layer).flatMap((m) => [m.gateBias, m.upBias, m.downBias]);
-  for (const v of [layer.inputNorm, layer.postAttentionNorm, layer.qBias, layer.kBias, layer.vBias, layer.oBias, layer.qNorm, layer.kNorm, ...biases]) {
+  for (const v of [layer.inputNorm, layer.postAttentionNorm, layer.qBias, layer.kBias, layer.vBias, layer.oBias, layer.qNorm, layer.kNorm, layer.preFeedforwardNorm, layer.postFeedforwardNorm, ...biases]) {
     if (v) gpu.destroyBuffer(v);
   }
 }

@@ -78,7 +78,7 @@ describe('real configs', () => {
       bosTokenId: 128000,
       eosTokenIds: [128001, 128008, 128009],
       torchDtype: 'bfloat16',
-      block: { fusedQkv: false, qkNorm: false, fusedGateUp: false, mlpModule: 'mlp' },
+      block: { fusedQkv: false, qkNorm: false, fusedGateUp: false, mlpModule: 'mlp', normPlusOne: false, sandwichNorms: false, activation: 'silu', scaledEmbedding: false },
     } satisfies ModelConfig);
   });
 
@@ -207,7 +207,7 @@ describe('defaults as in transformers', () => {
       mlpBias: false,
       bosTokenId: 1,
       eosTokenIds: [2],
-      block: { fusedQkv: false, qkNorm: false, fusedGateUp: false, mlpModule: 'mlp' },
+      block: { fusedQkv: false, qkNorm: false, fusedGateUp: false, mlpModule: 'mlp', normPlusOne: false, sandwichNorms: false, activation: 'silu', scaledEmbedding: false },
     } satisfies ModelConfig);
   });
 
@@ -312,7 +312,6 @@ describe('errors', () => {
   it('unsupported architectures list the supported ones', () => {
     for (const [modelType, architecture] of [
       ['gemma', 'GemmaForCausalLM'],
-      ['gemma3_text', 'Gemma3ForCausalLM'],
       ['qwen3_next', 'Qwen3NextForCausalLM'],
     ]) {
       const message = errorOf(minimal({ model_type: modelType, architectures: [architecture] }));
@@ -320,7 +319,7 @@ describe('errors', () => {
       expect(message).toContain(
         'supported: LlamaForCausalLM (model_type "llama"), MistralForCausalLM (model_type "mistral"), Qwen2ForCausalLM (model_type "qwen2"), ' +
           'Qwen3ForCausalLM (model_type "qwen3"), Phi3ForCausalLM (model_type "phi3"), MixtralForCausalLM (model_type "mixtral"), ' +
-          'Qwen2MoeForCausalLM (model_type "qwen2_moe"), Qwen3MoeForCausalLM (model_type "qwen3_moe")',
+          'Qwen2MoeForCausalLM (model_type "qwen2_moe"), Qwen3MoeForCausalLM (model_type "qwen3_moe"), Gemma2ForCausalLM (model_type "gemma2"), Gemma3ForCausalLM (model_type "gemma3_text")',
       );
     }
     expect(errorOf(minimal({ architectures: ['LlamaForSequenceClassification'] }))).toContain(
@@ -406,7 +405,7 @@ describe('families beyond Llama', () => {
 
   it('qwen3: q/k norms, head_dim independent of hidden size (128 when absent), no biases unless attention_bias', () => {
     const config = parseModelConfig({ ...base, model_type: 'qwen3', architectures: ['Qwen3ForCausalLM'] });
-    expect(config.block).toEqual({ fusedQkv: false, qkNorm: true, fusedGateUp: false, mlpModule: 'mlp' });
+    expect(config.block).toMatchObject({ fusedQkv: false, qkNorm: true, fusedGateUp: false, mlpModule: 'mlp' });
     expect(config.headDim).toBe(128);
     expect([config.attentionBias, config.oProjBias, config.mlpBias]).toEqual([false, false, false]);
     expect(parseModelConfig({ ...base, model_type: 'qwen3', head_dim: 32, attention_bias: true })).toMatchObject({ headDim: 32, attentionBias: true, oProjBias: true });
@@ -414,7 +413,7 @@ describe('families beyond Llama', () => {
 
   it('phi3: fused q/k/v and gate/up; longrope with its attention factor, the context limited to the original one', () => {
     const config = parseModelConfig({ ...base, model_type: 'phi3', sliding_window: 2047, bos_token_id: 1, eos_token_id: 32000 });
-    expect(config.block).toEqual({ fusedQkv: true, qkNorm: false, fusedGateUp: true, mlpModule: 'mlp' });
+    expect(config.block).toMatchObject({ fusedQkv: true, qkNorm: false, fusedGateUp: true, mlpModule: 'mlp' });
     expect(config.slidingWindow).toBe(2047);
     // Phi-3.5-mini's shape: 131072 / 4096 = 32, so the factor is √(1 + ln 32 / ln 4096).
     const short = Array.from({ length: 8 }, (_, i) => 1 + i / 10);
@@ -431,6 +430,30 @@ describe('families beyond Llama', () => {
       'rope_scaling.short_factor must be a list of 8 positive numbers',
     );
     expect(errorOf({ ...base, model_type: 'phi3', head_dim: 16, rope_scaling: { type: 'longrope', short_factor: short, long_factor: long } })).toContain('needs original_max_position_embeddings');
+  });
+
+  it('gemma2: (1 + w) norms, sandwich norms, GELU-tanh, scaled embedding, alternating sliding layers, soft-capping 50 / 30 by default, tied', () => {
+    const config = parseModelConfig({ ...base, model_type: 'gemma2', head_dim: 16 });
+    expect(config.block).toMatchObject({ normPlusOne: true, sandwichNorms: true, activation: 'gelu_tanh', scaledEmbedding: true, qkNorm: false });
+    expect(config).toMatchObject({ tieWordEmbeddings: true, slidingWindow: 4096, slidingLayers: [true, false, true, false], attnLogitSoftcap: 50, finalLogitSoftcap: 30, queryPreAttnScalar: 256, bosTokenId: 2, eosTokenIds: [1], padTokenId: 0 });
+    expect([0, 1].map((l) => attentionWindow(config, l))).toEqual([4096, undefined]);
+    expect(attentionScale(config)).toBe(1 / 16);
+    const uncapped = parseModelConfig({ ...base, model_type: 'gemma2', attn_logit_softcapping: null, final_logit_softcapping: null });
+    expect([uncapped.attnLogitSoftcap, uncapped.finalLogitSoftcap, uncapped.headDim]).toEqual([undefined, undefined, 256]);
+    expect(errorOf({ ...base, model_type: 'gemma2', hidden_activation: 'relu' })).toContain('hidden_activation "relu" is not supported');
+  });
+
+  it('gemma3_text: q/k norms, every sliding_window_pattern-th layer global, layer_types, local RoPE base; a vision tower is refused', () => {
+    const config = parseModelConfig({ ...base, num_hidden_layers: 7, model_type: 'gemma3_text', sliding_window: 512 });
+    expect(config.block).toMatchObject({ qkNorm: true, normPlusOne: true, sandwichNorms: true });
+    expect(config).toMatchObject({ ropeTheta: 1_000_000, ropeLocalTheta: 10000, slidingWindow: 512, slidingLayers: [true, true, true, true, true, false, true] });
+    expect(config.attnLogitSoftcap).toBeUndefined();
+    const typed = parseModelConfig({ ...base, model_type: 'gemma3_text', layer_types: ['full_attention', 'sliding_attention', 'sliding_attention', 'full_attention'] });
+    expect(typed.slidingLayers).toEqual([false, true, true, false]);
+    expect(errorOf({ ...base, model_type: 'gemma3_text', layer_types: ['full_attention'] })).toContain('layer_types has 1 entries, but the model has 4 layers');
+    const text = parseModelConfig({ model_type: 'gemma3', architectures: ['Gemma3ForConditionalGeneration'], text_config: { ...base, rope_local_base_freq: 500 } });
+    expect(text).toMatchObject({ architecture: 'gemma3_text', ropeLocalTheta: 500 });
+    expect(errorOf({ model_type: 'gemma3', text_config: base, vision_config: { hidden_size: 1152 } })).toContain('vision towers are not supported');
   });
 
   it('mixtral: top-k of num_local_experts, renormalised; experts under block_sparse_moe', () => {

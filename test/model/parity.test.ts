@@ -29,6 +29,16 @@ const VARIANTS: [string, RandomModelOptions][] = [
   ['mistral, MHA, head_dim ≠ hidden/heads, bf16', { architecture: 'mistral', numHeads: 4, numKvHeads: 4, headDim: 24, dtype: 'BF16' }],
   ['mistral, sliding window 6 exercised (prompts of 11 and 23 tokens), GQA 2:1, bf16', { architecture: 'mistral', numHeads: 4, numKvHeads: 2, slidingWindow: 6, dtype: 'BF16' }],
   ['qwen2, sliding window 5 from layer 1 (use_sliding_window), f32', { architecture: 'qwen2', numHeads: 4, numKvHeads: 2, slidingWindow: 5, slidingWindowFromLayer: 1, dtype: 'F32' }],
+  [
+    'gemma2, tied, soft-capping active (scores 1, logits 5), window 4 on even layers, bf16',
+    { architecture: 'gemma2', tieWordEmbeddings: true, attnLogitSoftcap: 1, finalLogitSoftcap: 5, slidingWindow: 4, queryPreAttnScalar: 12, numLayers: 3, dtype: 'BF16' },
+  ],
+  ['gemma2, default caps 50 and 30, untied, f32', { architecture: 'gemma2', numHeads: 4, numKvHeads: 1, dtype: 'F32' }],
+  [
+    'gemma3, q/k norms, local RoPE base 100 vs global 1e6, window 5 (pattern 3), tied, bf16',
+    { architecture: 'gemma3_text', tieWordEmbeddings: true, ropeTheta: 1_000_000, ropeLocalTheta: 100, slidingWindow: 5, slidingWindowPattern: 3, numLayers: 3, dtype: 'BF16' },
+  ],
+  ['gemma3, head_dim 16 ≠ hidden/heads, f16', { architecture: 'gemma3_text', tieWordEmbeddings: true, headDim: 16, slidingWindow: 3, slidingWindowPattern: 2, dtype: 'F16' }],
   ['qwen3, q/k norms, head_dim ≠ hidden/heads, untied, bf16', { architecture: 'qwen3', numHeads: 4, numKvHeads: 2, headDim: 32, dtype: 'BF16' }],
   ['qwen3, q/k norms, tied, f32', { architecture: 'qwen3', tieWordEmbeddings: true, dtype: 'F32' }],
   ['phi3, fused qkv_proj and gate_up_proj, f32', { architecture: 'phi3', numHeads: 4, numKvHeads: 2, dtype: 'F32' }],
@@ -43,7 +53,7 @@ const VARIANTS: [string, RandomModelOptions][] = [
 ];
 
 /** One variant of each family for the greedy-generation comparison. */
-const GREEDY_VARIANTS = [...VARIANTS.slice(0, 3), ...VARIANTS.filter(([name]) => /^(mistral, sliding|qwen3, q\/k norms, tied|phi3|mixtral|qwen2-moe|qwen3-moe, norm)/.test(name))];
+const GREEDY_VARIANTS = [...VARIANTS.slice(0, 3), ...VARIANTS.filter(([name]) => /^(mistral, sliding|gemma2, tied|gemma3, q\/k|qwen3, q\/k norms, tied|phi3|mixtral|qwen2-moe|qwen3-moe, norm)/.test(name))];
 
 async function loadRandom(options: RandomModelOptions): Promise<{ random: RandomModel; model: LlamaModel; reference: ReferenceLlama }> {
   const { random, model } = await loadRandomModel(gpu, options);

@@ -29,6 +29,15 @@
  *     MLP (Mixtral w1 = gate, w3 = up, w2 = down); Qwen2-MoE adds sigmoid(y · shared_expert_gate) ·
  *     shared_expert(y). Experts may be stored fused: experts.gate_up_proj [E, 2I, H] (gate rows
  *     first), experts.down_proj [E, H, I].
+ *   Gemma 2 and 3: every rmsnorm scales by (1 + w); the embedding is multiplied by √H rounded to
+ *     the weights' dtype (transformers makes the normalizer a tensor of the activations' dtype);
+ *     attnOut = rmsnorm(o_proj(…)) ⊙ (1 + post_attention_layernorm); the MLP reads
+ *     rmsnorm(residMid) ⊙ (1 + pre_feedforward_layernorm), uses gelu_tanh(g) = g/2 (1 + tanh(√(2/π)
+ *     (g + 0.044715 g³))) for silu, and mlpOut = rmsnorm(down(…)) ⊙ (1 + post_feedforward_layernorm);
+ *     scores scale 1/√query_pre_attn_scalar; sliding layers (Gemma 2: even layers; Gemma 3: all but
+ *     every sliding_window_pattern-th, or layer_types) see the last `sliding_window` keys; Gemma 2
+ *     soft-caps scores and logits (c · tanh(x / c)); Gemma 3 has q/k norms (with 1 + w) and RoPE base
+ *     rope_local_base_freq, unscaled, on its sliding layers.
  *
  * Everything is float64, including the RoPE inverse frequencies, which are computed here from
  * rope_theta and the llama3 / linear / longrope scaling formulas (not taken from src). Sliding windows
@@ -36,6 +45,7 @@
  * t sees keys s with t − window < s ≤ t (transformers' sliding-window mask).
  */
 import type { ModelConfig } from '../../src/model/config.ts';
+import { fromBfloat16Bits, fromFloat16Bits, toBfloat16Bits, toFloat16Bits } from './randomModel.ts';
 
 /** Weights by Hugging Face name; matrices row-major [out, in] as stored in safetensors. */
 export interface ReferenceWeights {
@@ -92,8 +102,9 @@ export function referenceInverseFrequencies(config: Pick<ModelConfig, 'headDim' 
   return out;
 }
 
-/** rmsnorm over rows of x [rows, n]: x / sqrt(mean(x²) + eps) ⊙ weight. */
-export function rmsnorm(x: Float64Array, n: number, weight: Float64Array, eps: number): Float64Array {
+/** rmsnorm over rows of x [rows, n]: x / sqrt(mean(x²) + eps) ⊙ weight (⊙ (1 + weight) with plusOne, Gemma). */
+export function rmsnorm(x: Float64Array, n: number, weight: Float64Array, eps: number, plusOne = false): Float64Array {
+  if (plusOne) weight = weight.map((w) => 1 + w);
   const out = new Float64Array(x.length);
   for (let r = 0; r < x.length / n; r++) {
     let sum = 0;
@@ -120,6 +131,7 @@ export function linear(x: Float64Array, inDim: number, w: Float64Array, outDim: 
 }
 
 export const silu = (x: number): number => x / (1 + Math.exp(-x));
+export const geluTanh = (x: number): number => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x ** 3)));
 
 /**
  * Rotates, in place, every head of x [T, heads·d] at positions positions[t]: the HF "rotate half"
@@ -145,12 +157,17 @@ export function applyRope(x: Float64Array, heads: number, d: number, positions: 
 
 export class ReferenceLlama {
   readonly invFreq: Float64Array;
+  /** Gemma 3's sliding layers: rope_local_base_freq, no scaling. */
+  readonly invFreqLocal: Float64Array | undefined;
+  private readonly gemma: boolean;
 
   constructor(
     readonly config: ModelConfig,
     readonly weights: ReferenceWeights,
   ) {
     this.invFreq = referenceInverseFrequencies(config);
+    this.gemma = config.architecture === 'gemma2' || config.architecture === 'gemma3_text';
+    if (config.ropeLocalTheta !== undefined) this.invFreqLocal = referenceInverseFrequencies({ headDim: config.headDim, ropeTheta: config.ropeLocalTheta, ropeScaling: undefined });
     this.checkShapes();
   }
 
@@ -167,7 +184,7 @@ export class ReferenceLlama {
     this.weight('model.embed_tokens.weight', v * h);
     this.weight('model.norm.weight', h);
     if (!c.tieWordEmbeddings) this.weight('lm_head.weight', v * h);
-    const denseSeparate = ['llama', 'mistral', 'qwen2', 'qwen3'].includes(c.architecture);
+    const denseSeparate = ['llama', 'mistral', 'qwen2', 'qwen3', 'gemma2', 'gemma3_text'].includes(c.architecture);
     for (let l = 0; l < c.numLayers && denseSeparate; l++) {
       const p = `model.layers.${l}`;
       this.weight(`${p}.self_attn.q_proj.weight`, c.numHeads * d * h);
@@ -192,6 +209,11 @@ export class ReferenceLlama {
       if (!Number.isInteger(token) || token < 0 || token >= c.vocabSize) throw new Error(`reference: token ${token} outside the vocabulary`);
       embed.set(embedTable.subarray(token * H, (token + 1) * H), t * H);
     });
+    if (this.gemma) {
+      const root = Math.sqrt(H);
+      const normalizer = c.torchDtype === 'bfloat16' ? fromBfloat16Bits(toBfloat16Bits(root)) : c.torchDtype === 'float16' ? fromFloat16Bits(toFloat16Bits(root)) : Math.fround(root);
+      for (let i = 0; i < embed.length; i++) embed[i]! *= normalizer;
+    }
 
     const positions = tokens.map((_, t) => t);
     const layers: ReferenceLayer[] = [];
@@ -201,9 +223,11 @@ export class ReferenceLlama {
       layers.push(layer);
       x = layer.residPost;
     }
-    const finalNorm = rmsnorm(x, H, this.weights.get('model.norm.weight'), c.rmsNormEps);
+    const finalNorm = rmsnorm(x, H, this.weights.get('model.norm.weight'), c.rmsNormEps, this.gemma);
     const head = c.tieWordEmbeddings ? embedTable : this.weights.get('lm_head.weight');
     const logits = linear(finalNorm, H, head, c.vocabSize);
+    const cap = c.finalLogitSoftcap;
+    if (cap !== undefined) for (let i = 0; i < logits.length; i++) logits[i] = cap * Math.tanh(logits[i]! / cap);
     return { embed, layers, finalNorm, logits };
   }
 
@@ -216,7 +240,8 @@ export class ReferenceLlama {
     const w = (name: string) => this.weights.get(`${p}.${name}`);
     const bias = (name: string, present: boolean, size: number) => (present ? this.weight(`${p}.${name}`, size) : undefined);
 
-    const a = rmsnorm(residPre, H, w('input_layernorm.weight'), c.rmsNormEps);
+    const gemma = this.gemma;
+    const a = rmsnorm(residPre, H, w('input_layernorm.weight'), c.rmsNormEps, gemma);
     const qDim = c.numHeads * d;
     const kvDim = c.numKvHeads * d;
     let q: Float64Array;
@@ -232,13 +257,15 @@ export class ReferenceLlama {
       k = linear(a, H, w('self_attn.k_proj.weight'), kvDim, bias('self_attn.k_proj.bias', c.attentionBias, kvDim));
       v = linear(a, H, w('self_attn.v_proj.weight'), kvDim, bias('self_attn.v_proj.bias', c.attentionBias, kvDim));
     }
-    if (c.architecture === 'qwen3' || c.architecture === 'qwen3_moe') {
+    if (c.architecture === 'qwen3' || c.architecture === 'qwen3_moe' || c.architecture === 'gemma3_text') {
       // Each head's row of d values is one rmsnorm row.
-      q = rmsnorm(q, d, this.weight(`${p}.self_attn.q_norm.weight`, d), c.rmsNormEps);
-      k = rmsnorm(k, d, this.weight(`${p}.self_attn.k_norm.weight`, d), c.rmsNormEps);
+      q = rmsnorm(q, d, this.weight(`${p}.self_attn.q_norm.weight`, d), c.rmsNormEps, gemma);
+      k = rmsnorm(k, d, this.weight(`${p}.self_attn.k_norm.weight`, d), c.rmsNormEps, gemma);
     }
-    applyRope(q, c.numHeads, d, positions, this.invFreq);
-    applyRope(k, c.numKvHeads, d, positions, this.invFreq);
+    const window = this.window(l);
+    const invFreq = window !== undefined && this.invFreqLocal ? this.invFreqLocal : this.invFreq;
+    applyRope(q, c.numHeads, d, positions, invFreq);
+    applyRope(k, c.numKvHeads, d, positions, invFreq);
     if (c.ropeScaling?.type === 'longrope') {
       // cos and sin scaled by √(1 + ln(max / original) / ln(original)): q and k both.
       const original = c.ropeScaling.originalMaxPositionEmbeddings;
@@ -249,8 +276,8 @@ export class ReferenceLlama {
     }
 
     const group = c.numHeads / c.numKvHeads;
-    const scale = 1 / Math.sqrt(d);
-    const window = this.window(l);
+    const scale = 1 / Math.sqrt(gemma ? c.queryPreAttnScalar! : d);
+    const softCap = c.attnLogitSoftcap;
     const attn = new Float64Array(T * qDim);
     const scores = new Float64Array(T);
     for (let h = 0; h < c.numHeads; h++) {
@@ -261,7 +288,7 @@ export class ReferenceLlama {
         for (let s = first; s <= t; s++) {
           let dot = 0;
           for (let i = 0; i < d; i++) dot += q[t * qDim + h * d + i]! * k[s * kvDim + g * d + i]!;
-          scores[s] = dot * scale;
+          scores[s] = softCap === undefined ? dot * scale : softCap * Math.tanh((dot * scale) / softCap);
           if (scores[s]! > max) max = scores[s]!;
         }
         let total = 0;
@@ -275,11 +302,13 @@ export class ReferenceLlama {
         }
       }
     }
-    const attnOut = linear(attn, qDim, w('self_attn.o_proj.weight'), H, bias('self_attn.o_proj.bias', c.oProjBias, H));
+    let attnOut = linear(attn, qDim, w('self_attn.o_proj.weight'), H, bias('self_attn.o_proj.bias', c.oProjBias, H));
+    if (gemma) attnOut = rmsnorm(attnOut, H, w('post_attention_layernorm.weight'), c.rmsNormEps, true);
     const residMid = add(residPre, attnOut);
 
-    const y = rmsnorm(residMid, H, w('post_attention_layernorm.weight'), c.rmsNormEps);
-    const mlpOut = c.moe?.sparseLayers[l] ? this.moe(l, y) : this.denseMlp(l, y);
+    const y = rmsnorm(residMid, H, w(gemma ? 'pre_feedforward_layernorm.weight' : 'post_attention_layernorm.weight'), c.rmsNormEps, gemma);
+    let mlpOut = c.moe?.sparseLayers[l] ? this.moe(l, y) : this.denseMlp(l, y);
+    if (gemma) mlpOut = rmsnorm(mlpOut, H, w('post_feedforward_layernorm.weight'), c.rmsNormEps, true);
     const residPost = add(residMid, mlpOut);
     return { residPre, attnOut, residMid, mlpOut, residPost };
   }
@@ -288,6 +317,7 @@ export class ReferenceLlama {
   private window(l: number): number | undefined {
     const c = this.config;
     if (c.slidingWindow === undefined) return undefined;
+    if (c.slidingLayers !== undefined) return c.slidingLayers[l] ? c.slidingWindow : undefined;
     return c.slidingWindowFromLayer !== undefined && l < c.slidingWindowFromLayer ? undefined : c.slidingWindow;
   }
 
@@ -300,12 +330,13 @@ export class ReferenceLlama {
     const bias = (name: string, size: number) => (c.mlpBias ? this.weight(`${p}.${name}`, size) : undefined);
     if (c.architecture === 'phi3') {
       const gateUp = this.weight(`${p}.gate_up_proj.weight`, 2 * M * H);
-      return gatedMlp(y, H, M, gateUp.subarray(0, M * H), gateUp.subarray(M * H), this.weight(`${p}.down_proj.weight`, H * M));
+      return gatedMlp(y, H, M, silu, gateUp.subarray(0, M * H), gateUp.subarray(M * H), this.weight(`${p}.down_proj.weight`, H * M));
     }
     return gatedMlp(
       y,
       H,
       M,
+      this.gemma ? geluTanh : silu,
       this.weight(`${p}.gate_proj.weight`, M * H),
       this.weight(`${p}.up_proj.weight`, M * H),
       this.weight(`${p}.down_proj.weight`, H * M),
@@ -349,14 +380,14 @@ export class ReferenceLlama {
       for (const e of order) {
         const weight = moe.normTopkProb ? exps[e]! / selected : exps[e]! / total;
         const [gate, up, down] = expert(e);
-        const value = gatedMlp(row, H, I, gate, up, down);
+        const value = gatedMlp(row, H, I, silu, gate, up, down);
         for (let j = 0; j < H; j++) out[t * H + j]! += weight * value[j]!;
       }
       if (c.architecture === 'qwen2_moe') {
         const S = moe.sharedExpertIntermediateSize;
         const x = `${module}.shared_expert`;
         const g = linear(row, H, this.weight(`${module}.shared_expert_gate.weight`, H), 1)[0]!;
-        const value = gatedMlp(row, H, S, this.weight(`${x}.gate_proj.weight`, S * H), this.weight(`${x}.up_proj.weight`, S * H), this.weight(`${x}.down_proj.weight`, H * S));
+        const value = gatedMlp(row, H, S, silu, this.weight(`${x}.gate_proj.weight`, S * H), this.weight(`${x}.up_proj.weight`, S * H), this.weight(`${x}.down_proj.weight`, H * S));
         const scale = 1 / (1 + Math.exp(-g));
         for (let j = 0; j < H; j++) out[t * H + j]! += scale * value[j]!;
       }
@@ -390,11 +421,12 @@ export function argmax(values: ArrayLike<number>): number {
   return best;
 }
 
-/** (silu(y gateᵀ) ⊙ (y upᵀ)) downᵀ for rows y [T, H], intermediate size M. */
+/** (act(y gateᵀ) ⊙ (y upᵀ)) downᵀ for rows y [T, H], intermediate size M; act silu or GELU-tanh. */
 function gatedMlp(
   y: Float64Array,
   H: number,
   M: number,
+  activation: (x: number) => number,
   gateW: Float64Array,
   upW: Float64Array,
   downW: Float64Array,
@@ -402,7 +434,7 @@ function gatedMlp(
 ): Float64Array {
   const gate = linear(y, H, gateW, M, biases[0]);
   const up = linear(y, H, upW, M, biases[1]);
-  for (let i = 0; i < gate.length; i++) gate[i] = silu(gate[i]!) * up[i]!;
+  for (let i = 0; i < gate.length; i++) gate[i] = activation(gate[i]!) * up[i]!;
   return linear(gate, M, downW, H, biases[2]);
 }
 

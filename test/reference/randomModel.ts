@@ -15,7 +15,15 @@ export type StoredDtype = 'F32' | 'BF16' | 'F16';
 export interface RandomModelOptions {
   /** Default: Random's (TEST_SEED, or a fresh one); the result says which. */
   seed?: number;
-  architecture?: 'llama' | 'mistral' | 'qwen2' | 'qwen3' | 'phi3' | 'mixtral' | 'qwen2_moe' | 'qwen3_moe';
+  architecture?: 'llama' | 'mistral' | 'qwen2' | 'qwen3' | 'phi3' | 'mixtral' | 'qwen2_moe' | 'qwen3_moe' | 'gemma2' | 'gemma3_text';
+  /** Gemma 2: attn_logit_softcapping and final_logit_softcapping (null: off); Gemma 3 has them off unless given. */
+  attnLogitSoftcap?: number | null;
+  finalLogitSoftcap?: number | null;
+  /** Gemma: query_pre_attn_scalar (default head_dim). */
+  queryPreAttnScalar?: number;
+  /** Gemma 3: sliding_window_pattern, rope_local_base_freq. */
+  slidingWindowPattern?: number;
+  ropeLocalTheta?: number;
   /** MoE families: experts, experts per token, each expert's intermediate size (default intermediateSize). */
   numExperts?: number;
   topK?: number;
@@ -105,12 +113,13 @@ export function randomModel(options: RandomModelOptions = {}): RandomModel {
   const tied = options.tieWordEmbeddings ?? false;
   const dtype = options.dtype ?? 'F32';
   const llama = architecture === 'llama';
+  const gemma = architecture === 'gemma2' || architecture === 'gemma3_text';
   // Which tensors each family has, written out from the Hugging Face modelling code.
   const attentionBiasFamily = llama || architecture === 'qwen3' || architecture === 'qwen3_moe';
   const qkvBias = architecture === 'qwen2' || architecture === 'qwen2_moe' || (attentionBiasFamily && (options.attentionBias ?? false));
   const oBias = attentionBiasFamily && (options.attentionBias ?? false);
   const mlpBias = llama && (options.mlpBias ?? false);
-  const qkNorm = architecture === 'qwen3' || architecture === 'qwen3_moe';
+  const qkNorm = architecture === 'qwen3' || architecture === 'qwen3_moe' || architecture === 'gemma3_text';
   const phi3 = architecture === 'phi3';
   const moe = architecture === 'mixtral' || architecture === 'qwen2_moe' || architecture === 'qwen3_moe';
   const numExperts = options.numExperts ?? 4;
@@ -130,6 +139,8 @@ export function randomModel(options: RandomModelOptions = {}): RandomModel {
         mixtral: 'MixtralForCausalLM',
         qwen2_moe: 'Qwen2MoeForCausalLM',
         qwen3_moe: 'Qwen3MoeForCausalLM',
+        gemma2: 'Gemma2ForCausalLM',
+        gemma3_text: 'Gemma3ForCausalLM',
       }[architecture],
     ],
     model_type: architecture,
@@ -174,6 +185,25 @@ export function randomModel(options: RandomModelOptions = {}): RandomModel {
     configJson.decoder_sparse_step = 1;
     if (architecture === 'qwen2_moe') configJson.shared_expert_intermediate_size = sharedIntermediate;
   }
+  if (gemma) {
+    delete configJson.hidden_act;
+    configJson.hidden_activation = 'gelu_pytorch_tanh';
+    configJson.head_dim = headDim;
+    configJson.query_pre_attn_scalar = options.queryPreAttnScalar ?? headDim;
+    configJson.sliding_window = options.slidingWindow ?? 4096;
+    configJson.bos_token_id = 2;
+    configJson.eos_token_id = 1;
+    configJson.pad_token_id = 0;
+    if (architecture === 'gemma2') {
+      configJson.attn_logit_softcapping = options.attnLogitSoftcap === undefined ? 50 : options.attnLogitSoftcap;
+      configJson.final_logit_softcapping = options.finalLogitSoftcap === undefined ? 30 : options.finalLogitSoftcap;
+    } else {
+      configJson.attn_logit_softcapping = options.attnLogitSoftcap ?? null;
+      configJson.final_logit_softcapping = options.finalLogitSoftcap ?? null;
+      configJson.sliding_window_pattern = options.slidingWindowPattern ?? 6;
+      configJson.rope_local_base_freq = options.ropeLocalTheta ?? 10000;
+    }
+  }
   if (options.ropeScaling === 'llama3') {
     // Llama 3.2's scaling on a short original context, so that all three regimes occur for small heads.
     configJson.rope_scaling = { rope_type: 'llama3', factor: 32, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 64 };
@@ -193,7 +223,8 @@ export function randomModel(options: RandomModelOptions = {}): RandomModel {
     weights.set(name, stored);
   };
   const matrix = (name: string, out: number, inDim: number) => add(name, [out, inDim], random.normals(out * inDim, 1 / Math.sqrt(inDim)));
-  const norm = (name: string) => add(name, [hidden], random.uniforms(hidden, 0.9, 1.1));
+  // Gemma stores the offset w of its (1 + w) scales: values around 0.
+  const norm = (name: string) => add(name, [hidden], gemma ? random.uniforms(hidden, -0.3, 0.3) : random.uniforms(hidden, 0.9, 1.1));
   const bias = (name: string, n: number) => add(name, [n], random.normals(n, 0.1));
 
   add('model.embed_tokens.weight', [vocab, hidden], random.normals(vocab * hidden, 1));
@@ -212,12 +243,17 @@ export function randomModel(options: RandomModelOptions = {}): RandomModel {
     }
     if (qkNorm) {
       // Wider than the other norms so that a missing per-head norm shows clearly.
-      add(`${p}.self_attn.q_norm.weight`, [headDim], random.uniforms(headDim, 0.5, 1.5));
-      add(`${p}.self_attn.k_norm.weight`, [headDim], random.uniforms(headDim, 0.5, 1.5));
+      const [low, high] = gemma ? [-0.5, 0.5] : [0.5, 1.5];
+      add(`${p}.self_attn.q_norm.weight`, [headDim], random.uniforms(headDim, low, high));
+      add(`${p}.self_attn.k_norm.weight`, [headDim], random.uniforms(headDim, low, high));
     }
     matrix(`${p}.self_attn.o_proj.weight`, hidden, heads * headDim);
     if (oBias) bias(`${p}.self_attn.o_proj.bias`, hidden);
     norm(`${p}.post_attention_layernorm.weight`);
+    if (gemma) {
+      norm(`${p}.pre_feedforward_layernorm.weight`);
+      norm(`${p}.post_feedforward_layernorm.weight`);
+    }
     if (moe && !mlpOnly.has(l)) {
       const module = architecture === 'mixtral' ? `${p}.block_sparse_moe` : `${p}.mlp`;
       // Router rows of norm ~3 spread the logits, so the top-k choice is far from ties.
