@@ -1,10 +1,12 @@
 import type { Gpu } from '../gpu/gpu.ts';
+import { recordGramDifference } from '../kernels/gram.ts';
 import { recordMatmul } from '../kernels/matmul.ts';
 import type { LlamaModel } from '../model/model.ts';
 import type { PackedMatrix } from '../gpu/packedMatrix.ts';
 import type { Hook } from '../model/taps.ts';
 import { prefillPrompts } from './prefill.ts';
 import { cosine, dot, effectSize, norm } from './stats.ts';
+import { silhouetteScore, topSingularVectors, type Subspace } from './subspace.ts';
 
 /**
  * Per-layer figures of a measurement. `layer` indexes the residual stream as Hugging Face's
@@ -36,10 +38,27 @@ export interface Measurement {
   scores: LayerScore[];
   /** Per point, each prompt's last-token residual projected on that point's d̂. */
   projections: { harmful: Float32Array[]; harmless: Float32Array[] };
+  /** With `topK`: the refusal subspace at every point. */
+  subspaces?: PointSubspace[];
+}
+
+/**
+ * The top-K right singular vectors of the paired difference matrix D at one point: row i of D is
+ * the i-th harmful prompt's last-token residual minus the i-th harmless prompt's, for the first
+ * `pairs` = min(harmful, harmless) prompts of each set in the order given (uncentred, so the mean
+ * difference counts: its direction dominates when refusal is close to rank 1).
+ */
+export interface PointSubspace extends Subspace {
+  point: number;
+  pairs: number;
+  /** Silhouette of harmful vs harmless residuals projected onto this subspace (K coordinates each). */
+  silhouette: number;
 }
 
 export interface MeasureOptions {
   batchSize?: number;
+  /** Also measure the top-K subspace of the paired differences at every point. */
+  topK?: number;
   onProgress?: (done: number, total: number) => void;
   signal?: AbortSignal;
 }
@@ -101,7 +120,8 @@ export async function measure(model: LlamaModel, harmful: readonly (readonly num
         effectSize: effectSize(projections.harmful[layer]!, projections.harmless[layer]!),
       };
     });
-    return { hiddenSize: H, points, harmfulCount: harmful.length, harmlessCount: harmless.length, harmfulMeans, harmlessMeans, directions, scores, projections };
+    const subspaces = options.topK === undefined ? undefined : await measureSubspaces(gpu, harmfulActs, harmlessActs, directions, options.topK, H);
+    return { hiddenSize: H, points, harmfulCount: harmful.length, harmlessCount: harmless.length, harmfulMeans, harmlessMeans, directions, scores, projections, ...(subspaces && { subspaces }) };
   } finally {
     for (const c of classes) releaseActivations(gpu, c);
   }
@@ -179,4 +199,35 @@ export async function project(gpu: Gpu, activations: ClassActivations, direction
     gpu.destroyBuffer(out);
     for (const x of inputs) gpu.destroyBuffer(x);
   }
+}
+
+/** The Gram matrix of each point's paired differences on the GPU, its top-K eigenvectors on the CPU, and the silhouette in them. */
+async function measureSubspaces(gpu: Gpu, harmful: ClassActivations, harmless: ClassActivations, meanDirections: Float32Array[], k: number, hidden: number): Promise<PointSubspace[]> {
+  if (!Number.isInteger(k) || k < 1 || k > hidden) throw new RangeError(`the subspace rank must be an integer in 1..${hidden}, got ${k}`);
+  const pairs = Math.min(harmful.count, harmless.count);
+  const subspaces: PointSubspace[] = [];
+  for (const [point, rows] of harmful.rows.entries()) {
+    const gram = gpu.createBuffer(hidden * hidden * 4, `gram ${point}`);
+    let values: Float32Array;
+    try {
+      const batch = gpu.batch(`gram ${point}`);
+      recordGramDifference(batch, { a: { buffer: rows, size: pairs * hidden * 4 }, b: { buffer: harmless.rows[point]!, size: pairs * hidden * 4 }, count: pairs, dim: hidden, gram: { buffer: gram } });
+      await batch.submit();
+      values = await gpu.readF32(gram);
+    } finally {
+      gpu.destroyBuffer(gram);
+    }
+    const subspace = topSingularVectors(values, hidden, k, meanDirections[point]);
+    subspaces.push({ point, pairs, ...subspace, silhouette: NaN });
+  }
+  // Coordinates of every prompt in its point's subspace: K projections, one matmul per point and vector.
+  const coordinates = async (acts: ClassActivations) => {
+    const perVector: Float32Array[][] = [];
+    for (let j = 0; j < k; j++) perVector.push(await project(gpu, acts, subspaces.map((s) => s.basis[j]!), hidden));
+    return subspaces.map((_, p) => Array.from({ length: acts.count }, (_, i) => Float64Array.from({ length: k }, (_, j) => perVector[j]![p]![i]!)));
+  };
+  const harmfulCoordinates = await coordinates(harmful);
+  const harmlessCoordinates = await coordinates(harmless);
+  for (const [p, s] of subspaces.entries()) s.silhouette = silhouetteScore(harmfulCoordinates[p]!, harmlessCoordinates[p]!);
+  return subspaces;
 }

@@ -7,6 +7,7 @@ import { recordSoftmax } from '../../src/kernels/softmax.ts';
 import { recordCrossEntropy, recordKlDivergence } from '../../src/kernels/losses.ts';
 import { generate } from '../../src/model/generate.ts';
 import { recordMatmul } from '../../src/kernels/matmul.ts';
+import { recordGramDifference } from '../../src/kernels/gram.ts';
 import { packedMatrix, testGpu } from '../helpers/gpu.ts';
 import { loadRandomModel } from '../helpers/models.ts';
 
@@ -65,6 +66,8 @@ describe('every shader compiles through Dawn without a message', () => {
     recordSoftmax(batch, { input: out, rows, cols: vocab });
     recordCrossEntropy(batch, { logits, targets: gpu.upload(new Uint32Array([1, 2, 3]), 'targets'), nll: gpu.createBuffer(rows * 4, 'nll'), rows, vocab });
     recordKlDivergence(batch, { logitsP: logits, logitsQ: out, kl: gpu.createBuffer(rows * 4, 'kl'), rows, vocab });
+    // The Gram matrix of paired differences (measure --mode subspace).
+    recordGramDifference(batch, { a: { buffer: logits }, b: { buffer: out }, count: rows, dim: vocab, gram: { buffer: gpu.createBuffer(vocab * vocab * 4, 'gram') } });
     // The split-k decode kernel that adapters without a tuning file (real GPUs) use.
     const { matrix } = await packedMatrix(gpu, 'w', 'BF16', 8, 64, new Float32Array(8 * 64).fill(0.5));
     for (const SUBGROUPS of [false, true]) {
