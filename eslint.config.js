@@ -2,7 +2,7 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['node_modules/', 'dist/', 'web/dist/', 'src/gpu/shaderSources.generated.ts', 'training/', 'bench/results/'] },
+  { ignores: ['node_modules/', 'dist/', 'web/dist/', 'docs/api/', 'src/gpu/shaderSources.generated.ts', 'training/', 'bench/results/'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

@@ -84,3 +84,17 @@ describe('imports in src/', () => {
     expect(violations).toEqual([]);
   });
 });
+
+describe('imports in web/src/', () => {
+  it('use the library through its public API only (the package name), never a path into src/', () => {
+    const webSrc = join(root, 'web/src');
+    const deep = sourceFiles(webSrc).flatMap((file) =>
+      ts
+        .preProcessFile(readFileSync(file, 'utf8'), true, false)
+        .importedFiles.map((i) => i.fileName)
+        .filter((name) => name.startsWith('.') && relative(root, resolve(dirname(file), name)).startsWith('src/'))
+        .map((name) => `${relative(root, file)} → ${name}`),
+    );
+    expect(deep).toEqual([]);
+  });
+});

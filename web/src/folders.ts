@@ -3,7 +3,7 @@
  * or the bundled model fetched from the page's own origin, all made into a `BlobFolder` whose
  * files are read with `File.slice`, tensor by tensor.
  */
-import { BlobFolder, BlobSource, type ByteSource } from '../../src/io/byteSource.ts';
+import { BlobFolder, BlobSource, type ByteSource } from 'abliterate';
 import type { BundledManifest } from '../vite/bundledFiles.ts';
 
 export type { BundledManifest };

@@ -2,14 +2,7 @@
  * The page: pick a local model folder (or the bundled one), run measure → select → evaluate → cut
  * → evaluate on WebGPU with the library's own code, look at the results, download the cut model.
  */
-import type { PromptSets, Stage } from '../../src/abliterate/pipeline.ts';
-import { DIRECTIONS_FILE, REPORT_FILE } from '../../src/abliterate/report.ts';
-import { formatBytes } from '../../src/gpu/errors.ts';
-import type { Gpu } from '../../src/gpu/gpu.ts';
-import { BlobSource, FileMissingError, type FileFolder } from '../../src/io/byteSource.ts';
-import { readPrompts } from '../../src/io/prompts.ts';
-import { MemoryTarget } from '../../src/io/safetensorsWriter.ts';
-import type { LlamaModel } from '../../src/model/model.ts';
+import { BlobSource, DIRECTIONS_FILE, FileMissingError, formatBytes, MemoryTarget, readPrompts, REPORT_FILE, type FileFolder, type Gpu, type LlamaModel, type PromptSets, type Stage } from 'abliterate';
 import { bundledManifest, bundledModel, bundledPromptFile, directoryPicker, fetchBundled, folderFromDrop, folderFromHandle, folderFromInput, type BundledManifest } from './folders.ts';
 import { renderGenerations, renderHistogram, renderScoreChart, renderTable, selectionMetricKey, type ScoreKey } from './results.ts';
 import { abortableTarget, createSubfolder, DirectoryTarget, DownloadLinks, tarBlob } from './saving.ts';

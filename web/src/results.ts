@@ -1,7 +1,5 @@
 /** Rendering of a finished run: the before/after table, the charts and the answers side by side. */
-import type { Answer } from '../../src/abliterate/evaluate.ts';
-import type { LayerScore } from '../../src/abliterate/measure.ts';
-import type { ModelEvaluation } from '../../src/abliterate/pipeline.ts';
+import type { Answer, LayerScore, ModelEvaluation } from 'abliterate';
 import { drawHistogram, drawScoreChart } from './charts.ts';
 import type { Run } from './workbench.ts';
 

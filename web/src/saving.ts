@@ -5,7 +5,7 @@
  * collected as Blob parts (which the browser may page to disk) and offered as downloads: one
  * uncompressed .tar made of the same parts, or file by file — never a second copy of the bytes.
  */
-import type { ByteSink, ModelWriteTarget } from '../../src/io/safetensorsWriter.ts';
+import type { ByteSink, ModelWriteTarget } from 'abliterate';
 import type { DirectoryHandle, WritableFileStream } from './folders.ts';
 
 const encoder = new TextEncoder();

@@ -3,7 +3,7 @@
  * range and default come from there, and its value is checked by the same strict parser as the
  * CLI's flags.
  */
-import { parseSettingText, settingFields, type SettingField, type SettingKey, type SettingValues } from '../../src/abliterate/settings.ts';
+import { parseSettingText, settingFields, type SettingField, type SettingKey, type SettingValues } from 'abliterate';
 
 /** The settings the page offers, in this order. */
 const PAGE_SETTINGS: SettingKey[] = ['alpha', 'limit', 'max-tokens', 'batch-size', 'embedding'];

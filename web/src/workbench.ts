@@ -3,16 +3,7 @@
  * on it, and the last abliteration. Every step is the library's own (the same code as the CLI):
  * `LlamaModel.load`, `runAbliteration`, `exportModel`, `writeDirections`, `reportOf`.
  */
-import { writeDirections } from '../../src/abliterate/directionsFile.ts';
-import { exportModel } from '../../src/abliterate/export.ts';
-import { runAbliteration, type AbliterationResult, type AbliterationSettings, type PromptSets, type RunCallbacks } from '../../src/abliterate/pipeline.ts';
-import { cutParameters, reportOf, type AbliterationReport } from '../../src/abliterate/report.ts';
-import { abliterationSettings, type SettingValues } from '../../src/abliterate/settings.ts';
-import { createBrowserGpu } from '../../src/gpu/browser.ts';
-import type { Gpu } from '../../src/gpu/gpu.ts';
-import type { FileFolder } from '../../src/io/byteSource.ts';
-import { MemorySink, type ModelWriteTarget } from '../../src/io/safetensorsWriter.ts';
-import { LlamaModel } from '../../src/model/model.ts';
+import { abliterationSettings, createBrowserGpu, cutParameters, exportModel, LlamaModel, MemorySink, reportOf, runAbliteration, writeDirections, type AbliterationReport, type AbliterationResult, type AbliterationSettings, type FileFolder, type Gpu, type ModelWriteTarget, type PromptSets, type RunCallbacks, type SettingValues } from 'abliterate';
 
 /** The settings the page's form gives, by the schema's keys; the others keep their defaults. */
 export type PageSettings = Partial<SettingValues>;

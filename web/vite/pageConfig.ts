@@ -14,13 +14,18 @@ export interface PageConfigOptions {
   outDir?: string;
 }
 
-/** The page's Vite config: the library imported from src/, Node-only imports rejected, the bundled model and prompts served. */
+/**
+ * The page's Vite config: the library imported by its package name and served from its browser
+ * entry in src/ (the page uses the public API only), Node-only imports rejected, the bundled
+ * model and prompts served.
+ */
 export function pageConfig(options: PageConfigOptions = {}): UserConfig {
   return {
     root: WEB_ROOT,
     // Relative URLs: the built page works from any folder of any static server.
     base: './',
     publicDir: false,
+    resolve: { alias: [{ find: /^abliterate(\/browser)?$/, replacement: resolve(REPO_ROOT, 'src/browser.ts') }] },
     plugins: [
       rejectNodeOnlyImports(REPO_ROOT),
       bundledFiles({ repoRoot: REPO_ROOT, modelDir: resolve(options.model ?? resolve(REPO_ROOT, 'models/tiny-chat')), dataDir: resolve(REPO_ROOT, 'data') }),
