@@ -32,7 +32,7 @@ export { MemorySink, MemoryTarget, type ByteSink, type ModelWriteOptions, type M
 export { SUPPORTED_DTYPES, type Dtype } from './io/dtype.ts';
 
 // The model: configuration, tokenizer and chat template, weights, generation, hooks.
-export { LlamaModel, type LoadOptions, type Residency } from './model/model.ts';
+export { LlamaModel, openModelFiles, type LoadOptions, type ModelFiles, type Residency } from './model/model.ts';
 export { ModelConfigError, SUPPORTED_ARCHITECTURES, type Architecture, type BlockDescription, type ModelConfig, type MoeConfig, type RopeScaling } from './model/config.ts';
 export { ChatTokenizer, TokenizerError, type ChatMessage, type TokenizerFiles } from './model/tokenizer.ts';
 export { WeightError, type LayerWeights, type LlamaWeights, type StreamedWeights, type TensorOverlay, type TensorSource, type DenseMlpWeights, type MoeWeights } from './model/weights.ts';
@@ -45,7 +45,7 @@ export { TAP_POINTS, type Hook, type HookAction, type HookRunner, type PositionS
 // Abliteration: measure, select, cut, evaluate, steer, probe, export, or all of it at once.
 export { chatTokens, type ChatPrompts } from './abliterate/prefill.ts';
 export { samplePrompts } from './abliterate/sampling.ts';
-export { measure, type LayerScore, type Measurement, type MeasureOptions } from './abliterate/measure.ts';
+export { measure, type LayerScore, type Measurement, type MeasureOptions, type PointSubspace } from './abliterate/measure.ts';
 export { DEFAULT_WINDOW, rankLayers, selectLayer, type ScoreSelectionOptions, type SelectionMetric } from './abliterate/select.ts';
 export { rankByAblation, type AblationRankingOptions, type CandidateTrial } from './abliterate/selectByAblation.ts';
 export { applyCut, cutBasis, layerWeights, orthonormalize, type AppliedCut, type CutOptions, type CutSpec, type CutUndo, type LayerKernel, type LayerSelection } from './abliterate/cut.ts';
@@ -59,6 +59,7 @@ export {
   plainTextTokens,
   type Answer,
   type EvaluationRunOptions,
+  type EvaluationStep,
   type ModelEvaluation,
   type ModelEvaluationOptions,
   type Prompts,
