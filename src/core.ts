@@ -45,8 +45,8 @@ export { TAP_POINTS, type Hook, type HookAction, type HookRunner, type PositionS
 // Abliteration: measure, select, cut, evaluate, steer, probe, export, or all of it at once.
 export { chatTokens, type ChatPrompts } from './abliterate/prefill.ts';
 export { samplePrompts } from './abliterate/sampling.ts';
-export { measure, type LayerScore, type Measurement, type MeasureOptions, type PointSubspace } from './abliterate/measure.ts';
-export { DEFAULT_WINDOW, rankLayers, selectLayer, type ScoreSelectionOptions, type SelectionMetric } from './abliterate/select.ts';
+export { measure, type PointScore, type Measurement, type MeasureOptions, type PointSubspace } from './abliterate/measure.ts';
+export { DEFAULT_WINDOW, rankPoints, selectPoint, type ScoreSelectionOptions, type SelectionMetric } from './abliterate/select.ts';
 export { rankByAblation, type AblationRankingOptions, type CandidateTrial } from './abliterate/selectByAblation.ts';
 export { applyCut, cutBasis, layerWeights, orthonormalize, type AppliedCut, type CutOptions, type CutSpec, type CutUndo, type LayerKernel, type LayerSelection } from './abliterate/cut.ts';
 export {
@@ -70,8 +70,21 @@ export { steeringHooks, type Steering } from './abliterate/steer.ts';
 export { ablationHooks, uploadBasis } from './abliterate/ablation.ts';
 export { probe, type ProbeResult } from './abliterate/probe.ts';
 export { exportModel, type ExportFiles, type ExportOptions } from './abliterate/export.ts';
-export { DirectionsFileError, readDirections, writeDirections, type Directions } from './abliterate/directionsFile.ts';
-export { cutParameters, DIRECTIONS_FILE, REPORT_FILE, reportOf, type AbliterationReport } from './abliterate/report.ts';
+export { DIRECTIONS_FORMAT, DIRECTIONS_VERSION, DirectionsFileError, readDirections, writeDirections, type Directions } from './abliterate/directionsFile.ts';
+export {
+  cutParameters,
+  DIRECTIONS_FILE,
+  parseReport,
+  REPORT_FILE,
+  REPORT_FORMAT,
+  REPORT_VERSION,
+  reportOf,
+  ReportFileError,
+  type AbliterationReport,
+  type CutParameters,
+  type EvaluationReport,
+  type PointScoreReport,
+} from './abliterate/report.ts';
 export { runAbliteration, type AbliterationResult, type PromptSets, type RunCallbacks, type Stage } from './abliterate/pipeline.ts';
 export {
   abliterationSettings,

@@ -2,14 +2,27 @@ import type { ByteSource } from '../io/byteSource.ts';
 import { decodeToFloat32 } from '../io/dtype.ts';
 import { SafetensorsFile } from '../io/safetensors.ts';
 import { writeSafetensors, type ByteSink, type TensorToWrite } from '../io/safetensorsWriter.ts';
-import type { LayerScore, Measurement } from './measure.ts';
+import type { Measurement, PointScore } from './measure.ts';
+
+/** The `format` of a directions file's `__metadata__`. */
+export const DIRECTIONS_FORMAT = 'abliterate-directions';
+/**
+ * The directions file version written, and the newest read. 1: no `version` key, the chosen point
+ * under `layer` and in each score; 2: `version`, the chosen point under `point` and in each score.
+ */
+export const DIRECTIONS_VERSION = 2;
 
 /** What a directions file holds: every point's direction, the chosen point, and the scores. */
 export interface Directions {
-  layer: number;
+  /** The format version the file was written in (1 for files from before versions). */
+  version: number;
+  /** The chosen residual point (0: the embedding, i: the output of decoder layer i − 1). */
+  point: number;
+  /** The chosen point's direction. */
   direction: Float32Array;
+  /** One unit direction per point. */
   directions: Float32Array[];
-  scores: LayerScore[];
+  scores: PointScore[];
 }
 
 export class DirectionsFileError extends Error {
@@ -17,7 +30,7 @@ export class DirectionsFileError extends Error {
 }
 
 /** Writes the measured directions, the class means and the chosen point as safetensors. */
-export async function writeDirections(sink: ByteSink, measurement: Measurement, layer: number, extra: Record<string, string> = {}): Promise<void> {
+export async function writeDirections(sink: ByteSink, measurement: Measurement, point: number, extra: Record<string, string> = {}): Promise<void> {
   const H = measurement.hiddenSize;
   const tensor = (name: string, rows: readonly Float32Array[], vector = false): TensorToWrite => ({
     name,
@@ -32,36 +45,49 @@ export async function writeDirections(sink: ByteSink, measurement: Measurement, 
   await writeSafetensors(
     sink,
     [
-      tensor('direction', [measurement.directions[layer]!], true),
+      tensor('direction', [measurement.directions[point]!], true),
       tensor('directions', measurement.directions),
       tensor('harmful_means', measurement.harmfulMeans),
       tensor('harmless_means', measurement.harmlessMeans),
     ],
-    { format: 'abliterate-directions', layer: String(layer), scores: JSON.stringify(measurement.scores), ...extra },
+    { ...extra, format: DIRECTIONS_FORMAT, version: String(DIRECTIONS_VERSION), point: String(point), scores: JSON.stringify(measurement.scores) },
   );
 }
 
-/** Reads a directions file written by `writeDirections` (`abliterate measure`, `run`). */
+/** Reads a directions file written by `writeDirections` (`abliterate measure`, `run`), of this version or an older one. */
 export async function readDirections(source: ByteSource): Promise<Directions> {
   const file = await SafetensorsFile.open(source);
   const fail = (why: string) => new DirectionsFileError(`${source.name}: ${why} (expected a directions file written by abliterate measure or run)`);
   if (!file.has('directions')) throw fail('no "directions" tensor');
+  const { metadata } = file;
+  if (metadata.format !== undefined && metadata.format !== DIRECTIONS_FORMAT) throw fail(`its metadata "format" is "${metadata.format}", not "${DIRECTIONS_FORMAT}"`);
+  const version = metadata.version === undefined ? 1 : Number(metadata.version);
+  if (!Number.isInteger(version) || version < 1) throw fail(`metadata "version" is not a format version`);
+  if (version > DIRECTIONS_VERSION) {
+    throw new DirectionsFileError(`${source.name}: written by a newer abliterate (directions format ${version}); this version reads formats up to ${DIRECTIONS_VERSION}: update abliterate`);
+  }
   const info = file.tensor('directions');
   if (info.shape.length !== 2) throw fail('"directions" is not a matrix');
   const [points, hidden] = info.shape as [number, number];
   const all = decodeToFloat32(await file.read('directions'), info.dtype);
   const directions = Array.from({ length: points }, (_, p) => all.slice(p * hidden, (p + 1) * hidden));
-  const layer = Number(file.metadata.layer);
-  if (!Number.isInteger(layer) || layer < 0 || layer >= points) throw fail(`metadata "layer" is not a point index in 0..${points - 1}`);
-  let scores: LayerScore[] = [];
+  // Version 1 named the point "layer".
+  const pointKey = version === 1 ? 'layer' : 'point';
+  const point = Number(metadata[pointKey]);
+  if (!Number.isInteger(point) || point < 0 || point >= points) throw fail(`metadata "${pointKey}" is not a point index in 0..${points - 1}`);
+  let stored: unknown;
   try {
-    scores = file.metadata.scores ? (JSON.parse(file.metadata.scores) as LayerScore[]) : [];
+    stored = metadata.scores ? JSON.parse(metadata.scores) : [];
   } catch {
     throw fail('metadata "scores" is not JSON');
   }
-  const problem = directionsProblem(directions, layer, scores);
+  const problem = directionsProblem(directions, point, stored);
   if (problem) throw fail(problem);
-  return { layer, direction: directions[layer]!, directions, scores };
+  const scores = (stored as Record<string, unknown>[]).map((s): PointScore => {
+    const { [pointKey]: at, gap, relativeGap, cosine, effectSize } = s;
+    return { point: at, gap, relativeGap, cosine, effectSize } as PointScore;
+  });
+  return { version, point, direction: directions[point]!, directions, scores };
 }
 
 /**
@@ -96,10 +122,10 @@ export function checkDirection(direction: Float32Array, hiddenSize: number, what
 }
 
 /** The first problem of a file's directions and scores: every point finite and unit (or zero), the chosen one not zero. */
-function directionsProblem(directions: Float32Array[], layer: number, scores: unknown): string | undefined {
+function directionsProblem(directions: Float32Array[], point: number, scores: unknown): string | undefined {
   for (const [p, d] of directions.entries()) {
-    const problem = directionProblem(d, undefined, { allowZero: p !== layer });
-    if (problem) return `the direction of point ${p}${p === layer ? ' (the chosen one)' : ''} is unusable: ${problem}`;
+    const problem = directionProblem(d, undefined, { allowZero: p !== point });
+    if (problem) return `the direction of point ${p}${p === point ? ' (the chosen one)' : ''} is unusable: ${problem}`;
   }
   for (const d of directions) {
     const norm = Math.sqrt(d.reduce((sum, v) => sum + v * v, 0));

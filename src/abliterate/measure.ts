@@ -9,12 +9,12 @@ import { cosine, dot, effectSize, norm } from './stats.ts';
 import { silhouetteScore, topSingularVectors, type Subspace } from './subspace.ts';
 
 /**
- * Per-layer figures of a measurement. `layer` indexes the residual stream as Hugging Face's
- * `hidden_states` does: 0 is the embedding output, i ≥ 1 the output of decoder layer i − 1
- * (the input of layer i).
+ * The figures of a measurement at one point of the residual stream. `point` indexes the stream as
+ * Hugging Face's `hidden_states` does: 0 is the embedding output, i ≥ 1 the output of decoder
+ * layer i − 1 (the input of layer i).
  */
-export interface LayerScore {
-  layer: number;
+export interface PointScore {
+  point: number;
   /** Separation of the class means along d̂ (ARCHITECTURE.md, measure): ⟨μ_H, d̂⟩ − ⟨μ_B, d̂⟩ (= ‖μ_H − μ_B‖). */
   gap: number;
   /** The gap relative to the mean norm of the two class means (scale-free across depth). */
@@ -35,7 +35,7 @@ export interface Measurement {
   harmlessMeans: Float32Array[];
   /** Unit refusal direction d̂ at each point. */
   directions: Float32Array[];
-  scores: LayerScore[];
+  scores: PointScore[];
   /** Per point, each prompt's last-token residual projected on that point's d̂. */
   projections: { harmful: Float32Array[]; harmless: Float32Array[] };
   /** With `topK`: the refusal subspace at every point. */
@@ -109,15 +109,15 @@ export async function measure(model: LlamaModel, harmful: readonly (readonly num
       harmful: await project(gpu, harmfulActs, directions, H),
       harmless: await project(gpu, harmlessActs, directions, H),
     };
-    const scores = directions.map((direction, layer): LayerScore => {
-      const gap = dot(harmfulMeans[layer]!, direction) - dot(harmlessMeans[layer]!, direction);
-      const scale = (norm(harmfulMeans[layer]!) + norm(harmlessMeans[layer]!)) / 2;
+    const scores = directions.map((direction, point): PointScore => {
+      const gap = dot(harmfulMeans[point]!, direction) - dot(harmlessMeans[point]!, direction);
+      const scale = (norm(harmfulMeans[point]!) + norm(harmlessMeans[point]!)) / 2;
       return {
-        layer,
+        point,
         gap,
         relativeGap: scale === 0 ? 0 : gap / scale,
-        cosine: cosine(harmfulMeans[layer]!, harmlessMeans[layer]!),
-        effectSize: effectSize(projections.harmful[layer]!, projections.harmless[layer]!),
+        cosine: cosine(harmfulMeans[point]!, harmlessMeans[point]!),
+        effectSize: effectSize(projections.harmful[point]!, projections.harmless[point]!),
       };
     });
     const subspaces = options.topK === undefined ? undefined : await measureSubspaces(gpu, harmfulActs, harmlessActs, directions, options.topK, H);

@@ -1,10 +1,10 @@
 import type { LlamaModel } from '../model/model.ts';
 import { applyCut, layerWeights, type AppliedCut } from './cut.ts';
 import { evaluateModel, EvaluationPrompts, type EvaluationStep, type ModelEvaluation } from './evaluate.ts';
-import { measure, type LayerScore, type Measurement } from './measure.ts';
+import { measure, type PointScore, type Measurement } from './measure.ts';
 import { chatTokens } from './prefill.ts';
 import { samplePrompts } from './sampling.ts';
-import { rankLayers, type SelectionMetric } from './select.ts';
+import { rankPoints, type SelectionMetric } from './select.ts';
 import { rankByAblation, type CandidateTrial } from './selectByAblation.ts';
 import type { AbliterationSettings } from './settings.ts';
 
@@ -30,11 +30,12 @@ export interface PromptSets {
 export { DEFAULT_SETTINGS, type AbliterationSettings } from './settings.ts';
 
 export interface AbliterationResult {
-  layer: number;
+  /** The residual point the direction was taken at (0: the embedding, i: the output of decoder layer i − 1). */
+  point: number;
   selection: { method: 'forced' | 'score' | 'ablation'; metric: SelectionMetric; window: readonly [number, number]; trials?: CandidateTrial[] };
-  scores: LayerScore[];
-  /** The cut's multiplier of alpha per decoder layer. */
-  layerWeights: number[];
+  scores: PointScore[];
+  /** The cut's strength profile: its multiplier of alpha per decoder layer. */
+  strengths: number[];
   before: ModelEvaluation;
   after: ModelEvaluation;
   kl: number;
@@ -57,8 +58,8 @@ export interface RunCallbacks {
 }
 
 /**
- * The whole abliteration on a loaded model: measure the refusal direction at every layer, choose
- * one, evaluate the original model, cut the direction from the weights, and evaluate again.
+ * The whole abliteration on a loaded model: measure the refusal direction at every point of the
+ * residual stream, choose one, evaluate the original model, cut the direction from the weights, and evaluate again.
  * The model's weights are left cut; export them, or `result.cut.undo()`.
  */
 export async function runAbliteration(model: LlamaModel, sets: PromptSets, settings: AbliterationSettings, callbacks: RunCallbacks = {}): Promise<AbliterationResult> {
@@ -85,16 +86,16 @@ export async function runAbliteration(model: LlamaModel, sets: PromptSets, setti
 
   const validation = () =>
     new EvaluationPrompts(model, { harmful: sets.validationHarmful ?? sets.evalHarmful.slice(0, 32), harmless: sets.validationHarmless ?? sets.evalHarmless.slice(0, 32) }, 'validation');
-  const { layer, selection } = await stage('select', async (progress) => {
+  const { point, selection } = await stage('select', async (progress) => {
     if (settings.layer !== undefined) {
       if (!Number.isInteger(settings.layer) || settings.layer < 0 || settings.layer >= measurement.points) {
-        throw new RangeError(`layer ${settings.layer} is outside 0..${measurement.points - 1} (0 is the embedding, i the output of decoder layer i − 1)`);
+        throw new RangeError(`point ${settings.layer} is outside 0..${measurement.points - 1} (0 is the embedding, i the output of decoder layer i − 1)`);
       }
-      return { layer: settings.layer, selection: { method: 'forced' as const, metric: settings.metric, window: settings.window } };
+      return { point: settings.layer, selection: { method: 'forced' as const, metric: settings.metric, window: settings.window } };
     }
-    const ranked = rankLayers(measurement, { window: settings.window, metric: settings.metric });
-    if (settings.select === 'score') return { layer: ranked[0]!.layer, selection: { method: 'score' as const, metric: settings.metric, window: settings.window } };
-    const candidates = ranked.slice(0, settings.candidates).map((s) => ({ point: s.layer, direction: measurement.directions[s.layer]! }));
+    const ranked = rankPoints(measurement, { window: settings.window, metric: settings.metric });
+    if (settings.select === 'score') return { point: ranked[0]!.point, selection: { method: 'score' as const, metric: settings.metric, window: settings.window } };
+    const candidates = ranked.slice(0, settings.candidates).map((s) => ({ point: s.point, direction: measurement.directions[s.point]! }));
     const trials = await rankByAblation(model, candidates, validation(), {
       alpha: settings.alpha,
       embedding: settings.embedding,
@@ -105,15 +106,15 @@ export async function runAbliteration(model: LlamaModel, sets: PromptSets, setti
       onProgress: progress,
       signal,
     });
-    return { layer: trials[0]!.layer, selection: { method: 'ablation' as const, metric: settings.metric, window: settings.window, trials } };
+    return { point: trials[0]!.point, selection: { method: 'ablation' as const, metric: settings.metric, window: settings.window, trials } };
   });
-  const direction = measurement.directions[layer]!;
-  if (!(measurement.scores[layer]!.gap > 0)) {
-    throw new RangeError(`the harmful and harmless prompts have the same mean activation at layer ${layer}: there is no direction to cut (are the two sets the same?)`);
+  const direction = measurement.directions[point]!;
+  if (!(measurement.scores[point]!.gap > 0)) {
+    throw new RangeError(`the harmful and harmless prompts have the same mean activation at point ${point}: there is no direction to cut (are the two sets the same?)`);
   }
 
   const scorePerLayer = measurement.scores.slice(1).map((s) => s[settings.metric === 'gap' ? 'gap' : settings.metric === 'relative_gap' ? 'relativeGap' : 'effectSize']);
-  const weights = layerWeights(model.config.numLayers, settings.layers, settings.kernel, scorePerLayer);
+  const strengths = layerWeights(model.config.numLayers, settings.layers, settings.kernel, scorePerLayer);
 
   // Formatted and tokenised once, for the evaluations before and after the cut.
   const evaluation = new EvaluationPrompts(model, { harmful: sets.evalHarmful, harmless: sets.evalHarmless, plainText: sets.plainText });
@@ -126,7 +127,7 @@ export async function runAbliteration(model: LlamaModel, sets: PromptSets, setti
       return evaluateModel(model, evaluation, { ...evaluate, onProgress: progress, onStep: (step, done, total) => callbacks.onStep?.('evaluate before', step, done, total) });
     });
     // undo() restores the weights bit for bit (from GPU or host copies, as memory allows).
-    const cut = await stage('cut', () => applyCut(model, { direction, alpha: settings.alpha, layerWeights: weights, preserveRowNorm: settings.preserveRowNorm, embedding: settings.embedding }));
+    const cut = await stage('cut', () => applyCut(model, { direction, alpha: settings.alpha, layerWeights: strengths, preserveRowNorm: settings.preserveRowNorm, embedding: settings.embedding }));
     try {
       const after = await stage('evaluate after', (progress) => evaluateModel(model, evaluation, {
           ...evaluate,
@@ -134,7 +135,7 @@ export async function runAbliteration(model: LlamaModel, sets: PromptSets, setti
           onProgress: progress,
           onStep: (step, done, total) => callbacks.onStep?.('evaluate after', step, done, total),
         }));
-      return { layer, selection, scores: measurement.scores, layerWeights: weights, before, after, kl: after.kl, measurement, direction, timings, cut };
+      return { point, selection, scores: measurement.scores, strengths, before, after, kl: after.kl, measurement, direction, timings, cut };
     } catch (error) {
       await cut.undo().catch((undoError: unknown) => {
         throw new AggregateError([error, undoError], `${error instanceof Error ? error.message : String(error)}; and the cut could not be undone`);

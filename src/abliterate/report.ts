@@ -1,17 +1,46 @@
 import type { LlamaModel } from '../model/model.ts';
-import type { AbliterationResult, AbliterationSettings } from './pipeline.ts';
-import { settingsRecord } from './settings.ts';
+import type { Answer } from './evaluate.ts';
+import type { AbliterationResult } from './pipeline.ts';
+import { settingsRecord, type AbliterationSettings } from './settings.ts';
+import type { SelectionMetric } from './select.ts';
+import type { CandidateTrial } from './selectByAblation.ts';
 
 /** Names of the files a run writes beside the model (CLI output folder, page downloads). */
 export const REPORT_FILE = 'abliteration_report.json';
 export const DIRECTIONS_FILE = 'refusal_direction.safetensors';
 
-/** The parameters of a cut, as stored in the exported model's `__metadata__` and the report. */
-export function cutParameters(result: AbliterationResult, settings: AbliterationSettings, sourceModel: string): Record<string, unknown> {
+/** The `format` of a report. */
+export const REPORT_FORMAT = 'abliterate-report';
+/**
+ * The report version written, and the newest read. 1: no `format` and `version` keys, residual
+ * points under `layer` and the strength profile under `layer_weights`; 2: `format`, `version`,
+ * `point` and `strengths`.
+ */
+export const REPORT_VERSION = 2;
+
+/** The parameters of a cut, as stored in the exported model's `__metadata__` (key `abliteration`) and in the report. */
+// A type, not an interface: it is written as `__metadata__`, a Record<string, unknown>.
+export type CutParameters = {
+  /** The residual point the direction was taken at (a cut of one direction). */
+  point?: number;
+  /** The points whose directions, orthonormalised, span the cut subspace (`abliterate cut --points`), and its rank. */
+  points?: number[];
+  rank?: number;
+  alpha: number;
+  /** Multiplier of alpha per decoder layer. */
+  strengths: number[];
+  embedding: boolean;
+  preserve_row_norm: boolean;
+  /** How the point was chosen (`abliterate run` and the page; not `abliterate cut`). */
+  selection?: 'forced' | 'score' | 'ablation';
+  source_model: string;
+};
+
+export function cutParameters(result: AbliterationResult, settings: AbliterationSettings, sourceModel: string): CutParameters {
   return {
-    layer: result.layer,
+    point: result.point,
     alpha: settings.alpha,
-    layer_weights: result.layerWeights,
+    strengths: result.strengths,
     embedding: settings.embedding,
     preserve_row_norm: settings.preserveRowNorm,
     selection: result.selection.method,
@@ -19,12 +48,57 @@ export function cutParameters(result: AbliterationResult, settings: Abliteration
   };
 }
 
+/** A model's figures in the report: the rates, KL and perplexity, and the first answers of each kind. */
+export interface EvaluationReport {
+  harmful_refusal_rate: number;
+  harmless_refusal_rate: number;
+  kl: number;
+  perplexity: number | null;
+  samples: { harmful: Answer[]; harmless: Answer[] };
+}
+
+/** The measured figures at one residual point. */
+export interface PointScoreReport {
+  point: number;
+  gap: number;
+  relative_gap: number;
+  cosine: number;
+  effect_size: number;
+}
+
+/** The JSON report of a run (`abliteration_report.json`), version 2. */
+export interface AbliterationReport {
+  format: typeof REPORT_FORMAT;
+  version: typeof REPORT_VERSION;
+  /** The input model's folder name. */
+  model: string;
+  adapter: string;
+  /** The residual point the direction was taken at (0: the embedding, i: the output of decoder layer i − 1). */
+  point: number;
+  selection: { method: 'forced' | 'score' | 'ablation'; metric: SelectionMetric; window: readonly [number, number]; trials?: CandidateTrial[] };
+  scores: PointScoreReport[];
+  /** The cut's strength profile: its multiplier of alpha per decoder layer. */
+  strengths: number[];
+  before: EvaluationReport;
+  after: EvaluationReport;
+  /** First-token KL of the cut model against the original on the harmless evaluation prompts. */
+  kl: number;
+  parameters: CutParameters;
+  /** The run's settings by the settings schema's keys (absent in version 1 reports from before they were recorded). */
+  settings?: Record<string, unknown>;
+  timings_s: Record<string, number>;
+  /** Where the output was written (null on the page). */
+  output: string | null;
+  /** Files of the input folder the export left out (weights in other formats, hidden files), with why. */
+  skipped_files: { file: string; reason: string }[];
+}
+
 /**
  * The JSON report of a run: the figures a user and a script need, without the per-token data.
  * `settings` is recorded by the settings schema's keys, as a TOML config would give them.
  */
-export function reportOf(result: AbliterationResult, model: LlamaModel, parameters: Record<string, unknown>, output: string | null, adapter: string, settings: AbliterationSettings) {
-  const evaluation = (e: AbliterationResult['before']) => ({
+export function reportOf(result: AbliterationResult, model: LlamaModel, parameters: CutParameters, output: string | null, adapter: string, settings: AbliterationSettings): AbliterationReport {
+  const evaluation = (e: AbliterationResult['before']): EvaluationReport => ({
     harmful_refusal_rate: e.harmful_refusal_rate,
     harmless_refusal_rate: e.harmless_refusal_rate,
     kl: e.kl,
@@ -35,12 +109,14 @@ export function reportOf(result: AbliterationResult, model: LlamaModel, paramete
     },
   });
   return {
+    format: REPORT_FORMAT,
+    version: REPORT_VERSION,
     model: model.folder.name,
     adapter,
-    layer: result.layer,
+    point: result.point,
     selection: result.selection,
-    scores: result.scores.map((s) => ({ layer: s.layer, gap: s.gap, relative_gap: s.relativeGap, cosine: s.cosine, effect_size: s.effectSize })),
-    layer_weights: result.layerWeights,
+    scores: result.scores.map((s) => ({ point: s.point, gap: s.gap, relative_gap: s.relativeGap, cosine: s.cosine, effect_size: s.effectSize })),
+    strengths: result.strengths,
     before: evaluation(result.before),
     after: evaluation(result.after),
     kl: result.kl,
@@ -48,9 +124,76 @@ export function reportOf(result: AbliterationResult, model: LlamaModel, paramete
     settings: settingsRecord(settings),
     timings_s: result.timings,
     output,
-    /** Files of the input folder the export left out (weights in other formats, hidden files), with why. */
-    skipped_files: [] as { file: string; reason: string }[],
+    skipped_files: [],
   };
 }
 
-export type AbliterationReport = ReturnType<typeof reportOf>;
+export class ReportFileError extends Error {
+  override name = 'ReportFileError';
+}
+
+type Json = Record<string, unknown>;
+const isObject = (value: unknown): value is Json => typeof value === 'object' && value !== null && !Array.isArray(value);
+
+/**
+ * Reads a report (the text of `abliteration_report.json`) of this version or an older one, as the
+ * current version: a version 1 report gets its keys renamed. `name` is the file, for messages.
+ */
+export function parseReport(text: string, name: string): AbliterationReport {
+  const fail = (why: string) => new ReportFileError(`${name}: ${why} (expected ${REPORT_FILE} written by abliterate run or the page)`);
+  let report: unknown;
+  try {
+    report = JSON.parse(text);
+  } catch {
+    throw fail('not JSON');
+  }
+  if (!isObject(report)) throw fail('not a JSON object');
+  if (report.format !== undefined && report.format !== REPORT_FORMAT) throw fail(`its "format" is ${JSON.stringify(report.format)}, not "${REPORT_FORMAT}"`);
+  // Version 1 had neither key.
+  const version = report.format === undefined && report.version === undefined ? 1 : report.version;
+  if (typeof version !== 'number' || !Number.isInteger(version) || version < 1) throw fail('its "version" is not a format version');
+  if (version > REPORT_VERSION) throw new ReportFileError(`${name}: written by a newer abliterate (report format ${version}); this version reads formats up to ${REPORT_VERSION}: update abliterate`);
+  const upgraded = version === 1 ? upgradeV1(report, fail) : report;
+  for (const key of ['point', 'selection', 'scores', 'strengths', 'before', 'after', 'kl', 'parameters'] as const) {
+    if (!(key in upgraded)) throw fail(`no "${key}"`);
+  }
+  return upgraded as unknown as AbliterationReport;
+}
+
+/** Version 1 → 2: `layer` (a residual point) becomes `point`, `layer_weights` becomes `strengths`. */
+function upgradeV1(v1: Json, fail: (why: string) => Error): Json {
+  if (!('layer' in v1) || !isObject(v1.before) || !isObject(v1.after)) throw fail('no "layer", "before" and "after": not a report');
+  const renamePoint = (entry: unknown) => {
+    if (!isObject(entry)) return entry;
+    const { layer, ...rest } = entry;
+    return { point: layer, ...rest };
+  };
+  const { layer, layer_weights, selection, scores, parameters, ...rest } = v1;
+  const upgradedSelection = isObject(selection) && Array.isArray(selection.trials) ? { ...selection, trials: selection.trials.map(renamePoint) } : selection;
+  let upgradedParameters = parameters;
+  if (isObject(parameters)) {
+    const { layer: point, layer_weights: strengths, ...others } = parameters;
+    upgradedParameters = { point, alpha: others.alpha, strengths, ...others };
+  }
+  // The keys in the order version 2 writes them; keys unknown to it stay, at the end.
+  return {
+    format: REPORT_FORMAT,
+    version: REPORT_VERSION,
+    model: rest.model,
+    adapter: rest.adapter,
+    point: layer,
+    selection: upgradedSelection,
+    scores: Array.isArray(scores) ? scores.map(renamePoint) : scores,
+    strengths: layer_weights,
+    before: rest.before,
+    after: rest.after,
+    kl: rest.kl,
+    parameters: upgradedParameters,
+    ...(rest.settings === undefined ? {} : { settings: rest.settings }),
+    timings_s: rest.timings_s,
+    output: rest.output,
+    // Reports written before the export noted skipped files have none.
+    skipped_files: rest.skipped_files ?? [],
+    ...rest,
+  };
+}

@@ -1,4 +1,4 @@
-import type { LayerScore, Measurement } from './measure.ts';
+import type { PointScore, Measurement } from './measure.ts';
 
 export type SelectionMetric = 'effect_size' | 'gap' | 'relative_gap';
 
@@ -10,17 +10,17 @@ export interface ScoreSelectionOptions {
 
 export const DEFAULT_WINDOW: readonly [number, number] = [0.2, 0.8];
 
-function value(score: LayerScore, metric: SelectionMetric): number {
+function value(score: PointScore, metric: SelectionMetric): number {
   return metric === 'gap' ? score.gap : metric === 'relative_gap' ? score.relativeGap : score.effectSize;
 }
 
-/** The measured points inside a depth window, best first by the metric. */
-export function rankLayers(measurement: Measurement, options: ScoreSelectionOptions = {}): LayerScore[] {
+/** The measured points inside a depth window, best first by the metric; never the embedding (point 0). */
+export function rankPoints(measurement: Measurement, options: ScoreSelectionOptions = {}): PointScore[] {
   const [from, to] = options.window ?? DEFAULT_WINDOW;
   const metric = options.metric ?? 'effect_size';
   const last = measurement.points - 1;
-  const inside = measurement.scores.filter((s) => s.layer >= Math.round(from * last) && s.layer <= Math.round(to * last) && s.layer > 0);
-  const candidates = inside.length ? inside : measurement.scores.filter((s) => s.layer > 0);
+  const inside = measurement.scores.filter((s) => s.point >= Math.round(from * last) && s.point <= Math.round(to * last) && s.point > 0);
+  const candidates = inside.length ? inside : measurement.scores.filter((s) => s.point > 0);
   return [...candidates].sort((a, b) => value(b, metric) - value(a, metric));
 }
 
@@ -30,8 +30,8 @@ export function rankLayers(measurement: Measurement, options: ScoreSelectionOpti
  * last ones (too close to the output to steer the decision); the effect size is scale-free, so it
  * does not favour deep layers merely for their larger activations, as the raw gap does.
  */
-export function selectLayer(measurement: Measurement, options: ScoreSelectionOptions = {}): LayerScore {
-  const best = rankLayers(measurement, options)[0];
-  if (!best) throw new RangeError('no layer to choose from');
+export function selectPoint(measurement: Measurement, options: ScoreSelectionOptions = {}): PointScore {
+  const best = rankPoints(measurement, options)[0];
+  if (!best) throw new RangeError('no point after a decoder layer to choose from');
   return best;
 }

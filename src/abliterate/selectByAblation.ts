@@ -6,7 +6,7 @@ import { DEFAULT_REFUSAL_MARKERS } from './refusal.ts';
 /** One candidate direction ablated at run time, and what it did on the validation prompts. */
 export interface CandidateTrial {
   /** The residual point the direction was measured at. */
-  layer: number;
+  point: number;
   harmful_refusal_rate: number;
   harmless_refusal_rate: number;
   kl: number;
@@ -56,7 +56,7 @@ export async function rankByAblation(
           perplexity: false,
           signal,
         });
-        trials.push({ layer: candidate.point, harmful_refusal_rate: evaluation.harmful_refusal_rate, harmless_refusal_rate: evaluation.harmless_refusal_rate, kl: evaluation.kl });
+        trials.push({ point: candidate.point, harmful_refusal_rate: evaluation.harmful_refusal_rate, harmless_refusal_rate: evaluation.harmless_refusal_rate, kl: evaluation.kl });
       } finally {
         gpu.destroyBuffer(basis);
       }

@@ -2,6 +2,7 @@ import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { applyCut, layerWeights } from '../abliterate/cut.ts';
 import { exportModel } from '../abliterate/export.ts';
+import type { CutParameters } from '../abliterate/report.ts';
 import { abliterationSettings, settingsInGroups } from '../abliterate/settings.ts';
 import { bar, printJson, UsageError, withModel } from './common.ts';
 import { fitDirections, openDirections, pointOf } from './directions.ts';
@@ -37,17 +38,17 @@ export function registerCut(program: Command): void {
     const chosen = (options.points ?? [options.layer]).map((point) => pointOf(directions, point, options.direction!));
     const basis = chosen.map((c) => c.direction);
     // What was cut: a point's direction, or (--points) the subspace of several.
-    const source = options.points ? { points: options.points, rank: options.points.length } : { layer: chosen[0]!.layer };
+    const source = options.points ? { points: options.points, rank: options.points.length } : { point: chosen[0]!.point };
     const settings = abliterationSettings(values);
     // The summary is printed once the output is in place under its final name.
     const summary = await withOutputFolder(options.out!, resolve(dir), options.force, (out) => withModel(dir, options, async (model) => {
       fitDirections(directions, options.direction!, model.config);
       const scores = directions.scores.slice(1).map((s) => s.effectSize);
-      const weights = layerWeights(model.config.numLayers, settings.layers, settings.kernel, scores.length === model.config.numLayers ? scores : undefined);
+      const strengths = layerWeights(model.config.numLayers, settings.layers, settings.kernel, scores.length === model.config.numLayers ? scores : undefined);
       const start = performance.now();
-      await applyCut(model, { basis, orthonormalize: options.points !== undefined, alpha: options.alpha, layerWeights: weights, preserveRowNorm: options['preserve-norm'], embedding: options.embedding, undo: 'none' });
+      await applyCut(model, { basis, orthonormalize: options.points !== undefined, alpha: options.alpha, layerWeights: strengths, preserveRowNorm: options['preserve-norm'], embedding: options.embedding, undo: 'none' });
       const cutSeconds = (performance.now() - start) / 1000;
-      const parameters = { ...source, alpha: options.alpha, layer_weights: weights, embedding: options.embedding, preserve_row_norm: options['preserve-norm'], source_model: dir };
+      const parameters: CutParameters = { ...source, alpha: options.alpha, strengths, embedding: options.embedding, preserve_row_norm: options['preserve-norm'], source_model: dir };
       const exportStart = performance.now();
       const files = await bar('export', (update) => exportModel(model, out, { parameters, onProgress: update }));
       noteSkippedFiles(files);
@@ -55,7 +56,7 @@ export function registerCut(program: Command): void {
     }));
     if (options.json) printJson(summary);
     else {
-      const what = options.points ? `the subspace of the directions of points ${options.points.join(', ')} (rank ${options.points.length})` : `the direction of point ${summary.layer}`;
+      const what = options.points ? `the subspace of the directions of points ${options.points.join(', ')} (rank ${options.points.length})` : `the direction of point ${summary.point}`;
       process.stdout.write(`cut ${summary.tensors.length} tensors with ${what} in ${summary.cut_s.toFixed(2)} s; written to ${summary.output}\n`);
     }
   });

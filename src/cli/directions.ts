@@ -16,13 +16,14 @@ export async function openDirections(file: string): Promise<Directions> {
   return readDirections({ name: file, size: source.size, read: (offset, length) => source.read(offset, length) });
 }
 
-export function pointOf(directions: Directions, layer: number | undefined, file: string): { layer: number; direction: Float32Array } {
-  if (layer === undefined) return { layer: directions.layer, direction: directions.direction };
-  const direction = directions.directions[layer];
-  if (!direction) throw new UsageError(`--layer ${layer} is outside the file's points 0..${directions.directions.length - 1}`);
+/** The file's chosen point and its direction, or the point given with --layer. */
+export function pointOf(directions: Directions, point: number | undefined, file: string): { point: number; direction: Float32Array } {
+  if (point === undefined) return { point: directions.point, direction: directions.direction };
+  const direction = directions.directions[point];
+  if (!direction) throw new UsageError(`--layer ${point} is outside the file's points 0..${directions.directions.length - 1}`);
   const problem = directionProblem(direction, undefined);
-  if (problem) throw new UsageError(`${file}: the direction of point ${layer} is unusable: ${problem}; choose another --layer`);
-  return { layer, direction };
+  if (problem) throw new UsageError(`${file}: the direction of point ${point} is unusable: ${problem}; choose another --layer`);
+  return { point, direction };
 }
 
 /** Checks that the file's directions were measured on a model of this shape: its hidden size, one point per layer and the embedding. */

@@ -3,7 +3,7 @@ import { writeDirections } from '../abliterate/directionsFile.ts';
 import { measure } from '../abliterate/measure.ts';
 import { samplePrompts } from '../abliterate/sampling.ts';
 import { chatTokens } from '../abliterate/prefill.ts';
-import { rankLayers } from '../abliterate/select.ts';
+import { rankPoints } from '../abliterate/select.ts';
 import { MemorySink } from '../io/safetensorsWriter.ts';
 import { abliterationSettings, settingsInGroups } from '../abliterate/settings.ts';
 import { bar, printJson, withModel } from './common.ts';
@@ -29,32 +29,32 @@ export const MEASURE_SETTINGS: CommandSettings = {
 
 export function registerMeasure(program: Command): void {
   addSettingOptions(
-    program.command('measure').description('measure the refusal direction at every layer and choose one; writes a directions file').argument('<model-dir>'),
+    program.command('measure').description('measure the refusal direction at every point of the residual stream and choose one; writes a directions file').argument('<model-dir>'),
     MEASURE_SETTINGS,
   ).action(async (dir: string, _o: unknown, command: Command) => {
     const config = await commandValues(command, MEASURE_SETTINGS);
     const settings = abliterationSettings(config);
     // The output is checked (and its temporary file created) before any work; the results are printed once it is in place.
-    const { layer, measurement, output } = await withOutputFile(config.out!, dir, config.force, async (file) => {
+    const { point, measurement, output } = await withOutputFile(config.out!, dir, config.force, async (file) => {
       const harmful = samplePrompts(await loadPrompts(config.harmful ?? BUNDLED.harmful, config.column, config.limit), settings.measurePrompts);
       const harmless = samplePrompts(await loadPrompts(config.harmless ?? BUNDLED.harmless, config.column, config.limit), settings.measurePrompts);
       return withModel(dir, { adapter: config.adapter }, async (model) => {
         const measurement = await bar('measure', (update) =>
           measure(model, chatTokens(model, harmful, { set: 'harmful' }), chatTokens(model, harmless, { set: 'harmless' }), { batchSize: settings.batchSize, onProgress: update }),
         );
-        const layer = settings.layer ?? rankLayers(measurement, { window: settings.window, metric: settings.metric })[0]!.layer;
+        const point = settings.layer ?? rankPoints(measurement, { window: settings.window, metric: settings.metric })[0]!.point;
         const sink = new MemorySink('directions');
         // The model as the user named it: a relative path stays relative.
-        await writeDirections(sink, measurement, layer, { model: dir });
+        await writeDirections(sink, measurement, point, { model: dir });
         await file.write(await sink.bytes());
-        return { layer, measurement, output: file.path };
+        return { point, measurement, output: file.path };
       });
     });
-    if (config.json) printJson({ layer, scores: measurement.scores, output });
+    if (config.json) printJson({ point, scores: measurement.scores, output });
     else {
       process.stdout.write(`${'point'.padEnd(7)}${'gap'.padEnd(10)}${'rel.gap'.padEnd(10)}${'cosine'.padEnd(10)}effect size\n`);
       for (const s of measurement.scores) {
-        process.stdout.write(`${String(s.layer).padEnd(7)}${s.gap.toFixed(3).padEnd(10)}${s.relativeGap.toFixed(3).padEnd(10)}${s.cosine.toFixed(4).padEnd(10)}${s.effectSize.toFixed(2)}${s.layer === layer ? '  ← chosen' : ''}\n`);
+        process.stdout.write(`${String(s.point).padEnd(7)}${s.gap.toFixed(3).padEnd(10)}${s.relativeGap.toFixed(3).padEnd(10)}${s.cosine.toFixed(4).padEnd(10)}${s.effectSize.toFixed(2)}${s.point === point ? '  ← chosen' : ''}\n`);
       }
       process.stdout.write(`directions written to ${output}\n`);
     }

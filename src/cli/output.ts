@@ -5,7 +5,7 @@ import { status } from './common.ts';
 import { createOutputFile, type OutputFile } from '../io/outputFile.ts';
 import { createOutputFolder, OutputWriteError, type OutputFolder } from '../io/outputFolder.ts';
 import type { LlamaModel } from '../model/model.ts';
-import { DIRECTIONS_FILE, REPORT_FILE, reportOf } from '../abliterate/report.ts';
+import { DIRECTIONS_FILE, REPORT_FILE, reportOf, type AbliterationReport, type CutParameters } from '../abliterate/report.ts';
 
 // The report is built by browser-safe code that the page shares.
 export { DIRECTIONS_FILE, REPORT_FILE, reportOf };
@@ -66,8 +66,8 @@ export async function writeRunOutput(
   out: OutputFolder,
   model: LlamaModel,
   result: AbliterationResult,
-  report: ReturnType<typeof reportOf>,
-  parameters: Record<string, unknown>,
+  report: AbliterationReport,
+  parameters: CutParameters,
   onProgress?: (done: number, total: number) => void,
 ): Promise<void> {
   const start = performance.now();
@@ -75,13 +75,18 @@ export async function writeRunOutput(
   report.timings_s = { ...report.timings_s, export: (performance.now() - start) / 1000 };
   report.skipped_files = files.skipped;
   noteSkippedFiles(files);
-  await writeDirections(await out.sink(DIRECTIONS_FILE), result.measurement, result.layer);
+  await writeDirections(await out.sink(DIRECTIONS_FILE), result.measurement, result.point);
   await out.writeFile(REPORT_FILE, `${JSON.stringify(report, null, 2)}\n`);
 }
 
 /** Says on stderr which files of the input folder the export did not copy. */
 export function noteSkippedFiles(files: ExportFiles): void {
   for (const { file, reason } of files.skipped) status(`note: ${file} was not copied: ${reason}`);
+}
+
+/** "point 5 (output of layer 4)", "point 0 (embedding)". */
+function pointName(point: number): string {
+  return `point ${point} (${point === 0 ? 'embedding' : `output of layer ${point - 1}`})`;
 }
 
 function pad(text: string, width: number): string {
@@ -93,8 +98,8 @@ function fmt(value: number | null | undefined, digits = 3): string {
 }
 
 /** The before/after table printed by `abliterate run`. */
-export function summaryTable(report: ReturnType<typeof reportOf>): string {
-  const score = report.scores.find((s) => s.layer === report.layer);
+export function summaryTable(report: AbliterationReport): string {
+  const score = report.scores.find((s) => s.point === report.point);
   const rows: [string, string, string][] = [
     ['harmful refusal', fmt(report.before.harmful_refusal_rate, 2), fmt(report.after.harmful_refusal_rate, 2)],
     ['harmless refusal', fmt(report.before.harmless_refusal_rate, 2), fmt(report.after.harmless_refusal_rate, 2)],
@@ -102,7 +107,7 @@ export function summaryTable(report: ReturnType<typeof reportOf>): string {
     ['perplexity', fmt(report.before.perplexity, 2), fmt(report.after.perplexity, 2)],
   ];
   const lines = [
-    `direction from layer ${report.layer} (${report.selection.method}; effect size ${fmt(score?.effect_size, 2)}, gap ${fmt(score?.gap, 2)})`,
+    `direction from ${pointName(report.point)} (${report.selection.method}; effect size ${fmt(score?.effect_size, 2)}, gap ${fmt(score?.gap, 2)})`,
     '',
     `${pad('', 18)}${pad('before', 10)}after`,
     ...rows.map(([name, before, after]) => `${pad(name, 18)}${pad(before, 10)}${after}`),

@@ -25,7 +25,7 @@ export const PROBE_SETTINGS: CommandSettings = {
 
 export function registerProbe(program: Command): void {
   addSettingOptions(
-    program.command('probe').description("project prompts on the refusal direction at every layer; with labelled sets, each layer's AUROC").argument('<model-dir>'),
+    program.command('probe').description("project prompts on the refusal direction at every point of the residual stream; with labelled sets, each point's AUROC").argument('<model-dir>'),
     PROBE_SETTINGS,
   ).action(async (dir: string, _o: unknown, command: Command) => {
     const options = await commandValues(command, PROBE_SETTINGS);
@@ -49,11 +49,11 @@ export function registerProbe(program: Command): void {
         labelled = 'harmful';
       }
       const result = await bar('probe', (update) => probe(model, chatTokens(model, prompts), options['per-layer'] ? directions.directions : [directions.direction], labels, { onProgress: update }));
-      const perPoint = result.projections.map((p, layer) => ({ layer, auroc: result.auroc![layer]!, mean_positive: mean(p, labels, true), mean_negative: mean(p, labels, false) }));
-      if (options.json) printJson({ label: labelled, positives: labels.filter(Boolean).length, negatives: labels.filter((l) => !l).length, layers: perPoint, prompts: prompts.map((prompt, i) => ({ prompt, label: labels[i], projections: result.projections.map((p) => p[i]) })) });
+      const perPoint = result.projections.map((p, point) => ({ point, auroc: result.auroc![point]!, mean_positive: mean(p, labels, true), mean_negative: mean(p, labels, false) }));
+      if (options.json) printJson({ label: labelled, positives: labels.filter(Boolean).length, negatives: labels.filter((l) => !l).length, points: perPoint, prompts: prompts.map((prompt, i) => ({ prompt, label: labels[i], projections: result.projections.map((p) => p[i]) })) });
       else {
         process.stdout.write(`label: ${labelled} (${labels.filter(Boolean).length} yes, ${labels.filter((l) => !l).length} no)\n${'point'.padEnd(7)}${'AUROC'.padEnd(9)}${'mean yes'.padEnd(11)}mean no\n`);
-        for (const p of perPoint) process.stdout.write(`${String(p.layer).padEnd(7)}${p.auroc.toFixed(3).padEnd(9)}${p.mean_positive.toFixed(3).padEnd(11)}${p.mean_negative.toFixed(3)}\n`);
+        for (const p of perPoint) process.stdout.write(`${String(p.point).padEnd(7)}${p.auroc.toFixed(3).padEnd(9)}${p.mean_positive.toFixed(3).padEnd(11)}${p.mean_negative.toFixed(3)}\n`);
       }
     });
   });

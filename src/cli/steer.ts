@@ -29,16 +29,16 @@ export function registerSteer(program: Command): void {
   ).action(async (dir: string, _o: unknown, command: Command) => {
     const options = await commandValues(command, STEER_SETTINGS);
     const directions = await openDirections(options.direction!);
-    const { layer, direction } = pointOf(directions, options.layer, options.direction!);
+    const { point, direction } = pointOf(directions, options.layer, options.direction!);
     await withModel(dir, options, async (model, gpu) => {
       fitDirections(directions, options.direction!, model.config);
       const steering: Steering = options.mode === 'ablate' ? { kind: 'ablate', alpha: options.alpha, threshold: options.threshold } : { kind: 'add', scale: options.scale, threshold: options.threshold };
-      const { hooks, buffers } = steeringHooks(gpu, model.config, direction, layer, steering);
+      const { hooks, buffers } = steeringHooks(gpu, model.config, direction, point, steering);
       try {
         const tokens = options.chat ? model.tokenizer.encodeChat(options.prompt!) : model.tokenizer.encode(options.prompt!);
         const [plain, steered] = [await generate(model, [tokens], { maxNewTokens: options['max-tokens'] }), await generate(model, [tokens], { maxNewTokens: options['max-tokens'], hooks })];
         const decode = (ids: number[]) => model.tokenizer.decode(ids, { skipSpecialTokens: true });
-        const result = { layer, mode: options.mode, original: decode(plain.tokens[0]!), steered: decode(steered.tokens[0]!) };
+        const result = { point, mode: options.mode, original: decode(plain.tokens[0]!), steered: decode(steered.tokens[0]!) };
         if (options.json) printJson(result);
         else process.stdout.write(`original: ${result.original}\nsteered:  ${result.steered}\n`);
       } finally {

@@ -12,7 +12,7 @@ import { evaluateModel, evaluateRefusals, EvaluationPrompts, firstTokenKl, first
 import { measure } from '../../src/abliterate/measure.ts';
 import { ChatPrompts, chatTokens } from '../../src/abliterate/prefill.ts';
 import { samplePrompts } from '../../src/abliterate/sampling.ts';
-import { rankLayers } from '../../src/abliterate/select.ts';
+import { rankPoints } from '../../src/abliterate/select.ts';
 import { rankByAblation, type CandidateTrial } from '../../src/abliterate/selectByAblation.ts';
 import type { Gpu } from '../../src/gpu/gpu.ts';
 import { NodeFolder } from '../../src/io/nodeFolder.ts';
@@ -167,7 +167,7 @@ describe('evaluation and selection on prepared prompts', () => {
 
   it('rankByAblation ranks the candidates as ablating each one with the primitives does: fewest refusals, then lowest KL', async () => {
     const measurement = await measure(model, chatTokens(model, harmful), chatTokens(model, harmless), { batchSize: 2 });
-    const candidates = rankLayers(measurement, { window: [0, 1] }).map((s) => ({ point: s.layer, direction: measurement.directions[s.layer]! }));
+    const candidates = rankPoints(measurement, { window: [0, 1] }).map((s) => ({ point: s.point, direction: measurement.directions[s.point]! }));
     expect(candidates).toHaveLength(4);
     const validation = new EvaluationPrompts(model, { harmful: harmful.slice(0, 3), harmless: harmless.slice(0, 3) }, 'validation');
     const progress: number[] = [];
@@ -187,7 +187,7 @@ describe('evaluation and selection on prepared prompts', () => {
           const h = await evaluateRefusals(model, harmful.slice(0, 3), run);
           const b = await evaluateRefusals(model, harmless.slice(0, 3), run);
           const kl = await firstTokenKl(model, baseline, harmless.slice(0, 3), { hooks, batchSize: 2 });
-          expected.push({ layer: point, harmful_refusal_rate: h.rate, harmless_refusal_rate: b.rate, kl: kl.mean });
+          expected.push({ point, harmful_refusal_rate: h.rate, harmless_refusal_rate: b.rate, kl: kl.mean });
         } finally {
           gpu.destroyBuffer(basis);
         }

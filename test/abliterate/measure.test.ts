@@ -5,9 +5,9 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Gpu } from '../../src/gpu/gpu.ts';
-import { measure, type LayerScore, type Measurement } from '../../src/abliterate/measure.ts';
+import { measure, type PointScore, type Measurement } from '../../src/abliterate/measure.ts';
 import { probe } from '../../src/abliterate/probe.ts';
-import { rankLayers, selectLayer, type SelectionMetric } from '../../src/abliterate/select.ts';
+import { rankPoints, selectPoint, type SelectionMetric } from '../../src/abliterate/select.ts';
 import { auroc } from '../../src/abliterate/stats.ts';
 import { expectClose } from '../helpers/compare.ts';
 import { testGpu } from '../helpers/gpu.ts';
@@ -171,7 +171,7 @@ describe('measure', () => {
         [13, 13],
       ]);
       for (const key of ['harmfulMeans', 'harmlessMeans', 'directions'] as const) expect(m[key]).toHaveLength(points);
-      expect(m.scores.map((s) => s.layer)).toEqual(Array.from({ length: points }, (_, i) => i));
+      expect(m.scores.map((s) => s.point)).toEqual(Array.from({ length: points }, (_, i) => i));
 
       const errors: Record<string, number> = {};
       const track = (what: string, e: number) => (errors[what] = Math.max(errors[what] ?? 0, e));
@@ -184,7 +184,7 @@ describe('measure', () => {
         track('projections', expectClose(m.projections.harmful[p]!, ref.harmfulProjections[p]!, bound, `${at} harmful projections`, seed));
         track('projections', expectClose(m.projections.harmless[p]!, ref.harmlessProjections[p]!, bound, `${at} harmless projections`, seed));
       }
-      const scores = (key: keyof LayerScore) => m.scores.map((s) => s[key]);
+      const scores = (key: keyof PointScore) => m.scores.map((s) => s[key]);
       track('gap', expectClose(scores('gap'), ref.gap, bound, `${dtype} gap`, seed));
       track('relativeGap', expectClose(scores('relativeGap'), ref.relativeGap, bound, `${dtype} relative gap`, seed));
       track('cosine', expectClose(scores('cosine'), ref.cosine, bound, `${dtype} cosine`, seed));
@@ -296,16 +296,16 @@ describe('probe', () => {
 });
 
 describe('select', () => {
-  const METRICS: [SelectionMetric, keyof LayerScore][] = [
+  const METRICS: [SelectionMetric, keyof PointScore][] = [
     ['effect_size', 'effectSize'],
     ['gap', 'gap'],
     ['relative_gap', 'relativeGap'],
   ];
 
-  /** A measurement of `points` points (layer 0 the embedding) with random scores. */
+  /** A measurement of `points` points (point 0 the embedding) with random scores. */
   function fakeMeasurement(rng: Random, points: number): Measurement {
-    const scores: LayerScore[] = Array.from({ length: points }, (_, layer) => ({
-      layer,
+    const scores: PointScore[] = Array.from({ length: points }, (_, point) => ({
+      point,
       gap: rng.next() * 10,
       relativeGap: rng.next(),
       cosine: rng.next(),
@@ -327,30 +327,30 @@ describe('select', () => {
         m.scores[0]![key] = 200;
       }
       for (const [metric, key] of METRICS) {
-        const inside = m.scores.filter((s) => s.layer >= 2 && s.layer <= 8);
+        const inside = m.scores.filter((s) => s.point >= 2 && s.point <= 8);
         const best = inside.reduce((a, b) => (b[key] > a[key] ? b : a));
-        expect(selectLayer(m, { metric }).layer, `${metric}, seed ${rng.seed}`).toBe(best.layer);
-        const ranked = rankLayers(m, { metric });
-        expect(ranked.map((s) => s.layer).sort((a, b) => a - b)).toEqual([2, 3, 4, 5, 6, 7, 8]);
+        expect(selectPoint(m, { metric }).point, `${metric}, seed ${rng.seed}`).toBe(best.point);
+        const ranked = rankPoints(m, { metric });
+        expect(ranked.map((s) => s.point).sort((a, b) => a - b)).toEqual([2, 3, 4, 5, 6, 7, 8]);
         for (let i = 1; i < ranked.length; i++) expect(ranked[i - 1]![key]).toBeGreaterThanOrEqual(ranked[i]![key]);
         // A window given explicitly: [0.5, 1] is layers 5..10, where layer 9 (or 10) wins.
-        expect([9, 10]).toContain(selectLayer(m, { metric, window: [0.5, 1] }).layer);
+        expect([9, 10]).toContain(selectPoint(m, { metric, window: [0.5, 1] }).point);
       }
       // The default metric is the effect size.
-      expect(selectLayer(m)).toBe(selectLayer(m, { metric: 'effect_size' }));
+      expect(selectPoint(m)).toBe(selectPoint(m, { metric: 'effect_size' }));
     }
   });
 
-  it('never chooses the embedding; a window with no decoder layer falls back to all of them; no layer at all is an error', () => {
+  it('never chooses the embedding; a window with no decoder layer falls back to all of them; no point after a layer at all is an error', () => {
     const rng = new Random();
     const m = fakeMeasurement(rng, 6);
     m.scores[0]!.effectSize = 1000;
     m.scores[3]!.effectSize = 50;
-    expect(selectLayer(m, { window: [0, 1] }).layer).toBe(3);
-    expect(rankLayers(m, { window: [0, 1] }).map((s) => s.layer)).not.toContain(0);
+    expect(selectPoint(m, { window: [0, 1] }).point).toBe(3);
+    expect(rankPoints(m, { window: [0, 1] }).map((s) => s.point)).not.toContain(0);
     // [0, 0.05] of depth 5 holds only the embedding.
-    expect(selectLayer(m, { window: [0, 0.05] }).layer).toBe(3);
-    expect(() => selectLayer({ points: 1, scores: [{ layer: 0, gap: 1, relativeGap: 1, cosine: 0, effectSize: 1 }] } as unknown as Measurement)).toThrow(/no layer/);
+    expect(selectPoint(m, { window: [0, 0.05] }).point).toBe(3);
+    expect(() => selectPoint({ points: 1, scores: [{ point: 0, gap: 1, relativeGap: 1, cosine: 0, effectSize: 1 }] } as unknown as Measurement)).toThrow(/no point/);
   });
 
   it('on a real measurement, the chosen layer has the largest effect size in the window', async () => {
@@ -361,8 +361,8 @@ describe('select', () => {
       const m = await measure(model, randomPrompts(rng, 3, 2, 6, 0, V / 2 - 1), randomPrompts(rng, 3, 2, 6, V / 2, V - 1));
       // Depth 5, window [0.2, 0.8]: layers 1..4.
       const inside = m.scores.slice(1, 5).map((s) => s.effectSize);
-      expect(selectLayer(m).effectSize).toBe(Math.max(...inside));
-      expect(selectLayer(m).layer).toBe(1 + inside.indexOf(Math.max(...inside)));
+      expect(selectPoint(m).effectSize).toBe(Math.max(...inside));
+      expect(selectPoint(m).point).toBe(1 + inside.indexOf(Math.max(...inside)));
     } finally {
       model.dispose();
     }

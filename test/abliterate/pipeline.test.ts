@@ -10,7 +10,7 @@ import { evaluateRefusals, firstTokenKl, firstTokenLogits, perplexity } from '..
 import { DEFAULT_SETTINGS, runAbliteration, type AbliterationSettings, type PromptSets } from '../../src/abliterate/pipeline.ts';
 import { chatTokens } from '../../src/abliterate/prefill.ts';
 import { DEFAULT_REFUSAL_MARKERS, isRefusal } from '../../src/abliterate/refusal.ts';
-import { rankLayers } from '../../src/abliterate/select.ts';
+import { rankPoints } from '../../src/abliterate/select.ts';
 import { NodeFolder } from '../../src/io/nodeFolder.ts';
 import { LlamaModel } from '../../src/model/model.ts';
 import { expectClose, relativeError } from '../helpers/compare.ts';
@@ -263,8 +263,8 @@ describe('runAbliteration', () => {
       expect(result.selection.method).toBe('ablation');
       expect(trials).toHaveLength(3);
       // The candidates are the three best-scored decoder layers.
-      const top = rankLayers(result.measurement, { window: [0, 1], metric: 'effect_size' }).slice(0, 3).map((s) => s.layer);
-      expect(trials.map((t) => t.layer).sort()).toEqual([...top].sort());
+      const top = rankPoints(result.measurement, { window: [0, 1], metric: 'effect_size' }).slice(0, 3).map((s) => s.point);
+      expect(trials.map((t) => t.point).sort()).toEqual([...top].sort());
       for (let i = 1; i < trials.length; i++) {
         const [a, b] = [trials[i - 1]!, trials[i]!];
         const ra = a.harmful_refusal_rate + a.harmless_refusal_rate;
@@ -276,10 +276,10 @@ describe('runAbliteration', () => {
         expect([0, 0.5, 1]).toContain(t.harmless_refusal_rate);
         expect(t.kl).toBeGreaterThan(0);
       }
-      expect(result.layer).toBe(trials[0]!.layer);
-      expect(result.direction).toBe(result.measurement.directions[result.layer]);
+      expect(result.point).toBe(trials[0]!.point);
+      expect(result.direction).toBe(result.measurement.directions[result.point]);
       expect(result.scores).toBe(result.measurement.scores);
-      expect(result.layerWeights).toEqual([1, 1, 1, 1]);
+      expect(result.strengths).toEqual([1, 1, 1, 1]);
 
       // Evaluations: rates agree with the answers; KL 0 before, and after the cut the same as the
       // chosen candidate's run-time ablation (the cut equals the ablation; same prompts, same baseline).
@@ -315,7 +315,7 @@ describe('runAbliteration', () => {
   it('a forced layer is used as given (method "forced", no trials); a layer outside 0..points − 1 is an error', async () => {
     const result = await runAbliteration(model, sets, settings({ select: 'ablation', candidates: 3, layer: 2 }));
     try {
-      expect(result.layer).toBe(2);
+      expect(result.point).toBe(2);
       expect(result.selection.method).toBe('forced');
       expect(result.selection.trials).toBeUndefined();
       expect(result.direction).toBe(result.measurement.directions[2]);
@@ -334,8 +334,8 @@ describe('runAbliteration', () => {
     const result = await runAbliteration(model, sets, settings({ select: 'score', window: [0.2, 0.8] }));
     try {
       expect(result.selection.method).toBe('score');
-      const inside = result.scores.filter((s) => s.layer >= 1 && s.layer <= 3).map((s) => s.effectSize);
-      expect(result.scores[result.layer]!.effectSize).toBe(Math.max(...inside));
+      const inside = result.scores.filter((s) => s.point >= 1 && s.point <= 3).map((s) => s.effectSize);
+      expect(result.scores[result.point]!.effectSize).toBe(Math.max(...inside));
     } finally {
       await result.cut.undo();
     }

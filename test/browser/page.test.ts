@@ -291,15 +291,15 @@ describe('the web page in headless Chromium with WebGPU', () => {
     await page.selectOption('#save-mode', 'download');
 
     const [reportDownload] = await Promise.all([page.waitForEvent('download'), page.click('#save-report')]);
-    const report = JSON.parse(await readFile((await reportDownload.path())!, 'utf8')) as { layer: number; parameters: Record<string, unknown>; after: { harmful_refusal_rate: number }; scores: unknown[] };
+    const report = JSON.parse(await readFile((await reportDownload.path())!, 'utf8')) as { point: number; parameters: Record<string, unknown>; after: { harmful_refusal_rate: number }; scores: unknown[] };
     // The CLI's report (reportOf is shared).
-    expect(Object.keys(report)).toEqual(['model', 'adapter', 'layer', 'selection', 'scores', 'layer_weights', 'before', 'after', 'kl', 'parameters', 'settings', 'timings_s', 'output', 'skipped_files']);
+    expect(Object.keys(report)).toEqual(['format', 'version', 'model', 'adapter', 'point', 'selection', 'scores', 'strengths', 'before', 'after', 'kl', 'parameters', 'settings', 'timings_s', 'output', 'skipped_files']);
     expect(report.after.harmful_refusal_rate).toBe(harmfulAfter);
-    expect(report.parameters).toMatchObject({ layer, alpha: ALPHA, embedding: true });
+    expect(report.parameters).toMatchObject({ point: layer, alpha: ALPHA, embedding: true });
     const [directionDownload] = await Promise.all([page.waitForEvent('download'), page.click('#save-direction')]);
     const directions = readSafetensorsBytes(new Uint8Array(await readFile((await directionDownload.path())!)));
-    expect(report.layer).toBe(layer);
-    expect(directions.metadata.layer).toBe(String(layer));
+    expect(report.point).toBe(layer);
+    expect(directions.metadata).toMatchObject({ format: 'abliterate-directions', version: '2', point: String(layer) });
     expect(directions.tensors.get('direction')?.dtype).toBe('F32');
 
     // The CLI's steps that decide the weights (measure, then cut) with the same settings, on the same
@@ -315,10 +315,10 @@ describe('the web page in headless Chromium with WebGPU', () => {
         maxBuffer: 64 * 2 ** 20,
         timeout: 10 * 60_000,
       });
-      return JSON.parse(stdout) as { layer: number };
+      return JSON.parse(stdout) as { point: number };
     };
     const measured = await cli('measure', modelDir, '--out', cliDirections, '--force', '--limit', String(LIMIT), '--layer', String(layer));
-    expect(measured.layer).toBe(layer);
+    expect(measured.point).toBe(layer);
     await cli('cut', modelDir, '--direction', cliDirections, '--out', out, '--force', '--alpha', String(ALPHA));
     const cliSeconds = (Date.now() - cliStart) / 1000;
     const directionComparison = compareTensors(directions.tensors, readSafetensorsBytes(new Uint8Array(await readFile(cliDirections))).tensors);

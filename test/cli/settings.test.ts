@@ -14,7 +14,7 @@ import {
   type AbliterationSettings,
 } from '../../src/abliterate/settings.ts';
 import type { AbliterationResult } from '../../src/abliterate/pipeline.ts';
-import { reportOf } from '../../src/abliterate/report.ts';
+import { cutParameters, reportOf } from '../../src/abliterate/report.ts';
 import type { LlamaModel } from '../../src/model/model.ts';
 import { CUT_SETTINGS, registerCut } from '../../src/cli/cut.ts';
 import { EVAL_SETTINGS, registerEval } from '../../src/cli/eval.ts';
@@ -254,8 +254,8 @@ describe('the page form and the report', () => {
   it('the report carries the settings block', () => {
     const settings: AbliterationSettings = { ...DEFAULT_SETTINGS, alpha: 0.75, kernel: { kind: 'tent', peak: 2, width: 3, min: 0, max: 1 } };
     const evaluation = { harmful_refusal_rate: 0, harmless_refusal_rate: 0, kl: 0, perplexity: null, harmful_answers: [], harmless_answers: [] };
-    const result = { layer: 2, selection: { method: 'score' }, scores: [], layerWeights: [], before: evaluation, after: evaluation, kl: 0, timings: {} } as unknown as AbliterationResult;
-    const report = reportOf(result, { folder: { name: 'model' } } as unknown as LlamaModel, {}, null, 'adapter', settings);
+    const result = { point: 2, selection: { method: 'score' }, scores: [], strengths: [], before: evaluation, after: evaluation, kl: 0, timings: {} } as unknown as AbliterationResult;
+    const report = reportOf(result, { folder: { name: 'model' } } as unknown as LlamaModel, cutParameters(result, settings, 'model'), null, 'adapter', settings);
     expect(report.settings).toEqual(settingsRecord(settings));
     expect(report.settings).toMatchObject({ alpha: 0.75, 'strength-profile': 'tent:2,3,0,1' });
   });

@@ -24,7 +24,7 @@ interface Rates {
 }
 
 let dir: string;
-let report: Record<string, unknown> & { before: Rates; after: Rates & { kl: number }; layer: number; output: string };
+let report: Record<string, unknown> & { before: Rates; after: Rates & { kl: number }; point: number; output: string };
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'abliterate-demo-'));
   report = (await cli('run', MODEL, '--out', join(dir, 'out'), ...DEMO_SETTINGS)) as typeof report;
@@ -36,7 +36,7 @@ afterAll(async () => {
 describe('the demo: abliterating the bundled model end to end', () => {
   it('the model refuses harmful requests before, and no longer after; harmless answers stay unrefused', () => {
     console.log(
-      `layer ${report.layer}: harmful refusal ${report.before.harmful_refusal_rate} → ${report.after.harmful_refusal_rate}, ` +
+      `point ${report.point}: harmful refusal ${report.before.harmful_refusal_rate} → ${report.after.harmful_refusal_rate}, ` +
         `harmless ${report.before.harmless_refusal_rate} → ${report.after.harmless_refusal_rate}, KL ${report.after.kl}`,
     );
     expect(report.before.harmful_refusal_rate).toBeGreaterThanOrEqual(0.9);
@@ -66,6 +66,6 @@ describe('the demo: abliterating the bundled model end to end', () => {
     for (const file of ['config.json', 'tokenizer.json', 'tokenizer_config.json', 'generation_config.json', 'abliteration_report.json', 'refusal_direction.safetensors']) {
       expect(await folder.has(file), file).toBe(true);
     }
-    expect(JSON.parse(output.metadata.get('model.safetensors')!.abliteration!)).toMatchObject({ layer: report.layer, alpha: 1.25 });
+    expect(JSON.parse(output.metadata.get('model.safetensors')!.abliteration!)).toMatchObject({ point: report.point, alpha: 1.25 });
   });
 });

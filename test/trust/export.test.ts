@@ -106,8 +106,8 @@ describe('export of a sharded model', () => {
     const args = ['run', medium.dir, '--out', out, '--limit', '2', '--max-tokens', '2', '--plain-text', text, '--layer', '3', '--json'];
     const { result, watch } = await runWatched(args, work.path, 'run-out');
     expect(result.code, result.stderr).toBe(0);
-    const report = JSON.parse(result.stdout) as { layer_weights: number[] };
-    expect(report.layer_weights).toHaveLength(6);
+    const report = JSON.parse(result.stdout) as { strengths: number[] };
+    expect(report.strengths).toHaveLength(6);
     const modified = new Set(['model.embed_tokens.weight', ...Array.from({ length: 6 }, (_, l) => [`model.layers.${l}.self_attn.o_proj.weight`, `model.layers.${l}.mlp.down_proj.weight`]).flat()]);
     await checkExport(medium, mediumInput, out, modified, ['abliteration_report.json', 'refusal_direction.safetensors']);
     expect(snapshot(medium.dir)).toEqual(mediumInput);
@@ -147,7 +147,7 @@ async function checkExport(model: ModelDir, input: Map<string, string>, out: str
     }
   }
   expect(same).toBe(before.allTensors.size - modified.size);
-  for (const file of after.files) expect(JSON.parse(after.metadata.get(file)!.abliteration!)).toMatchObject({ layer: 3 });
+  for (const file of after.files) expect(JSON.parse(after.metadata.get(file)!.abliteration!)).toMatchObject({ point: 3 });
 }
 
 describe('faults during the export', () => {

@@ -131,7 +131,7 @@ export async function writeDirectionsFile(path: string, hidden: number, points: 
     directions: Array.from({ length: points }, unit),
     harmfulMeans: Array.from({ length: points }, zeros),
     harmlessMeans: Array.from({ length: points }, zeros),
-    scores: Array.from({ length: points }, (_, layer) => ({ layer, gap: 1, relativeGap: 0.1, cosine: 0.9, effectSize: 1 + layer })),
+    scores: Array.from({ length: points }, (_, point) => ({ point, gap: 1, relativeGap: 0.1, cosine: 0.9, effectSize: 1 + point })),
   } as unknown as Measurement;
   const sink = new MemorySink('directions');
   await writeDirections(sink, measurement, Math.min(3, points - 1));

@@ -1,6 +1,6 @@
 /**
- * The two charts of the results, drawn with Observable Plot: per-layer separation scores with the
- * chosen layer marked, and overlaid histograms of harmful vs harmless projections on the direction.
+ * The two charts of the results, drawn with Observable Plot: separation scores per residual-stream
+ * point with the chosen point marked, and overlaid histograms of harmful vs harmless projections on the direction.
  * Both are SVG as wide as their container and carry an ARIA label for screen readers.
  */
 import * as Plot from '@observablehq/plot';
@@ -16,21 +16,22 @@ function chartSize(container: HTMLElement): { width: number; height: number } {
 }
 
 export interface ScorePoint {
-  layer: number;
+  /** The residual-stream point (0 = embedding, i = output of decoder layer i − 1). */
+  point: number;
   value: number;
 }
 
 /**
  * Bars of one score per residual-stream point (0 = embedding), the selection window shaded and
- * the chosen point highlighted and labelled. Each bar is a `rect.bar` with `data-layer`, the
- * chosen one also `.chosen`.
+ * the chosen point highlighted and labelled. Each bar is a `rect.bar` with `data-layer` (the point),
+ * the chosen one also `.chosen`.
  */
 export function drawScoreChart(container: HTMLElement, points: readonly ScorePoint[], options: { chosen: number; window?: readonly [number, number]; metricName: string }): void {
   const { width, height } = chartSize(container);
-  const layers = points.map((p) => p.layer);
+  const indices = points.map((p) => p.point);
   // Label every point when there is room (about 22 px each), else every few; always the chosen one.
   const every = Math.ceil((points.length * 22) / (width - 70));
-  const ticks = layers.filter((layer, i) => i % every === 0 || layer === options.chosen);
+  const ticks = indices.filter((point, i) => i % every === 0 || point === options.chosen);
   const window = options.window ? [options.window] : [];
   const chart = Plot.plot({
     width,
@@ -38,12 +39,12 @@ export function drawScoreChart(container: HTMLElement, points: readonly ScorePoi
     marginLeft: 56,
     marginTop: 28,
     marginBottom: 44,
-    ariaLabel: `${options.metricName} per layer; the direction was taken at layer ${options.chosen}`,
+    ariaLabel: `${options.metricName} per point of the residual stream; the direction was taken at point ${options.chosen}`,
     x: {
-      domain: [Math.min(...layers) - 0.5, Math.max(...layers) + 0.5],
+      domain: [Math.min(...indices) - 0.5, Math.max(...indices) + 0.5],
       ticks,
       tickFormat: 'd',
-      label: width < 480 ? 'layer (0 = embedding)' : 'layer (0 = embedding, i = output of decoder layer i − 1)',
+      label: width < 480 ? 'point (0 = embedding)' : 'point (0 = embedding, i = output of decoder layer i − 1)',
       labelAnchor: 'center',
       labelArrow: 'none',
     },
@@ -53,24 +54,24 @@ export function drawScoreChart(container: HTMLElement, points: readonly ScorePoi
       Plot.text(window, { x: (w: readonly [number, number]) => w[0] - 0.5, frameAnchor: 'top', text: () => 'selection window', textAnchor: 'start', dx: 4, dy: -10, className: 'window-label' }),
       Plot.ruleY([0]),
       Plot.rectY(points, {
-        x1: (p: ScorePoint) => p.layer - 0.35,
-        x2: (p: ScorePoint) => p.layer + 0.35,
+        x1: (p: ScorePoint) => p.point - 0.35,
+        x2: (p: ScorePoint) => p.point + 0.35,
         y: 'value',
-        title: (p: ScorePoint) => `layer ${p.layer}: ${p.value.toPrecision(4)}`,
+        title: (p: ScorePoint) => `point ${p.point}: ${p.value.toPrecision(4)}`,
         render: (index, scales, values, dimensions, context, next) => {
           const group = next!(index, scales, values, dimensions, context)!;
           group.querySelectorAll('rect').forEach((rect, i) => {
-            const layer = points[index[i]!]!.layer;
+            const point = points[index[i]!]!.point;
             rect.classList.add('bar');
-            if (layer === options.chosen) rect.classList.add('chosen');
-            rect.dataset.layer = String(layer);
+            if (point === options.chosen) rect.classList.add('chosen');
+            rect.dataset.layer = String(point);
           });
           return group;
         },
       }),
       Plot.text(
-        points.filter((p) => p.layer === options.chosen),
-        { x: 'layer', y: (p: ScorePoint) => Math.max(p.value, 0), text: (p: ScorePoint) => `▼ layer ${p.layer}`, dy: -8, className: 'marker' },
+        points.filter((p) => p.point === options.chosen),
+        { x: 'point', y: (p: ScorePoint) => Math.max(p.value, 0), text: (p: ScorePoint) => `▼ point ${p.point}`, dy: -8, className: 'marker' },
       ),
     ],
   });
@@ -85,7 +86,7 @@ function mean(values: readonly number[]): number {
  * Overlaid histograms of two sets of projections on shared bins, with each set's mean as a dashed
  * line; the bars of a set are in a `g.harmful` / `g.harmless` group.
  */
-export function drawHistogram(container: HTMLElement, harmful: ArrayLike<number>, harmless: ArrayLike<number>, options: { layer: number }): void {
+export function drawHistogram(container: HTMLElement, harmful: ArrayLike<number>, harmless: ArrayLike<number>, options: { point: number }): void {
   const { width, height } = chartSize(container);
   const sets = { harmful: Array.from(harmful).filter(Number.isFinite), harmless: Array.from(harmless).filter(Number.isFinite) };
   const all = [...sets.harmful, ...sets.harmless];
@@ -109,8 +110,8 @@ export function drawHistogram(container: HTMLElement, harmful: ArrayLike<number>
     marginLeft: 56,
     marginTop: 16,
     marginBottom: 44,
-    ariaLabel: `Histogram of the projections of ${sets.harmful.length} harmful and ${sets.harmless.length} harmless prompts on the refusal direction at layer ${options.layer}`,
-    x: { label: `projection on the refusal direction at layer ${options.layer}`, labelAnchor: 'center', labelArrow: 'none' },
+    ariaLabel: `Histogram of the projections of ${sets.harmful.length} harmful and ${sets.harmless.length} harmless prompts on the refusal direction at point ${options.point}`,
+    x: { label: `projection on the refusal direction at point ${options.point}`, labelAnchor: 'center', labelArrow: 'none' },
     y: { label: 'prompts', grid: true, nice: true, labelArrow: 'none' },
     color: { domain: Object.keys(SET_COLORS), range: Object.values(SET_COLORS), legend: true, tickFormat: (set: PromptSet) => `${set} (${sets[set].length})` },
     marks: [

@@ -406,7 +406,7 @@ async function runAbliteration(): Promise<void> {
 
 function showResults(run: Run): void {
   const r = run.result;
-  const score = r.scores[r.layer];
+  const score = r.scores[r.point];
   const window = `${Math.round(r.selection.window[0] * 100)}–${Math.round(r.selection.window[1] * 100)} % depth window`;
   const metric = r.selection.metric.replace('_', ' ');
   const how =
@@ -416,12 +416,12 @@ function showResults(run: Run): void {
         ? `the fewest refusals when ablated, of the ${r.selection.trials?.length ?? 0} best by ${metric} in the ${window}`
         : `the best ${metric} in the ${window}`;
   ui.resultSummary.textContent =
-    `Direction taken at layer ${r.layer} (${how}; effect size ${score?.effectSize.toFixed(2) ?? '–'}), measured on ${r.measurement.harmfulCount} harmful and ${r.measurement.harmlessCount} harmless prompts, ` +
+    `Direction taken at point ${r.point} (${r.point === 0 ? 'the embedding' : `the output of layer ${r.point - 1}`}; ${how}; effect size ${score?.effectSize.toFixed(2) ?? '–'}), measured on ${r.measurement.harmfulCount} harmful and ${r.measurement.harmlessCount} harmless prompts, ` +
     `cut from ${r.cut.tensors.length} weight matrices with α = ${run.settings.alpha}${run.settings.embedding ? ', embedding included' : ''}.`;
-  ui.resultSummary.dataset.layer = String(r.layer);
+  ui.resultSummary.dataset.layer = String(r.point);
   renderTable(ui.resultBody, run);
   ui.scoreMetric.value = selectionMetricKey(run);
-  ui.histogramCaption.textContent = `Projections on the refusal direction at layer ${r.layer}: harmful vs harmless prompts`;
+  ui.histogramCaption.textContent = `Projections on the refusal direction at point ${r.point}: harmful vs harmless prompts`;
   renderGenerations(ui.generations, run);
   // Shown before the charts are drawn: they take the width of their container.
   ui.results.hidden = false;

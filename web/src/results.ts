@@ -1,5 +1,5 @@
 /** Rendering of a finished run: the before/after table, the charts and the answers side by side. */
-import type { Answer, LayerScore, ModelEvaluation } from 'abliterate';
+import type { Answer, PointScore, ModelEvaluation } from 'abliterate';
 import { drawHistogram, drawScoreChart } from './charts.ts';
 import type { Run } from './workbench.ts';
 
@@ -61,7 +61,7 @@ export function renderTable(body: HTMLTableSectionElement, run: Run): void {
   );
 }
 
-/** The depth window of the selection, as point indices (the same rounding as rankLayers). */
+/** The depth window of the selection, as point indices (the same rounding as rankPoints). */
 export function windowPoints(run: Run, points: number): [number, number] {
   const last = points - 1;
   const [from, to] = run.settings.window;
@@ -69,18 +69,18 @@ export function windowPoints(run: Run, points: number): [number, number] {
 }
 
 export function renderScoreChart(container: HTMLElement, run: Run, key: ScoreKey): void {
-  const scores: readonly LayerScore[] = run.result.scores;
+  const scores: readonly PointScore[] = run.result.scores;
   drawScoreChart(
     container,
-    scores.map((s) => ({ layer: s.layer, value: s[key] })),
-    { chosen: run.result.layer, window: run.result.selection.method === 'forced' ? undefined : windowPoints(run, scores.length), metricName: SCORE_NAMES[key] },
+    scores.map((s) => ({ point: s.point, value: s[key] })),
+    { chosen: run.result.point, window: run.result.selection.method === 'forced' ? undefined : windowPoints(run, scores.length), metricName: SCORE_NAMES[key] },
   );
 }
 
 export function renderHistogram(container: HTMLElement, run: Run): void {
   const { projections } = run.result.measurement;
-  const layer = run.result.layer;
-  drawHistogram(container, projections.harmful[layer] ?? [], projections.harmless[layer] ?? [], { layer });
+  const point = run.result.point;
+  drawHistogram(container, projections.harmful[point] ?? [], projections.harmless[point] ?? [], { point });
 }
 
 function answerBlock(when: 'before' | 'after', answer: Answer | undefined): HTMLElement {

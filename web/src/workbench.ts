@@ -3,7 +3,7 @@
  * on it, and the last abliteration. Every step is the library's own (the same code as the CLI):
  * `LlamaModel.load`, `runAbliteration`, `exportModel`, `writeDirections`, `reportOf`.
  */
-import { abliterationSettings, createBrowserGpu, cutParameters, exportModel, LlamaModel, MemorySink, reportOf, runAbliteration, writeDirections, type AbliterationReport, type AbliterationResult, type AbliterationSettings, type FileFolder, type Gpu, type ModelWriteTarget, type PromptSets, type RunCallbacks, type SettingValues } from 'abliterate';
+import { abliterationSettings, createBrowserGpu, cutParameters, exportModel, LlamaModel, MemorySink, reportOf, runAbliteration, writeDirections, type AbliterationReport, type CutParameters, type AbliterationResult, type AbliterationSettings, type FileFolder, type Gpu, type ModelWriteTarget, type PromptSets, type RunCallbacks, type SettingValues } from 'abliterate';
 
 /** The settings the page's form gives, by the schema's keys; the others keep their defaults. */
 export type PageSettings = Partial<SettingValues>;
@@ -12,7 +12,7 @@ export interface Run {
   result: AbliterationResult;
   settings: AbliterationSettings;
   /** The cut's parameters, as the CLI stores them in the exported shards' `__metadata__`. */
-  parameters: Record<string, unknown>;
+  parameters: CutParameters;
   /** Files of the picked folder the last export left out (weights in other formats). */
   skippedFiles?: { file: string; reason: string }[];
 }
@@ -137,7 +137,7 @@ export class Workbench {
   async directionsFile(): Promise<Blob> {
     const { run } = this.requireRun();
     const sink = new MemorySink('refusal_direction.safetensors');
-    await writeDirections(sink, run.result.measurement, run.result.layer);
+    await writeDirections(sink, run.result.measurement, run.result.point);
     return sink.blob();
   }
 }
