@@ -4,6 +4,7 @@
  * tokens from `generation_config.json`, `tokenizer_config.json` and `config.json`.
  */
 import { Template } from '@huggingface/jinja';
+import { DEFAULT_TEMPLATE_LIMITS, renderBounded, TemplateLimitError } from './templateLimits.ts';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { MAX_TOKENIZER_BYTES, type FileFolder } from '../io/byteSource.ts';
 import { jsonErrorReason } from '../io/json.ts';
@@ -225,17 +226,25 @@ export class ChatTokenizer {
    */
   formatChat(messages: readonly ChatMessage[], { addGenerationPrompt = true, variables = {} }: { addGenerationPrompt?: boolean; variables?: Json } = {}): string {
     const template = this.compiledTemplate();
+    // The template's output holds the messages: long prompts get room beyond the default cap.
+    const contentChars = messages.reduce((n, m) => n + m.content.length, 0);
+    const limits = { ...DEFAULT_TEMPLATE_LIMITS, maxChars: Math.max(DEFAULT_TEMPLATE_LIMITS.maxChars, 4 * contentChars) };
     try {
-      return template.render({
-        ...this.templateVariables,
-        tools: null,
-        documents: null,
-        enable_thinking: this.enableThinking,
-        ...variables,
-        messages: messages.map((m) => ({ role: m.role, content: m.content })),
-        add_generation_prompt: addGenerationPrompt,
-      });
+      return renderBounded(
+        template,
+        {
+          ...this.templateVariables,
+          tools: null,
+          documents: null,
+          enable_thinking: this.enableThinking,
+          ...variables,
+          messages: messages.map((m) => ({ role: m.role, content: m.content })),
+          add_generation_prompt: addGenerationPrompt,
+        },
+        limits,
+      );
     } catch (error) {
+      if (error instanceof TemplateLimitError) throw new TokenizerError(`${this.templateSource}: ${error.message}`);
       throw new TokenizerError(`${this.templateSource}: the chat template failed to render (${oneLine(error)})`);
     }
   }
