@@ -143,6 +143,28 @@ describe('the web page in headless Chromium with WebGPU', () => {
         .map((e) => e.id || e.outerHTML.slice(0, 80)),
     );
     expect(unlabelled).toEqual([]);
+
+    // Before a model is loaded, the disabled Run button says why.
+    expect(await page.isDisabled('#run')).toBe(true);
+    expect(await page.getAttribute('#run', 'aria-describedby')).toBe('run-why');
+    expect(await page.textContent('#run-why')).toMatch(/Pick a model folder or try the bundled model first/);
+    expect(await page.getAttribute('#run', 'title')).toBe(await page.textContent('#run-why'));
+    // The hidden file input is not a tab stop; the visible control that opens a folder is.
+    const tabStops: string[] = [];
+    await page.evaluate(() => (document.activeElement as HTMLElement | null)?.blur());
+    for (let i = 0; i < 12; i++) {
+      await page.keyboard.press('Tab');
+      tabStops.push(await page.evaluate(() => document.activeElement?.id ?? ''));
+    }
+    expect(tabStops).not.toContain('folder-input');
+    expect(tabStops.some((id) => id === 'pick-folder' || id === 'folder-input-label')).toBe(true);
+    expect(await page.getAttribute('#folder-input', 'tabindex')).toBe('-1');
+    // Progress is announced politely; a software adapter comes with a time estimate.
+    expect(await page.getAttribute('#run-status', 'aria-live')).toBe('polite');
+    if (/swiftshader|llvmpipe|lavapipe/i.test((await page.textContent('#adapter')) ?? '') || (await page.textContent('#adapter'))?.includes('software')) {
+      expect(await page.isVisible('#run-note')).toBe(true);
+      expect(await page.textContent('#run-note')).toMatch(/software.*minutes/);
+    }
   });
 
   it('says clearly when the browser has no WebGPU', async () => {
@@ -201,11 +223,30 @@ describe('the web page in headless Chromium with WebGPU', () => {
     await page.fill('#setting-limit', String(LIMIT));
     await page.fill('#setting-max-tokens', '64');
     await page.click('#run');
-    await page.waitForSelector('#stages li[data-stage="evaluate before"][data-state=active]', { timeout: 120_000 });
+    // Focus moves to Cancel; the settings are locked for the run.
+    expect(await page.evaluate(() => document.activeElement?.id)).toBe('cancel');
+    expect(await page.isDisabled('#setting-alpha')).toBe(true);
+    expect(await page.isDisabled('#setting-layer')).toBe(true);
+    expect(await page.isDisabled('#prompts-own')).toBe(true);
+    expect(await page.textContent('#run-why')).toMatch(/A run is in progress/);
+    // Cancelled while the original model's harmless answers are generated: the stage's later
+    // sub-steps (first-token KL, perplexity) and the cut never start.
+    await page.waitForSelector('#run-progress[data-steps*="evaluate before/harmless refusals"]', { timeout: 180_000 });
+    expect(await page.textContent('#run-progress-detail')).toMatch(/\d+ of \d+ answers to harmless prompts · \d+ s elapsed/);
+    expect(await page.textContent('#run-status')).toMatch(/Evaluating the original model: harmless refusals/);
     await page.click('#cancel');
-    await page.waitForSelector('#message[data-kind=info]', { timeout: 60_000 });
-    expect(await page.textContent('#message')).toMatch(/Cancelled/);
+    // Said at once, before the stop arrives.
+    expect(await page.textContent('#cancel')).toBe('Cancelling…');
+    await page.waitForFunction(() => document.body.dataset.busy === '', undefined, { timeout: 60_000 });
+    expect(await page.textContent('#message')).toBe('Cancelled during evaluate before; nothing was changed.');
+    const steps = ((await page.getAttribute('#run-progress', 'data-steps')) ?? '').split(',');
+    expect(steps).toContain('measure/');
+    expect(steps).toContain('evaluate before/harmful refusals');
+    expect(steps.at(-1)).toBe('evaluate before/harmless refusals');
+    expect(await page.textContent('#cancel')).toBe('Cancel');
     expect(await page.isEnabled('#run')).toBe(true);
+    expect(await page.isEnabled('#setting-alpha')).toBe(true);
+    expect(await page.evaluate(() => document.activeElement?.id)).toBe('run');
     expect(await page.isHidden('#results')).toBe(true);
     // The forward pass keeps its workspace for the next run; closing the model frees it with the weights.
     await page.click('#close-model');
@@ -254,6 +295,34 @@ describe('the web page in headless Chromium with WebGPU', () => {
     expect(await page.locator('#histogram g.harmless rect').count()).toBeGreaterThan(0);
     expect(await page.locator('#generations .pair').count()).toBe(6);
     expect(await page.locator('#generations .pair .answer').count()).toBe(12);
+
+    // Every sub-step of both evaluations was reported; focus went to the results.
+    const steps = ((await page.getAttribute('#run-progress', 'data-steps')) ?? '').split(',');
+    // (The original model has no baseline to compare with: its KL is 0 by definition and not computed.)
+    for (const step of ['harmful refusals', 'harmless refusals', 'perplexity']) expect(steps).toContain(`evaluate before/${step}`);
+    for (const step of ['harmful refusals', 'harmless refusals', 'first-token KL', 'perplexity']) expect(steps).toContain(`evaluate after/${step}`);
+    expect(await page.evaluate(() => document.activeElement?.id)).toBe('results-heading');
+    // Rates as percentages with n/N, "lower is better" hints, and the terms explained.
+    const rateCell = await page.textContent('#result-table td[data-metric="harmful_refusal_rate"][data-when="after"]');
+    expect(rateCell).toBe(`${Math.round(rates.harmfulAfter * 100)} % (${Math.round(rates.harmfulAfter * LIMIT)}/${LIMIT})`);
+    expect(await page.textContent('#result-table tr[data-metric="perplexity"] th')).toMatch(/lower is better/);
+    expect(await page.textContent('#result-table tr[data-metric="kl"] th')).toMatch(/lower is better/);
+    const glossary = (await page.textContent('#glossary')) ?? '';
+    for (const term of ['direction point / layer', 'α (alpha)', 'effect size', 'first-token KL', 'perplexity', 'dashed lines']) expect(glossary).toContain(term);
+    expect(await page.textContent('#histogram-caption')).toMatch(/dashed lines: each set’s mean/);
+    expect(await page.textContent('#layer-help')).toMatch(/Point 0 is the embedding/);
+
+    // A new run over existing results asks first; dismissing keeps everything.
+    let question = '';
+    page.once('dialog', (dialog) => {
+      question = dialog.message();
+      void dialog.dismiss();
+    });
+    await page.click('#run');
+    expect(question).toMatch(/Start a new run\? The results shown and the cut model are replaced/);
+    expect(await page.getAttribute('#results', 'data-state')).toBe('done');
+    expect(await page.isVisible('#results')).toBe(true);
+    expect(await page.evaluate(() => document.body.dataset.busy)).toBe('');
     expect(pageErrors).toEqual([]);
   }, 900_000);
 
@@ -266,6 +335,14 @@ describe('the web page in headless Chromium with WebGPU', () => {
     const files = readTar(new Uint8Array(await readFile(tarPath)));
     const [root] = [...files.keys()][0]!.split('/');
     const pageFiles = new Map([...files].map(([path, bytes]) => [path.slice(root!.length + 1), bytes]));
+    // Download mode saves what folder mode writes: the model, its report and the direction file, and says so.
+    await page.waitForSelector('#message[data-kind=success]');
+    expect(await page.textContent('#message')).toMatch(/Saved as .*-abliterated\.tar.*report.*direction file/);
+    const tarReport = JSON.parse(Buffer.from(pageFiles.get('abliteration_report.json')!).toString('utf8')) as { layer: number };
+    expect(tarReport.layer).toBe(layer);
+    expect(readSafetensorsBytes(pageFiles.get('refusal_direction.safetensors')!).metadata.layer).toBe(String(layer));
+    expect(await page.locator('#download-links a[data-file="abliteration_report.json"]').count()).toBe(1);
+    for (const file of ['abliteration_report.json', 'refusal_direction.safetensors']) pageFiles.delete(file);
 
     // The streamed path: the same export written file by file into a folder (the origin's private
     // file system stands in for the folder a user picks with showDirectoryPicker).
@@ -354,12 +431,37 @@ describe('the web page in headless Chromium with WebGPU', () => {
     for (const [name, t] of pageTensors) expect(Buffer.compare(Buffer.from(t.bytes), Buffer.from(original.get(name)!.bytes)) === 0, name).toBe(!cut(name));
   }, 900_000);
 
-  it('fits a narrow window and a 1280×800 one; the finished page is saved as a screenshot', async () => {
+  it('fits a 390 px window and a 1280×800 one; the finished page is saved as a screenshot', async () => {
     await mkdir(ARTIFACTS, { recursive: true });
-    await page.setViewportSize({ width: 400, height: 800 });
+    await page.setViewportSize({ width: 390, height: 800 });
+    // The charts are redrawn for the new width on the next frames.
+    await page.evaluate(() => new Promise((done) => setTimeout(done, 500)));
     const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
     await page.screenshot({ path: join(ARTIFACTS, 'web-narrow.png'), fullPage: true });
     expect(overflow).toBeLessThanOrEqual(0);
+    // The metric drop-down shows its whole text, and the histogram keeps at least three x ticks, all inside the chart.
+    const metric = await page.evaluate(() => {
+      const select = document.getElementById('score-metric') as HTMLSelectElement;
+      const probe = document.createElement('span');
+      probe.style.font = getComputedStyle(select).font;
+      probe.style.whiteSpace = 'pre';
+      probe.textContent = select.selectedOptions[0]!.text;
+      document.body.append(probe);
+      const text = probe.getBoundingClientRect().width;
+      probe.remove();
+      const style = getComputedStyle(select);
+      return { text, room: select.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight) };
+    });
+    expect(metric.text).toBeLessThanOrEqual(metric.room);
+    const ticks = await page.evaluate(() => {
+      // The plot's own svg (the legend's swatches are svgs too).
+      const texts = [...document.querySelectorAll<SVGTextElement>('#histogram svg [aria-label="x-axis tick label"] text')];
+      const svg = texts[0]?.ownerSVGElement?.getBoundingClientRect();
+      const labels = texts.map((t) => t.getBoundingClientRect());
+      return { count: labels.length, outside: svg ? labels.filter((r) => r.left < svg.left - 0.5 || r.right > svg.right + 0.5).length : -1 };
+    });
+    expect(ticks.count).toBeGreaterThanOrEqual(3);
+    expect(ticks.outside).toBe(0);
     await page.setViewportSize({ width: 1280, height: 800 });
     expect(await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth)).toBeLessThanOrEqual(0);
     await page.screenshot({ path: join(ARTIFACTS, 'web-finished.png'), fullPage: true });

@@ -78,6 +78,19 @@ export function drawScoreChart(container: HTMLElement, points: readonly ScorePoi
   container.replaceChildren(chart);
 }
 
+/**
+ * At least `target` round values in [lo, hi] (at most about twice as many): the largest step of
+ * 1, 2, 2.5 or 5 × 10^k that fits `target` steps, so a narrow chart keeps a readable axis.
+ */
+export function axisTicks(lo: number, hi: number, target: number): number[] {
+  const raw = (hi - lo) / target;
+  const magnitude = 10 ** Math.floor(Math.log10(raw));
+  const step = [5, 2.5, 2, 1].map((f) => f * magnitude).find((s) => s <= raw) ?? magnitude;
+  const ticks: number[] = [];
+  for (let i = Math.ceil(lo / step); i * step <= hi + step * 1e-9; i++) ticks.push(Number((i * step).toPrecision(12)));
+  return ticks;
+}
+
 function mean(values: readonly number[]): number {
   return values.reduce((sum, v) => sum + v, 0) / values.length;
 }
@@ -108,10 +121,12 @@ export function drawHistogram(container: HTMLElement, harmful: ArrayLike<number>
     width,
     height,
     marginLeft: 56,
+    // Room for the last tick label at the right edge.
+    marginRight: 24,
     marginTop: 16,
     marginBottom: 44,
     ariaLabel: `Histogram of the projections of ${sets.harmful.length} harmful and ${sets.harmless.length} harmless prompts on the refusal direction at point ${options.point}`,
-    x: { label: `projection on the refusal direction at point ${options.point}`, labelAnchor: 'center', labelArrow: 'none' },
+    x: { label: `projection on the refusal direction at point ${options.point}`, labelAnchor: 'center', labelArrow: 'none', ticks: axisTicks(lo, hi, Math.max(3, Math.floor(width / 160))) },
     y: { label: 'prompts', grid: true, nice: true, labelArrow: 'none' },
     color: { domain: Object.keys(SET_COLORS), range: Object.values(SET_COLORS), legend: true, tickFormat: (set: PromptSet) => `${set} (${sets[set].length})` },
     marks: [

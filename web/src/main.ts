@@ -2,7 +2,7 @@
  * The page: pick a local model folder (or the bundled one), run measure → select → evaluate → cut
  * → evaluate on WebGPU with the library's own code, look at the results, download the cut model.
  */
-import { BlobSource, DIRECTIONS_FILE, FileMissingError, formatBytes, MemoryTarget, readPrompts, REPORT_FILE, type FileFolder, type Gpu, type LlamaModel, type PromptSets, type Stage } from 'abliterate';
+import { BlobSource, DIRECTIONS_FILE, FileMissingError, formatBytes, MemoryTarget, readPrompts, REPORT_FILE, type FileFolder, type Gpu, type LlamaModel, type PromptSets, type Stage, type EvaluationStep } from 'abliterate';
 import { bundledManifest, bundledModel, bundledPromptFile, directoryPicker, fetchBundled, folderFromDrop, folderFromHandle, folderFromInput, type BundledManifest } from './folders.ts';
 import { renderGenerations, renderHistogram, renderScoreChart, renderTable, selectionMetricKey, type ScoreKey } from './results.ts';
 import { abortableTarget, createSubfolder, DirectoryTarget, DownloadLinks, tarBlob } from './saving.ts';
@@ -43,6 +43,12 @@ const ui = {
   layer: $<HTMLSelectElement>('setting-layer'),
   run: $<HTMLButtonElement>('run'),
   cancel: $<HTMLButtonElement>('cancel'),
+  runWhy: $('run-why'),
+  runNote: $('run-note'),
+  runStatus: $('run-status'),
+  runProgressDetail: $('run-progress-detail'),
+  resultsHeading: $('results-heading'),
+  promptsCard: $('prompts-card'),
   runProgress: $('run-progress'),
   runProgressLabel: $('run-progress-label'),
   runProgressBar: $<HTMLProgressElement>('run-progress-bar'),
@@ -111,9 +117,10 @@ function describeError(error: unknown): string {
   return String(error);
 }
 
-function reportError(title: string, error: unknown): void {
+/** `cancelled` is what a cancel means at this point ("Cancelled during evaluate before; nothing was changed."). */
+function reportError(title: string, error: unknown, cancelled = 'Cancelled; nothing was changed.'): void {
   if (isAbort(error)) {
-    showMessage('info', 'Cancelled.', `${title.replace(/^Could not /, 'Stopped before finishing: ')}`);
+    showMessage('info', cancelled);
     return;
   }
   console.error(error);
@@ -133,7 +140,27 @@ function setBusy(state: typeof busy): void {
   ui.loadBundled.disabled = !!state || noGpu || !manifest || !!manifest.model.missing;
   ui.closeModel.disabled = !!state || !hasModel;
   ui.run.disabled = !!state || !hasModel;
+  // The disabled Run button says why (aria-describedby and title).
+  const why = noGpu
+    ? 'WebGPU is not available, so nothing can run.'
+    : state === 'loading'
+      ? 'Waiting for the model to load.'
+      : state === 'running'
+        ? 'A run is in progress: Cancel stops it.'
+        : state === 'exporting'
+          ? 'The model is being saved.'
+          : !hasModel
+            ? 'Pick a model folder or try the bundled model first (step 1).'
+            : '';
+  ui.runWhy.textContent = why;
+  ui.runWhy.hidden = !why;
+  if (why) ui.run.title = why;
+  else ui.run.removeAttribute('title');
   ui.cancel.disabled = state !== 'running' && state !== 'exporting';
+  ui.cancel.textContent = 'Cancel';
+  ui.cancel.removeAttribute('aria-disabled');
+  // Settings and prompt choices stay as they were for the whole run.
+  for (const control of [...ui.settings.elements, ...ui.promptsCard.querySelectorAll('input')]) (control as HTMLInputElement).disabled = state === 'running';
   for (const button of [ui.saveModel, ui.saveReport, ui.saveDirection]) button.disabled = !!state || !workbench.run;
   ui.dropZone.classList.toggle('disabled', !!state || noGpu);
   updateMemory();
@@ -164,6 +191,11 @@ async function openGpu(): Promise<void> {
       .join(', ');
     ui.adapter.textContent = `WebGPU adapter: ${a.name}${a.software ? ' (software, CPU)' : ''} · ${features || 'no optional features'} · largest binding ${formatBytes(gpu.limits.maxStorageBufferBindingSize)}`;
     ui.adapter.dataset.adapter = a.name;
+    if (a.software) {
+      ui.runNote.hidden = false;
+      ui.runNote.textContent =
+        'This adapter is software (the CPU): expect minutes for the bundled model with 32 prompts per set, and much longer for a real model. The progress shows an estimate as it goes.';
+    }
     ui.adapter.dataset.state = 'ready';
   } catch (error) {
     showNoWebGpu(describeError(error));
@@ -221,7 +253,7 @@ function showSummary(model: LlamaModel, folder: FileFolder): void {
   );
   ui.summary.hidden = false;
   const previous = ui.layer.value;
-  ui.layer.replaceChildren(new Option('auto (by score)', 'auto'), new Option('auto (by ablating the best 4 on validation prompts)', 'ablation'));
+  ui.layer.replaceChildren(new Option('auto (by score)', 'auto'), new Option('auto (ablate the best 4)', 'ablation'));
   for (let point = 0; point <= model.config.numLayers; point++) {
     ui.layer.append(new Option(point === 0 ? '0 (embedding)' : `${point} (output of layer ${point - 1})`, String(point)));
   }
@@ -344,8 +376,54 @@ function renderStages(active: Stage | undefined, timings: Record<string, number>
   );
 }
 
+const STEP_UNITS: Record<EvaluationStep, string> = {
+  'harmful refusals': 'answers to harmful prompts',
+  'harmless refusals': 'answers to harmless prompts',
+  'first-token KL': 'prompts compared with the original',
+  perplexity: 'windows of plain text',
+};
+
+function seconds(value: number): string {
+  return value < 90 ? `${Math.round(value)} s` : `${Math.round(value / 60)} min`;
+}
+
+/** Progress of one stage or sub-step: "n of N", elapsed time, and an estimate once something is done. */
+class StepProgress {
+  private start = performance.now();
+  private key = '';
+
+  constructor(private readonly log: string[]) {}
+
+  update(stage: Stage, step: string | undefined, unit: string, done: number, total: number): void {
+    const key = `${stage}/${step ?? ''}`;
+    if (key !== this.key) {
+      this.key = key;
+      this.start = performance.now();
+      this.log.push(key);
+      ui.runProgress.dataset.steps = this.log.join(',');
+      // Announced once per sub-step, not on every tick.
+      ui.runStatus.textContent = `${STAGE_LABELS[stage]}${step ? `: ${step}` : ''}, ${total} ${unit}.`;
+    }
+    const elapsed = (performance.now() - this.start) / 1000;
+    const left = done > 0 && done < total ? (elapsed / done) * (total - done) : undefined;
+    ui.runProgressLabel.textContent = `${STAGE_LABELS[stage]}${step ? ` · ${step}` : ''}`;
+    ui.runProgressBar.max = Math.max(1, total);
+    ui.runProgressBar.value = done;
+    ui.runProgressDetail.textContent = `${done} of ${total} ${unit} · ${seconds(elapsed)} elapsed${left !== undefined ? ` · about ${seconds(left)} left` : ''}`;
+    ui.runProgress.dataset.step = step ?? '';
+    ui.runProgress.dataset.done = String(done);
+    ui.runProgress.dataset.total = String(total);
+  }
+}
+
 async function runAbliteration(): Promise<void> {
   if (busy || !workbench.model) return;
+  if (
+    workbench.run &&
+    !window.confirm('Start a new run? The results shown and the cut model are replaced: the model is reloaded from its files first. Save anything you want to keep before.')
+  ) {
+    return;
+  }
   clearMessage();
   let settings: ReturnType<typeof readSettings>;
   try {
@@ -361,10 +439,16 @@ async function runAbliteration(): Promise<void> {
   ui.runProgress.hidden = false;
   ui.runProgressBar.value = 0;
   ui.runProgressLabel.textContent = 'Reading the prompt sets';
+  ui.runProgressDetail.textContent = '';
+  ui.runStatus.textContent = 'Run started: reading the prompt sets.';
+  // Focus goes to the control that matters now.
+  ui.cancel.focus();
   const timings: Record<string, number> = {};
   let stageStart = performance.now();
   let current: Stage | undefined;
+  const progress = new StepProgress([]);
   renderStages('measure', timings);
+  let finished = false;
   try {
     const sets = await loadPromptSets(settings.limit);
     signal.throwIfAborted();
@@ -380,27 +464,39 @@ async function runAbliteration(): Promise<void> {
         current = stage;
         stageStart = performance.now();
         ui.runProgressLabel.textContent = STAGE_LABELS[stage];
+        ui.runProgressDetail.textContent = '';
+        ui.runStatus.textContent = `${STAGE_LABELS[stage]}.`;
         ui.runProgressBar.removeAttribute('value');
         renderStages(stage, timings);
         updateMemory();
       },
-      onProgress: (_stage, done, total) => {
-        ui.runProgressBar.max = total;
-        ui.runProgressBar.value = done;
+      onProgress: (stage, done, total) => {
+        // The evaluation stages report their sub-steps through onStep.
+        if (stage !== 'evaluate before' && stage !== 'evaluate after') progress.update(stage, undefined, stage === 'select' ? 'candidate points' : 'prompts', done, total);
         updateMemory();
       },
+      onStep: (stage, step, done, total) => progress.update(stage, step, STEP_UNITS[step], done, total),
     });
     renderStages(undefined, run.result.timings);
-    ui.runProgressLabel.textContent = `Done in ${Object.values(run.result.timings).reduce((a, b) => a + b, 0).toFixed(1)} s`;
+    const total = Object.values(run.result.timings).reduce((a, b) => a + b, 0);
+    ui.runProgressLabel.textContent = `Done in ${total.toFixed(1)} s`;
+    ui.runProgressDetail.textContent = '';
+    ui.runStatus.textContent = `Run finished in ${seconds(total)}; the results follow.`;
     ui.runProgressBar.max = 1;
     ui.runProgressBar.value = 1;
     showResults(run);
+    finished = true;
   } catch (error) {
     ui.runProgress.hidden = true;
-    reportError('Could not finish the abliteration', error);
+    const during = current ?? 'reading the prompts';
+    const changed = current === 'cut' || current === 'evaluate after' ? 'the cut was undone, so the model is as it was loaded' : 'nothing was changed';
+    reportError('Could not finish the abliteration', error, `Cancelled during ${during}; ${changed}.`);
+    ui.runStatus.textContent = isAbort(error) ? `Cancelled during ${during}.` : 'The run failed; the message above says why.';
   } finally {
     controller = undefined;
     setBusy(undefined);
+    if (finished) ui.resultsHeading.focus();
+    else ui.run.focus();
   }
 }
 
@@ -421,7 +517,7 @@ function showResults(run: Run): void {
   ui.resultSummary.dataset.layer = String(r.point);
   renderTable(ui.resultBody, run);
   ui.scoreMetric.value = selectionMetricKey(run);
-  ui.histogramCaption.textContent = `Projections on the refusal direction at point ${r.point}: harmful vs harmless prompts`;
+  ui.histogramCaption.textContent = `Projections on the refusal direction at point ${r.point}: harmful vs harmless prompts (dashed lines: each set’s mean)`;
   renderGenerations(ui.generations, run);
   // Shown before the charts are drawn: they take the width of their container.
   ui.results.hidden = false;
@@ -466,7 +562,7 @@ async function saveModel(): Promise<void> {
       try {
         const target = new DirectoryTarget(dir, signal);
         await workbench.exportModel(target, progress);
-        await target.writeFile(REPORT_FILE, `${JSON.stringify(workbench.report(gpu?.adapter.name ?? 'unknown'), null, 2)}\n`);
+        await target.writeFile(REPORT_FILE, await reportBlob().text());
         const directions = await workbench.directionsFile();
         const sink = await target.sink(DIRECTIONS_FILE);
         await sink.write(new Uint8Array(await directions.arrayBuffer()));
@@ -483,7 +579,10 @@ async function saveModel(): Promise<void> {
       downloads.revokeAll();
       const memory = new MemoryTarget();
       await workbench.exportModel(abortableTarget(memory, signal), progress);
-      const files = memory.blobs();
+      // The same files as a folder export: the model, its report and the direction file.
+      const files = new Map(memory.blobs());
+      files.set(REPORT_FILE, reportBlob());
+      files.set(DIRECTIONS_FILE, await workbench.directionsFile());
       const name = outputName();
       const tar = tarBlob(name, files);
       ui.downloadLinks.replaceChildren(
@@ -491,10 +590,11 @@ async function saveModel(): Promise<void> {
         ...[...files].map(([file, blob]) => link(blob, file, `${file} (${formatBytes(blob.size)})`)),
       );
       downloads.download(tar, `${name}.tar`);
+      showMessage('success', `Saved as ${name}.tar (${formatBytes(tar.size)})`, `The cut model, its report (${REPORT_FILE}) and the direction file (${DIRECTIONS_FILE}) are in it; the links below offer each file on its own.`);
     }
   } catch (error) {
     if ((error as DOMException).name === 'AbortError' && !signal.aborted) return; // the folder picker was dismissed
-    reportError('Could not save the model', error);
+    reportError('Could not save the model', error, 'Cancelled while saving; nothing was saved.');
   } finally {
     controller = undefined;
     ui.exportProgress.hidden = true;
@@ -513,10 +613,14 @@ function link(blob: Blob, file: string, text: string): HTMLLIElement {
   return li;
 }
 
+function reportBlob(): Blob {
+  const report = workbench.report(gpu?.adapter.name ?? 'unknown');
+  return new Blob([`${JSON.stringify(report, null, 2)}\n`], { type: 'application/json' });
+}
+
 function saveReport(): void {
   if (!workbench.run) return;
-  const report = workbench.report(gpu?.adapter.name ?? 'unknown');
-  downloads.download(new Blob([`${JSON.stringify(report, null, 2)}\n`], { type: 'application/json' }), REPORT_FILE);
+  downloads.download(reportBlob(), REPORT_FILE);
 }
 
 async function saveDirection(): Promise<void> {
@@ -590,7 +694,19 @@ function wire(): void {
     void runAbliteration();
   });
   ui.run.addEventListener('click', () => void runAbliteration());
-  ui.cancel.addEventListener('click', () => controller?.abort(new DOMException('cancelled by the user', 'AbortError')));
+  ui.cancel.addEventListener('click', () => {
+    if (!controller || controller.signal.aborted) return;
+    // Said at once; the stop itself comes at the next check of the signal (within one batch or window).
+    ui.cancel.textContent = 'Cancelling…';
+    ui.cancel.setAttribute('aria-disabled', 'true');
+    ui.runStatus.textContent = 'Cancelling…';
+    controller.abort(new DOMException('cancelled by the user', 'AbortError'));
+  });
+  ui.folderInputLabel.addEventListener('keydown', (event) => {
+    if (event.key !== 'Enter' && event.key !== ' ') return;
+    event.preventDefault();
+    ui.folderInput.click();
+  });
   ui.scoreMetric.addEventListener('change', renderCharts);
   let chartWidth = 0;
   new ResizeObserver(() => {

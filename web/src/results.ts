@@ -26,7 +26,8 @@ function fixed(value: number | null | undefined, digits: number): string {
 function rate(e: ModelEvaluation, kind: 'harmful' | 'harmless'): string {
   const answers = kind === 'harmful' ? e.harmful_answers : e.harmless_answers;
   const value = kind === 'harmful' ? e.harmful_refusal_rate : e.harmless_refusal_rate;
-  return `${fixed(value, 2)} (${answers.filter((a) => a.refused).length}/${answers.length})`;
+  const percent = Number.isNaN(value) ? '–' : `${Math.round(value * 100)} %`;
+  return `${percent} (${answers.filter((a) => a.refused).length}/${answers.length})`;
 }
 
 function cell(tag: 'td' | 'th', text: string, data: Record<string, string> = {}): HTMLTableCellElement {
@@ -39,11 +40,11 @@ function cell(tag: 'td' | 'th', text: string, data: Record<string, string> = {})
 /** The refusal / KL / perplexity table. Cells carry their exact values in data-value. */
 export function renderTable(body: HTMLTableSectionElement, run: Run): void {
   const { before, after } = run.result;
-  const rows: { metric: string; label: string; before: [number | null, string]; after: [number | null, string] }[] = [
-    { metric: 'harmful_refusal_rate', label: 'harmful prompts refused', before: [before.harmful_refusal_rate, rate(before, 'harmful')], after: [after.harmful_refusal_rate, rate(after, 'harmful')] },
-    { metric: 'harmless_refusal_rate', label: 'harmless prompts refused', before: [before.harmless_refusal_rate, rate(before, 'harmless')], after: [after.harmless_refusal_rate, rate(after, 'harmless')] },
-    { metric: 'kl', label: 'first-token KL from the original', before: [0, fixed(0, 3)], after: [run.result.kl, fixed(run.result.kl, 3)] },
-    { metric: 'perplexity', label: 'perplexity on plain text', before: [before.perplexity, fixed(before.perplexity, 2)], after: [after.perplexity, fixed(after.perplexity, 2)] },
+  const rows: { metric: string; label: string; hint: string; before: [number | null, string]; after: [number | null, string] }[] = [
+    { metric: 'harmful_refusal_rate', label: 'harmful prompts refused', hint: 'lower after the cut means it worked', before: [before.harmful_refusal_rate, rate(before, 'harmful')], after: [after.harmful_refusal_rate, rate(after, 'harmful')] },
+    { metric: 'harmless_refusal_rate', label: 'harmless prompts refused', hint: 'lower is better', before: [before.harmless_refusal_rate, rate(before, 'harmless')], after: [after.harmless_refusal_rate, rate(after, 'harmless')] },
+    { metric: 'kl', label: 'first-token KL from the original', hint: 'lower is better; 0 is unchanged', before: [0, fixed(0, 3)], after: [run.result.kl, fixed(run.result.kl, 3)] },
+    { metric: 'perplexity', label: 'perplexity on plain text', hint: 'lower is better', before: [before.perplexity, fixed(before.perplexity, 2)], after: [after.perplexity, fixed(after.perplexity, 2)] },
   ];
   body.replaceChildren(
     ...rows.map((r) => {
@@ -51,6 +52,10 @@ export function renderTable(body: HTMLTableSectionElement, run: Run): void {
       tr.dataset.metric = r.metric;
       const head = cell('th', r.label);
       head.scope = 'row';
+      const hint = document.createElement('span');
+      hint.className = 'hint';
+      hint.textContent = r.hint;
+      head.append(hint);
       tr.append(
         head,
         cell('td', r.before[1], { metric: r.metric, when: 'before', value: String(r.before[0]) }),
