@@ -2,15 +2,20 @@ import type { ByteSource } from '../io/byteSource.ts';
 import { decodeToFloat32 } from '../io/dtype.ts';
 import { SafetensorsFile } from '../io/safetensors.ts';
 import { writeSafetensors, type ByteSink, type TensorToWrite } from '../io/safetensorsWriter.ts';
-import type { Measurement, PointScore } from './measure.ts';
+import type { Measurement, PointScore, PointSubspace } from './measure.ts';
 
 /** The `format` of a directions file's `__metadata__`. */
 export const DIRECTIONS_FORMAT = 'abliterate-directions';
 /**
- * The directions file version written, and the newest read. 1: no `version` key, the chosen point
- * under `layer` and in each score; 2: `version`, the chosen point under `point` and in each score.
+ * The newest directions file version, read and written. 1: no `version` key, the chosen point
+ * under `layer` and in each score; 2: `version`, the chosen point under `point` and in each score;
+ * 3: version 2 plus, from `measure --mode subspace`, the tensor `subspace` [points, K, hidden] (each
+ * point's top-K singular vectors) and their spectra in the metadata `subspace`. A file without a
+ * subspace is written as version 2, so that readers of version 2 read it.
  */
-export const DIRECTIONS_VERSION = 2;
+export const DIRECTIONS_VERSION = 3;
+/** The version of a file without a subspace. */
+const MEAN_ONLY_VERSION = 2;
 
 /** What a directions file holds: every point's direction, the chosen point, and the scores. */
 export interface Directions {
@@ -23,6 +28,8 @@ export interface Directions {
   /** One unit direction per point. */
   directions: Float32Array[];
   scores: PointScore[];
+  /** Version 3 files from `measure --mode subspace`: each point's top-K subspace and its spectrum. */
+  subspaces?: PointSubspace[];
 }
 
 export class DirectionsFileError extends Error {
@@ -32,6 +39,7 @@ export class DirectionsFileError extends Error {
 /** Writes the measured directions, the class means and the chosen point as safetensors. */
 export async function writeDirections(sink: ByteSink, measurement: Measurement, point: number, extra: Record<string, string> = {}): Promise<void> {
   const H = measurement.hiddenSize;
+  const subspaces = measurement.subspaces;
   const tensor = (name: string, rows: readonly Float32Array[], vector = false): TensorToWrite => ({
     name,
     dtype: 'F32',
@@ -49,8 +57,16 @@ export async function writeDirections(sink: ByteSink, measurement: Measurement, 
       tensor('directions', measurement.directions),
       tensor('harmful_means', measurement.harmfulMeans),
       tensor('harmless_means', measurement.harmlessMeans),
+      ...(subspaces ? [{ ...tensor('subspace', subspaces.flatMap((s) => s.basis)), shape: [subspaces.length, subspaces[0]!.basis.length, H] }] : []),
     ],
-    { ...extra, format: DIRECTIONS_FORMAT, version: String(DIRECTIONS_VERSION), point: String(point), scores: JSON.stringify(measurement.scores) },
+    {
+      ...extra,
+      format: DIRECTIONS_FORMAT,
+      version: String(subspaces ? DIRECTIONS_VERSION : MEAN_ONLY_VERSION),
+      point: String(point),
+      scores: JSON.stringify(measurement.scores),
+      ...(subspaces && { subspace: JSON.stringify(subspaces.map(({ basis: _, ...spectrum }) => spectrum)) }),
+    },
   );
 }
 
@@ -87,7 +103,53 @@ export async function readDirections(source: ByteSource): Promise<Directions> {
     const { [pointKey]: at, gap, relativeGap, cosine, effectSize } = s;
     return { point: at, gap, relativeGap, cosine, effectSize } as PointScore;
   });
-  return { version, point, direction: directions[point]!, directions, scores };
+  const subspaces = version >= 3 && file.has('subspace') ? await readSubspaces(file, points, hidden, fail) : undefined;
+  return { version, point, direction: directions[point]!, directions, scores, ...(subspaces && { subspaces }) };
+}
+
+/** The `subspace` tensor and its spectra: every vector finite and unit, mutually orthogonal within a point; every figure finite. */
+async function readSubspaces(file: SafetensorsFile, points: number, hidden: number, fail: (why: string) => Error): Promise<PointSubspace[]> {
+  const info = file.tensor('subspace');
+  if (info.shape.length !== 3 || info.shape[0] !== points || info.shape[2] !== hidden || info.shape[1]! < 1) throw fail(`"subspace" is not a [${points}, K, ${hidden}] tensor`);
+  const k = info.shape[1]!;
+  const all = decodeToFloat32(await file.read('subspace'), info.dtype);
+  let spectra: unknown;
+  try {
+    spectra = JSON.parse(file.metadata.subspace ?? '');
+  } catch {
+    throw fail('metadata "subspace" is not JSON');
+  }
+  if (!Array.isArray(spectra) || spectra.length !== points) throw fail(`metadata "subspace" is not a list of ${points} spectra`);
+  return spectra.map((spectrum: Omit<PointSubspace, 'basis'>, p) => {
+    const problem = spectrumProblem(spectrum, p, k);
+    if (problem) throw fail(`the spectrum of point ${p} ${problem}`);
+    const basis = Array.from({ length: k }, (_, j) => all.slice((p * k + j) * hidden, (p * k + j + 1) * hidden));
+    for (const [j, v] of basis.entries()) {
+      const problem = directionProblem(v, hidden);
+      if (problem) throw fail(`subspace vector ${j} of point ${p} is unusable: ${problem}`);
+      for (let i = 0; i < j; i++) {
+        let d = 0;
+        for (let x = 0; x < hidden; x++) d += v[x]! * basis[i]![x]!;
+        if (Math.abs(d) > UNIT_NORM_TOLERANCE) throw fail(`subspace vectors ${i} and ${j} of point ${p} are not orthogonal (cosine ${d.toPrecision(3)})`);
+      }
+    }
+    const { point, pairs, singularValues, explainedVariance, effectiveRank, silhouette } = spectrum;
+    return { point, pairs, singularValues, explainedVariance, effectiveRank, silhouette, basis };
+  });
+}
+
+/** What is wrong with a stored spectrum, if anything: it names its point and holds K finite values of each kind. */
+function spectrumProblem(spectrum: unknown, point: number, k: number): string | undefined {
+  if (typeof spectrum !== 'object' || spectrum === null) return 'is not an object';
+  const s = spectrum as Record<string, unknown>;
+  if (s.point !== point) return `names point ${String(s.point)}`;
+  const finite = (x: unknown) => typeof x === 'number' && Number.isFinite(x);
+  for (const key of ['pairs', 'effectiveRank', 'silhouette']) if (!finite(s[key])) return `has no finite "${key}"`;
+  for (const key of ['singularValues', 'explainedVariance']) {
+    const list = s[key];
+    if (!Array.isArray(list) || list.length !== k || !list.every(finite)) return `has no list of ${k} finite "${key}"`;
+  }
+  return undefined;
 }
 
 /**

@@ -5,7 +5,7 @@ import { exportModel } from '../abliterate/export.ts';
 import type { CutParameters } from '../abliterate/report.ts';
 import { abliterationSettings, settingsInGroups } from '../abliterate/settings.ts';
 import { bar, printJson, UsageError, withModel } from './common.ts';
-import { fitDirections, openDirections, pointOf } from './directions.ts';
+import { fitDirections, openDirections, pointOf, storedSubspace } from './directions.ts';
 import { addSettingOptions, commandValues, type CommandSettings } from './options.ts';
 import { noteSkippedFiles, withOutputFolder } from './output.ts';
 import { parsePoints } from './settings.ts';
@@ -16,6 +16,7 @@ export const CUT_SETTINGS: CommandSettings = {
     { key: 'direction', required: true },
     { key: 'layer', help: "use this point's direction instead of the file's chosen one" },
     'points',
+    { key: 'top-k', help: "cut the top K vectors of the point's stored subspace (a directions file from measure --mode subspace)", valueName: 'k', default: undefined },
     ...settingsInGroups('cut'),
     { key: 'out', valueName: 'dir', help: 'new folder for the cut model', required: true },
     'force',
@@ -36,9 +37,12 @@ export function registerCut(program: Command): void {
     const outside = options.points?.find((p) => p >= directions.directions.length);
     if (outside !== undefined) throw new UsageError(`--points: point ${outside} is outside the file's points 0..${directions.directions.length - 1}`);
     const chosen = (options.points ?? [options.layer]).map((point) => pointOf(directions, point, options.direction!));
-    const basis = chosen.map((c) => c.direction);
-    // What was cut: a point's direction, or (--points) the subspace of several.
-    const source = options.points ? { points: options.points, rank: options.points.length } : { point: chosen[0]!.point };
+    const topK = options['top-k'];
+    if (topK !== undefined && options.points) throw new UsageError('give --top-k or --points, not both');
+    const stored = topK === undefined ? undefined : storedSubspace(directions, chosen[0]!.point, topK, options.direction!);
+    const basis = stored ?? chosen.map((c) => c.direction);
+    // What was cut: a point's direction, its stored top-K subspace (--top-k), or (--points) the subspace of several.
+    const source: Pick<CutParameters, 'point' | 'points' | 'rank'> = options.points ? { points: options.points, rank: options.points.length } : { point: chosen[0]!.point, ...(stored && { rank: stored.length }) };
     const settings = abliterationSettings(values);
     // The summary is printed once the output is in place under its final name.
     const summary = await withOutputFolder(options.out!, resolve(dir), options.force, (out) => withModel(dir, options, async (model) => {
@@ -56,7 +60,7 @@ export function registerCut(program: Command): void {
     }));
     if (options.json) printJson(summary);
     else {
-      const what = options.points ? `the subspace of the directions of points ${options.points.join(', ')} (rank ${options.points.length})` : `the direction of point ${summary.point}`;
+      const what = options.points ? `the subspace of the directions of points ${options.points.join(', ')} (rank ${options.points.length})` : stored ? `the top-${stored.length} subspace of point ${summary.point}` : `the direction of point ${summary.point}`;
       process.stdout.write(`cut ${summary.tensors.length} tensors with ${what} in ${summary.cut_s.toFixed(2)} s; written to ${summary.output}\n`);
     }
   });

@@ -26,6 +26,14 @@ export function pointOf(directions: Directions, point: number | undefined, file:
   return { point, direction };
 }
 
+/** The top `k` vectors of a point's stored subspace (`measure --mode subspace`), for `--top-k`. */
+export function storedSubspace(directions: Directions, point: number, k: number, file: string): Float32Array[] {
+  const subspace = directions.subspaces?.[point];
+  if (!subspace) throw new UsageError(`${file} holds no subspace; measure it with --mode subspace to use --top-k`);
+  if (k < 1 || k > subspace.basis.length) throw new UsageError(`--top-k must be in 1..${subspace.basis.length} (the vectors stored for point ${point}), got ${k}`);
+  return subspace.basis.slice(0, k);
+}
+
 /** Checks that the file's directions were measured on a model of this shape: its hidden size, one point per layer and the embedding. */
 export function fitDirections(directions: Directions, file: string, config: ModelConfig): void {
   const { hiddenSize, numLayers } = config;

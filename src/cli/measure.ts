@@ -5,11 +5,18 @@ import { samplePrompts } from '../abliterate/sampling.ts';
 import { chatTokens } from '../abliterate/prefill.ts';
 import { rankPoints } from '../abliterate/select.ts';
 import { MemorySink } from '../io/safetensorsWriter.ts';
-import { abliterationSettings, settingsInGroups } from '../abliterate/settings.ts';
-import { bar, printJson, withModel } from './common.ts';
+import { abliterationSettings, choiceSetting, settingsInGroups } from '../abliterate/settings.ts';
+import { bar, printJson, UsageError, withModel } from './common.ts';
 import { addSettingOptions, commandValues, type CommandSettings } from './options.ts';
 import { withOutputFile } from './output.ts';
 import { BUNDLED, loadPrompts } from './settings.ts';
+
+/** `--mode` of measure (steer's `--mode` is another setting). */
+const MEASURE_MODE = choiceSetting(
+  { key: 'mode', group: 'measure', label: 'Measurement', help: 'mean: the difference of means per point; subspace: also the top-K right singular vectors of the paired harmful−harmless differences', valueName: 'mode' },
+  ['mean', 'subspace'],
+  'mean',
+);
 
 /** Measuring chooses its point by score only (selection by ablation needs the whole run). */
 export const MEASURE_SETTINGS: CommandSettings = {
@@ -17,6 +24,8 @@ export const MEASURE_SETTINGS: CommandSettings = {
   config: true,
   options: [
     ...settingsInGroups('prompts', 'measure'),
+    { key: 'mode', setting: MEASURE_MODE },
+    { key: 'top-k', help: 'for --mode subspace: singular vectors kept per point', default: 4 },
     'layer',
     'window',
     'metric',
@@ -34,13 +43,16 @@ export function registerMeasure(program: Command): void {
   ).action(async (dir: string, _o: unknown, command: Command) => {
     const config = await commandValues(command, MEASURE_SETTINGS);
     const settings = abliterationSettings(config);
+    const subspace = (config.mode as string) === 'subspace';
+    const topK = config['top-k'];
+    if (subspace && topK < 1) throw new UsageError('--top-k must be at least 1 with --mode subspace');
     // The output is checked (and its temporary file created) before any work; the results are printed once it is in place.
     const { point, measurement, output } = await withOutputFile(config.out!, dir, config.force, async (file) => {
       const harmful = samplePrompts(await loadPrompts(config.harmful ?? BUNDLED.harmful, config.column, config.limit), settings.measurePrompts);
       const harmless = samplePrompts(await loadPrompts(config.harmless ?? BUNDLED.harmless, config.column, config.limit), settings.measurePrompts);
       return withModel(dir, { adapter: config.adapter }, async (model) => {
         const measurement = await bar('measure', (update) =>
-          measure(model, chatTokens(model, harmful, { set: 'harmful' }), chatTokens(model, harmless, { set: 'harmless' }), { batchSize: settings.batchSize, onProgress: update }),
+          measure(model, chatTokens(model, harmful, { set: 'harmful' }), chatTokens(model, harmless, { set: 'harmless' }), { batchSize: settings.batchSize, onProgress: update, ...(subspace && { topK }) }),
         );
         const point = settings.layer ?? rankPoints(measurement, { window: settings.window, metric: settings.metric })[0]!.point;
         const sink = new MemorySink('directions');
@@ -50,11 +62,16 @@ export function registerMeasure(program: Command): void {
         return { point, measurement, output: file.path };
       });
     });
-    if (config.json) printJson({ point, scores: measurement.scores, output });
+    const spectra = measurement.subspaces?.map(({ basis: _, ...spectrum }) => spectrum);
+    if (config.json) printJson({ point, scores: measurement.scores, ...(spectra && { subspace: spectra }), output });
     else {
       process.stdout.write(`${'point'.padEnd(7)}${'gap'.padEnd(10)}${'rel.gap'.padEnd(10)}${'cosine'.padEnd(10)}effect size\n`);
       for (const s of measurement.scores) {
         process.stdout.write(`${String(s.point).padEnd(7)}${s.gap.toFixed(3).padEnd(10)}${s.relativeGap.toFixed(3).padEnd(10)}${s.cosine.toFixed(4).padEnd(10)}${s.effectSize.toFixed(2)}${s.point === point ? '  ← chosen' : ''}\n`);
+      }
+      if (spectra) {
+        process.stdout.write(`\n${'point'.padEnd(7)}${'eff.rank'.padEnd(10)}${'silhouette'.padEnd(12)}explained variance of the top ${topK}\n`);
+        for (const s of spectra) process.stdout.write(`${String(s.point).padEnd(7)}${s.effectiveRank.toFixed(2).padEnd(10)}${s.silhouette.toFixed(3).padEnd(12)}${s.explainedVariance.map((x) => x.toFixed(3)).join(' ')}\n`);
       }
       process.stdout.write(`directions written to ${output}\n`);
     }

@@ -1,7 +1,8 @@
 import { dirname, resolve } from 'node:path';
 import { Option, type Command } from 'commander';
 import { parse as parseToml } from 'smol-toml';
-import { checkSetting, describeRange, parseSettingText, type SettingField } from '../abliterate/settings.ts';
+import type * as v from 'valibot';
+import { checkSetting, describeRange, fieldOf, parseSettingText, type SettingField } from '../abliterate/settings.ts';
 import { UsageError } from './common.ts';
 import { ALL_SETTINGS, MAX_CONFIG_BYTES, readTextInput, type CommandValues } from './settings.ts';
 
@@ -16,6 +17,8 @@ export interface CommandOption {
   default?: unknown;
   /** The flag must be given (commander says so when it is missing). */
   required?: boolean;
+  /** This command's own schema entry for the key, where the key means something else here than in the shared schema. */
+  setting?: v.GenericSchema;
 }
 
 /** A command's settings: exactly the flags (and TOML keys) it accepts. */
@@ -28,6 +31,7 @@ export interface CommandSettings {
 
 interface Resolved {
   field: SettingField;
+  schema: v.GenericSchema;
   option: CommandOption;
   fallback: unknown;
 }
@@ -35,9 +39,9 @@ interface Resolved {
 function resolveOptions(settings: CommandSettings): Resolved[] {
   return settings.options.map((entry) => {
     const option = typeof entry === 'string' ? { key: entry } : entry;
-    const known = ALL_SETTINGS.get(option.key);
-    if (!known) throw new Error(`the command ${settings.name} names an unknown setting ${option.key}`);
-    return { field: known.field, option, fallback: 'default' in option ? option.default : known.field.default };
+    const known = option.setting ? { field: fieldOf(option.setting), schema: option.setting } : ALL_SETTINGS.get(option.key);
+    if (!known || known.field.key !== option.key) throw new Error(`the command ${settings.name} names an unknown setting ${option.key}`);
+    return { field: known.field, schema: known.schema, option, fallback: 'default' in option ? option.default : known.field.default };
   });
 }
 
@@ -46,7 +50,7 @@ function shown(value: unknown): string {
 }
 
 /** The commander option of a setting: its flag, help with range and default, and strict parser. */
-function commanderOption({ field, option, fallback }: Resolved): Option {
+function commanderOption({ field, schema, option, fallback }: Resolved): Option {
   const help = option.help ?? field.help;
   if (field.kind === 'boolean') {
     // A setting that is on by default is turned off by --no-<key>.
@@ -56,7 +60,7 @@ function commanderOption({ field, option, fallback }: Resolved): Option {
   const ownDefault = fallback !== undefined && field.kind !== 'list' && field.kind !== 'file' ? ` (default: ${shown(fallback)})` : '';
   const flag = new Option(`--${field.key} <${option.valueName ?? field.valueName ?? 'value'}>`, `${help}${range}${ownDefault}`);
   if (field.kind === 'choice') flag.choices(field.choices as string[]);
-  else flag.argParser((text: string) => parseSettingText(field, text, `--${field.key}`, ALL_SETTINGS.get(field.key)!.schema));
+  else flag.argParser((text: string) => parseSettingText(field, text, `--${field.key}`, schema));
   if (field.env) flag.env(field.env);
   if (option.required) flag.makeOptionMandatory();
   return flag;
@@ -143,7 +147,9 @@ export async function readConfig(file: string, settings: CommandSettings): Promi
   } catch (error) {
     throw new UsageError(`${file}: invalid TOML: ${(error as Error).message.split('\n')[0]}`);
   }
-  const own = new Map(resolveOptions(settings).map((r) => [r.field.key, r.field]));
+  const resolved = resolveOptions(settings);
+  const own = new Map(resolved.map((r) => [r.field.key, r.field]));
+  const schemas = new Map(resolved.map((r) => [r.field.key, r.schema]));
   const byOldName = new Map([...own.values()].filter((f) => f.deprecatedName).map((f) => [f.deprecatedName!, f]));
   const values: Record<string, unknown> = {};
   for (const [key, value] of Object.entries(raw)) {
@@ -161,7 +167,7 @@ export async function readConfig(file: string, settings: CommandSettings): Promi
     const numbers = typeof value === 'number' || (Array.isArray(value) && value.every((x) => typeof x === 'number'));
     if (numbers && (field.kind === 'integer' || field.kind === 'number' || field.kind === 'window')) checkNumberText(text, key, field, file);
     try {
-      values[field.key] = checkSetting(field, value, name, ALL_SETTINGS.get(field.key)!.schema);
+      values[field.key] = checkSetting(field, value, name, schemas.get(field.key));
     } catch (error) {
       throw new UsageError((error as Error).message);
     }

@@ -8,6 +8,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Gpu } from '../../src/gpu/gpu.ts';
 import { recordGramDifference } from '../../src/kernels/gram.ts';
 import { measure } from '../../src/abliterate/measure.ts';
+import { DIRECTIONS_VERSION, readDirections, writeDirections } from '../../src/abliterate/directionsFile.ts';
+import { MemorySource } from '../../src/io/byteSource.ts';
+import { SafetensorsFile } from '../../src/io/safetensors.ts';
+import { MemorySink, writeSafetensors } from '../../src/io/safetensorsWriter.ts';
 import { effectiveRank, grassmannDistance, principalAngles, silhouetteScore, subspaceOverlap, topSingularVectors } from '../../src/abliterate/subspace.ts';
 import { expectClose } from '../helpers/compare.ts';
 import { f32, poisonedBuffer, testGpu } from '../helpers/gpu.ts';
@@ -214,6 +218,55 @@ describe('measure --mode subspace', () => {
       }
       // Without topK, no subspace is measured.
       expect((await measure(model, harmful, harmless, { batchSize: 4 })).subspaces).toBeUndefined();
+    } finally {
+      model.dispose();
+    }
+  });
+});
+
+describe('directions file with a subspace', () => {
+  /** The same file with some metadata replaced (or removed, for undefined). */
+  async function withMetadata(bytes: Uint8Array, change: Record<string, string | undefined>): Promise<Uint8Array> {
+    const file = await SafetensorsFile.open(new MemorySource(bytes, 'in.safetensors'));
+    const metadata = Object.fromEntries(Object.entries({ ...file.metadata, ...change }).filter((e): e is [string, string] => e[1] !== undefined));
+    const sink = new MemorySink('out');
+    await writeSafetensors(sink, [...file.tensors.values()].map((info) => ({ name: info.name, dtype: info.dtype, shape: info.shape, bytes: () => file.read(info.name) })), metadata);
+    return new Uint8Array(await sink.bytes());
+  }
+
+  it('version 3 round-trips the subspace and its spectra; mean-only files stay version 2; newer versions and bad spectra are refused', async () => {
+    const { random, model } = await loadRandomModel(gpu, { dtype: 'F32' });
+    try {
+      const rng = new Random(random.seed + 3);
+      const V = random.config.vocabSize;
+      const prompt = (lo: number, hi: number) => Array.from({ length: rng.int(2, 8) }, () => rng.int(lo, hi));
+      const harmful = Array.from({ length: 5 }, () => prompt(0, V / 2 - 1));
+      const harmless = Array.from({ length: 5 }, () => prompt(V / 2, V - 1));
+      const m = await measure(model, harmful, harmless, { topK: 2 });
+      const bytesOf = async (measurement: typeof m) => {
+        const sink = new MemorySink('directions');
+        await writeDirections(sink, measurement, 1);
+        return new Uint8Array(await sink.bytes());
+      };
+      const bytes = await bytesOf(m);
+      const read = await readDirections(new MemorySource(bytes, 'sub.safetensors'));
+      expect(read.version).toBe(3);
+      expect(DIRECTIONS_VERSION).toBe(3);
+      expect(read.subspaces).toHaveLength(m.points);
+      read.subspaces!.forEach((s, p) => expect(s).toEqual(m.subspaces![p]));
+      const { subspaces: _, ...meanOnly } = m;
+      const meanRead = await readDirections(new MemorySource(await bytesOf(meanOnly), 'mean.safetensors'));
+      expect(meanRead.version).toBe(2);
+      expect(meanRead.subspaces).toBeUndefined();
+      const read2 = (changed: Uint8Array) => readDirections(new MemorySource(changed, 'dir.safetensors'));
+      await expect(read2(await withMetadata(bytes, { version: '4' }))).rejects.toThrow('dir.safetensors: written by a newer abliterate (directions format 4); this version reads formats up to 3: update abliterate');
+      const spectra = JSON.parse((await SafetensorsFile.open(new MemorySource(bytes, 'x'))).metadata.subspace!) as Record<string, unknown>[];
+      await expect(read2(await withMetadata(bytes, { subspace: undefined }))).rejects.toThrow(/metadata "subspace" is not JSON/);
+      await expect(read2(await withMetadata(bytes, { subspace: JSON.stringify(spectra.slice(1)) }))).rejects.toThrow(new RegExp(`not a list of ${m.points} spectra`));
+      const broken = spectra.map((s, p) => (p === 2 ? { ...s, effectiveRank: null } : s));
+      await expect(read2(await withMetadata(bytes, { subspace: JSON.stringify(broken) }))).rejects.toThrow(/the spectrum of point 2 has no finite "effectiveRank"/);
+      const short = spectra.map((s, p) => (p === 1 ? { ...s, explainedVariance: [0.5] } : s));
+      await expect(read2(await withMetadata(bytes, { subspace: JSON.stringify(short) }))).rejects.toThrow(/the spectrum of point 1 has no list of 2 finite "explainedVariance"/);
     } finally {
       model.dispose();
     }

@@ -7,6 +7,7 @@ import {
   abliterationSettings,
   DEFAULT_SETTINGS,
   defaultValues,
+  fieldOf,
   parseDecimal,
   SETTINGS_SCHEMA,
   settingFields,
@@ -92,7 +93,8 @@ describe('flags derived from the schema', () => {
       const values = await valuesOf(settings, settings.options.filter((o) => typeof o !== 'string' && o.required).flatMap((o) => [`--${keyOf(o)}`, 'x']));
       for (const entry of settings.options) {
         const key = keyOf(entry);
-        const expected = typeof entry !== 'string' && 'default' in entry ? entry.default : ALL_SETTINGS.get(key)!.field.default;
+        const own = typeof entry !== 'string' && entry.setting ? fieldOf(entry.setting) : ALL_SETTINGS.get(key)!.field;
+        const expected = typeof entry !== 'string' && 'default' in entry ? entry.default : own.default;
         if (typeof entry !== 'string' && entry.required) continue;
         expect(values[key], `${settings.name} --${key}`).toEqual(expected);
       }

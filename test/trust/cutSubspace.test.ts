@@ -61,3 +61,37 @@ describe('cut --points: the subspace of several measured directions', () => {
     expect(outputTraces(work.path, 'refused')).toEqual([]);
   });
 });
+
+describe("cut --top-k: a point's stored subspace", () => {
+  it('writes the model the library gives for the top K stored vectors, bit for bit, and refuses what it cannot cut', async () => {
+    const subspaceFile = join(work.path, 'subspace.safetensors');
+    await writeDirectionsFile(subspaceFile, 64, 3, 3);
+    const out = join(work.path, 'out-top-k');
+    const result = await runCli(['cut', model.dir, '--direction', subspaceFile, '--layer', '1', '--top-k', '2', '--out', out, '--json'], { timeoutMs: 120_000 });
+    expect(result.code, result.stderr).toBe(0);
+    const summary = JSON.parse(result.stdout) as { point: number; rank: number; tensors: string[] };
+    expect(summary).toMatchObject({ point: 1, rank: 2 });
+
+    const source = await new NodeFolder(work.path).open('subspace.safetensors');
+    const { subspaces } = await readDirections({ name: 'subspace', size: source.size, read: (o, l) => source.read(o, l) });
+    const loaded = await LlamaModel.load(gpu, new NodeFolder(model.dir));
+    try {
+      await applyCut(loaded, { basis: subspaces![1]!.basis.slice(0, 2), embedding: true, undo: 'none' });
+      const written = await SafetensorsModel.open(new NodeFolder(out));
+      for (const name of summary.tensors) {
+        const expected = await readMatrixBytes(gpu, loaded.matrices().get(name)!);
+        expect(Buffer.compare(Buffer.from(await written.read(name)), Buffer.from(expected)), name).toBe(0);
+      }
+      expect(JSON.parse(written.metadata.get('model.safetensors')!.abliteration!)).toMatchObject({ point: 1, rank: 2 });
+    } finally {
+      loaded.dispose();
+    }
+
+    const cut = (file: string, ...args: string[]) => runCli(['cut', model.dir, '--direction', file, '--out', join(work.path, 'refused-top-k'), ...args]);
+    expectCliError(await cut(directions, '--top-k', '2'), `${directions} holds no subspace; measure it with --mode subspace to use --top-k`);
+    expectCliError(await cut(subspaceFile, '--top-k', '4'), '--top-k must be in 1..3 (the vectors stored for point 2), got 4');
+    expectCliError(await cut(subspaceFile, '--top-k', '0'), '--top-k must be in 1..3 (the vectors stored for point 2), got 0');
+    expectCliError(await cut(subspaceFile, '--top-k', '2', '--points', '0,1'), 'give --top-k or --points, not both');
+    expect(outputTraces(work.path, 'refused-top-k')).toEqual([]);
+  });
+});

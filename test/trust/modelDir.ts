@@ -8,6 +8,7 @@ import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { orthonormalize } from '../../src/abliterate/cut.ts';
 import { writeDirections } from '../../src/abliterate/directionsFile.ts';
 import type { Measurement } from '../../src/abliterate/measure.ts';
 import { MemorySink } from '../../src/io/safetensorsWriter.ts';
@@ -117,7 +118,8 @@ function fastModel(options: RandomModelOptions): RandomModel {
 }
 
 /** A directions file as `abliterate measure` writes it, with random unit directions; the chosen point is 3 (or the last). */
-export async function writeDirectionsFile(path: string, hidden: number, points: number): Promise<void> {
+/** A directions file of random unit directions; with `subspaceRank`, also a random orthonormal subspace of that rank per point (version 3). */
+export async function writeDirectionsFile(path: string, hidden: number, points: number, subspaceRank?: number): Promise<void> {
   const rng = new Random(11);
   const unit = () => {
     const v = Float32Array.from(rng.normals(hidden));
@@ -132,6 +134,17 @@ export async function writeDirectionsFile(path: string, hidden: number, points: 
     harmfulMeans: Array.from({ length: points }, zeros),
     harmlessMeans: Array.from({ length: points }, zeros),
     scores: Array.from({ length: points }, (_, point) => ({ point, gap: 1, relativeGap: 0.1, cosine: 0.9, effectSize: 1 + point })),
+    ...(subspaceRank && {
+      subspaces: Array.from({ length: points }, (_, point) => ({
+        point,
+        pairs: 8,
+        basis: orthonormalize(Array.from({ length: subspaceRank }, unit)),
+        singularValues: Array.from({ length: subspaceRank }, (_, k) => subspaceRank - k),
+        explainedVariance: Array.from({ length: subspaceRank }, () => 1 / (subspaceRank + 1)),
+        effectiveRank: subspaceRank,
+        silhouette: 0.5,
+      })),
+    }),
   } as unknown as Measurement;
   const sink = new MemorySink('directions');
   await writeDirections(sink, measurement, Math.min(3, points - 1));
