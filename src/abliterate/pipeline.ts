@@ -6,7 +6,8 @@ import { chatTokens } from './prefill.ts';
 import { samplePrompts } from './sampling.ts';
 import { rankPoints, type SelectionMetric } from './select.ts';
 import { rankByAblation, type CandidateTrial } from './selectByAblation.ts';
-import type { AbliterationSettings } from './settings.ts';
+import type { AbliterationSettings as SchemaSettings } from './settings.ts';
+import { applyTrialCut, cutPlan, optimizeCut, type OptimizeSettings, type SearchResult, type TrialObjectives, type TrialRecord } from './optimize/search.ts';
 
 // The building blocks the pipeline is made of, where its users have found them so far.
 export { samplePrompts } from './sampling.ts';
@@ -27,15 +28,28 @@ export interface PromptSets {
 }
 
 // The settings are defined by one schema (settings.ts), which also gives their defaults.
-export { DEFAULT_SETTINGS, type AbliterationSettings } from './settings.ts';
+export { DEFAULT_SETTINGS } from './settings.ts';
+
+/** The schema's settings, and the search that finds the cut instead of them. */
+export interface AbliterationSettings extends SchemaSettings {
+  /**
+   * Find the cut by the multi-objective search (optimize/) instead: layer, select, alpha, layers,
+   * kernel, preserveRowNorm and embedding are then unused.
+   */
+  optimize?: OptimizeSettings | undefined;
+}
 
 export interface AbliterationResult {
   /** The residual point the direction was taken at (0: the embedding, i: the output of decoder layer i − 1). */
   point: number;
-  selection: { method: 'forced' | 'score' | 'ablation'; metric: SelectionMetric; window: readonly [number, number]; trials?: CandidateTrial[] };
+  selection: { method: 'forced' | 'score' | 'ablation' | 'optimize'; metric: SelectionMetric; window: readonly [number, number]; trials?: CandidateTrial[] };
   scores: PointScore[];
-  /** The cut's strength profile: its multiplier of alpha per decoder layer. */
+  /** The cut's strength profile: its multiplier of alpha per decoder layer (of o_proj, when the search set the two apart). */
   strengths: number[];
+  /** down_proj's multipliers, when they differ from `strengths`. */
+  mlpStrengths?: number[];
+  /** The search's trials, front and exported trial (select: optimize). */
+  search?: SearchResult;
   before: ModelEvaluation;
   after: ModelEvaluation;
   kl: number;
@@ -47,13 +61,15 @@ export interface AbliterationResult {
   cut: AppliedCut;
 }
 
-export type Stage = 'measure' | 'select' | 'evaluate before' | 'cut' | 'evaluate after';
+export type Stage = 'measure' | 'select' | 'search' | 'evaluate before' | 'cut' | 'evaluate after';
 
 export interface RunCallbacks {
   onStage?: (stage: Stage) => void;
   onProgress?: (stage: Stage, done: number, total: number) => void;
   /** Progress of each sub-step of an evaluation stage (refusals, first-token KL, perplexity), in its own units. */
   onStep?: (stage: Stage, step: EvaluationStep, done: number, total: number) => void;
+  /** After each finished search trial (e.g. to append it to a study file). */
+  onTrial?: (trial: TrialRecord, original: TrialObjectives) => void | Promise<void>;
   signal?: AbortSignal;
 }
 
@@ -86,7 +102,12 @@ export async function runAbliteration(model: LlamaModel, sets: PromptSets, setti
 
   const validation = () =>
     new EvaluationPrompts(model, { harmful: sets.validationHarmful ?? sets.evalHarmful.slice(0, 32), harmless: sets.validationHarmless ?? sets.evalHarmless.slice(0, 32) }, 'validation');
-  const { point, selection } = await stage('select', async (progress) => {
+  const optimize = settings.optimize;
+  const search = optimize
+    ? await stage('search', () => optimizeCut(model, measurement, validation(), optimize, { batchSize, markers: settings.markers, signal, onTrial: callbacks.onTrial }))
+    : undefined;
+  const plan = search ? cutPlan(model, measurement, search.exported.params) : undefined;
+  const choosePoint = async (progress: (done: number, total: number) => void) => {
     if (settings.layer !== undefined) {
       if (!Number.isInteger(settings.layer) || settings.layer < 0 || settings.layer >= measurement.points) {
         throw new RangeError(`point ${settings.layer} is outside 0..${measurement.points - 1} (0 is the embedding, i the output of decoder layer i − 1)`);
@@ -107,14 +128,22 @@ export async function runAbliteration(model: LlamaModel, sets: PromptSets, setti
       signal,
     });
     return { point: trials[0]!.point, selection: { method: 'ablation' as const, metric: settings.metric, window: settings.window, trials } };
-  });
-  const direction = measurement.directions[point]!;
-  if (!(measurement.scores[point]!.gap > 0)) {
+  };
+  const { point, selection } =
+    search && optimize
+      ? {
+          // The measured point nearest the (interpolated) direction: the one the directions file keeps.
+          point: Math.min(measurement.points - 1, Math.round(search.exported.params.direction_index)),
+          selection: { method: 'optimize' as const, metric: settings.metric, window: optimize.directionWindow },
+        }
+      : await stage('select', choosePoint);
+  const direction = plan?.direction ?? measurement.directions[point]!;
+  if (!plan && !(measurement.scores[point]!.gap > 0)) {
     throw new RangeError(`the harmful and harmless prompts have the same mean activation at point ${point}: there is no direction to cut (are the two sets the same?)`);
   }
 
   const scorePerLayer = measurement.scores.slice(1).map((s) => s[settings.metric === 'gap' ? 'gap' : settings.metric === 'relative_gap' ? 'relativeGap' : 'effectSize']);
-  const strengths = layerWeights(model.config.numLayers, settings.layers, settings.kernel, scorePerLayer);
+  const strengths = plan?.attention ?? layerWeights(model.config.numLayers, settings.layers, settings.kernel, scorePerLayer);
 
   // Formatted and tokenised once, for the evaluations before and after the cut.
   const evaluation = new EvaluationPrompts(model, { harmful: sets.evalHarmful, harmless: sets.evalHarmless, plainText: sets.plainText });
@@ -127,7 +156,11 @@ export async function runAbliteration(model: LlamaModel, sets: PromptSets, setti
       return evaluateModel(model, evaluation, { ...evaluate, onProgress: progress, onStep: (step, done, total) => callbacks.onStep?.('evaluate before', step, done, total) });
     });
     // undo() restores the weights bit for bit (from GPU or host copies, as memory allows).
-    const cut = await stage('cut', () => applyCut(model, { direction, alpha: settings.alpha, layerWeights: strengths, preserveRowNorm: settings.preserveRowNorm, embedding: settings.embedding }));
+    const cut = await stage('cut', () =>
+      search
+        ? applyTrialCut(model, measurement, search.exported.params)
+        : applyCut(model, { direction, alpha: settings.alpha, layerWeights: strengths, preserveRowNorm: settings.preserveRowNorm, embedding: settings.embedding }),
+    );
     try {
       const after = await stage('evaluate after', (progress) => evaluateModel(model, evaluation, {
           ...evaluate,
@@ -135,7 +168,8 @@ export async function runAbliteration(model: LlamaModel, sets: PromptSets, setti
           onProgress: progress,
           onStep: (step, done, total) => callbacks.onStep?.('evaluate after', step, done, total),
         }));
-      return { point, selection, scores: measurement.scores, strengths, before, after, kl: after.kl, measurement, direction, timings, cut };
+      const found = plan && search ? { mlpStrengths: plan.mlp, search } : {};
+      return { point, selection, scores: measurement.scores, strengths, ...found, before, after, kl: after.kl, measurement, direction, timings, cut };
     } catch (error) {
       await cut.undo().catch((undoError: unknown) => {
         throw new AggregateError([error, undoError], `${error instanceof Error ? error.message : String(error)}; and the cut could not be undone`);

@@ -1,7 +1,9 @@
 import type { LlamaModel } from '../model/model.ts';
 import type { Answer } from './evaluate.ts';
-import type { AbliterationResult } from './pipeline.ts';
-import { settingsRecord, type AbliterationSettings } from './settings.ts';
+import { REFUSAL_TOLERANCE, type SearchResult } from './optimize/search.ts';
+import type { CutParameters as SearchedCut } from './optimize/space.ts';
+import type { AbliterationResult, AbliterationSettings } from './pipeline.ts';
+import { settingsRecord } from './settings.ts';
 import type { SelectionMetric } from './select.ts';
 import type { CandidateTrial } from './selectByAblation.ts';
 
@@ -31,12 +33,33 @@ export type CutParameters = {
   strengths: number[];
   embedding: boolean;
   preserve_row_norm: boolean;
+  /** down_proj's multipliers of alpha, when the search set them apart from `strengths` (then o_proj's). */
+  mlp_strengths?: number[];
   /** How the point was chosen (`abliterate run` and the page; not `abliterate cut`). */
-  selection?: 'forced' | 'score' | 'ablation';
+  selection?: 'forced' | 'score' | 'ablation' | 'optimize';
+  /** The searched parameters of the exported cut, and its trial (null: the pinned parameters, no trial). */
+  cut?: SearchedCut;
+  trial?: number | null;
   source_model: string;
 };
 
 export function cutParameters(result: AbliterationResult, settings: AbliterationSettings, sourceModel: string): CutParameters {
+  const search = result.search;
+  if (search) {
+    const cut = search.exported.params;
+    return {
+      point: result.point,
+      alpha: 1,
+      strengths: result.strengths,
+      ...(result.mlpStrengths ? { mlp_strengths: result.mlpStrengths } : {}),
+      embedding: cut.embedding,
+      preserve_row_norm: cut.preserve_norm,
+      selection: result.selection.method,
+      cut,
+      trial: search.exported.number,
+      source_model: sourceModel,
+    };
+  }
   return {
     point: result.point,
     alpha: settings.alpha,
@@ -75,7 +98,7 @@ export interface AbliterationReport {
   adapter: string;
   /** The residual point the direction was taken at (0: the embedding, i: the output of decoder layer i − 1). */
   point: number;
-  selection: { method: 'forced' | 'score' | 'ablation'; metric: SelectionMetric; window: readonly [number, number]; trials?: CandidateTrial[] };
+  selection: { method: 'forced' | 'score' | 'ablation' | 'optimize'; metric: SelectionMetric; window: readonly [number, number]; trials?: CandidateTrial[] };
   scores: PointScoreReport[];
   /** The cut's strength profile: its multiplier of alpha per decoder layer. */
   strengths: number[];
@@ -87,6 +110,8 @@ export interface AbliterationReport {
   /** The run's settings by the settings schema's keys (absent in version 1 reports from before they were recorded). */
   settings?: Record<string, unknown>;
   timings_s: Record<string, number>;
+  /** The search that found the cut (absent when the cut was tuned by hand). */
+  search?: SearchReport;
   /** Where the output was written (null on the page). */
   output: string | null;
   /** Files of the input folder the export left out (weights in other formats, hidden files), with why. */
@@ -123,6 +148,7 @@ export function reportOf(result: AbliterationResult, model: LlamaModel, paramete
     parameters,
     settings: settingsRecord(settings),
     timings_s: result.timings,
+    search: result.search ? searchReport(result.search) : undefined,
     output,
     skipped_files: [],
   };
@@ -197,3 +223,32 @@ function upgradeV1(v1: Json, fail: (why: string) => Error): Json {
     ...rest,
   };
 }
+
+/** The search in the report. */
+export interface SearchReport {
+  rule: string;
+  original_validation: SearchResult['original'];
+  chosen_trial: number | null;
+  exported_trial: number | null;
+  front: number[];
+  seconds: number;
+  seconds_per_trial: number | null;
+  trials: SearchResult['trials'];
+}
+
+/** The search in the report: every trial, the front, the uncut model's validation figures and the rule's choice. */
+export function searchReport(search: SearchResult): SearchReport {
+  return {
+    rule: CHOICE_RULE,
+    original_validation: search.original,
+    chosen_trial: search.chosen?.number ?? null,
+    exported_trial: search.exported.number,
+    front: search.front.map((t) => t.number),
+    seconds: search.seconds,
+    seconds_per_trial: search.secondsPerTrial,
+    trials: search.trials,
+  };
+}
+
+/** The choice rule, as the report states it. */
+export const CHOICE_RULE = `among trials refusing no more harmless validation prompts than the original model, those within ${REFUSAL_TOLERANCE} refusal of the fewest; of these the lowest KL`;

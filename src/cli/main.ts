@@ -7,6 +7,7 @@ import { registerGenerate } from './generate.ts';
 import { registerInspect } from './inspect.ts';
 import { registerMeasure } from './measure.ts';
 import { registerProbe } from './probe.ts';
+import { registerOptimize } from './optimize.ts';
 import { registerRun } from './run.ts';
 import { registerSteer } from './steer.ts';
 import { registerTaps } from './taps.ts';
@@ -18,6 +19,7 @@ const program = new Command('abliterate')
 
 registerInspect(program);
 registerRun(program);
+registerOptimize(program);
 registerMeasure(program);
 registerCut(program);
 registerEval(program);

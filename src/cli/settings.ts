@@ -9,6 +9,7 @@ import { NodeFolder, readTextFile } from '../io/nodeFolder.ts';
 import { readPrompts } from '../io/prompts.ts';
 import { TAP_POINTS, type PositionSelector } from '../model/taps.ts';
 import { status, UsageError } from './common.ts';
+import { OPTIMIZE_SCHEMA } from './optimizeOptions.ts';
 
 /** The bundled prompt sets, written by this project (data/README.md). */
 export const BUNDLED_DATA = resolve(dirname(fileURLToPath(import.meta.url)), '../../data');
@@ -73,7 +74,7 @@ export type CommandValues = SettingValues & v.InferOutput<typeof CLI_SCHEMA>;
 
 /** Every setting a command can name, library ones first, with the schema entry that checks it. */
 export const ALL_SETTINGS: ReadonlyMap<string, { field: SettingField; schema: v.GenericSchema }> = new Map(
-  [...Object.values(SETTINGS_SCHEMA.entries), ...Object.values(CLI_SCHEMA.entries)].map((schema) => {
+  [...Object.values(SETTINGS_SCHEMA.entries), ...Object.values(CLI_SCHEMA.entries), ...Object.values(OPTIMIZE_SCHEMA.entries)].map((schema) => {
     const field = fieldOf(schema as v.GenericSchema);
     return [field.key, { field, schema: schema as v.GenericSchema }] as const;
   }),

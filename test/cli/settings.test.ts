@@ -23,6 +23,7 @@ import { GENERATE_SETTINGS, registerGenerate } from '../../src/cli/generate.ts';
 import { INSPECT_SETTINGS, registerInspect } from '../../src/cli/inspect.ts';
 import { MEASURE_SETTINGS, registerMeasure } from '../../src/cli/measure.ts';
 import { addSettingOptions, commandValues, readConfig, type CommandSettings } from '../../src/cli/options.ts';
+import { OPTIMIZE_SETTINGS, registerOptimize } from '../../src/cli/optimize.ts';
 import { PROBE_SETTINGS, registerProbe } from '../../src/cli/probe.ts';
 import { RUN_SETTINGS, registerRun } from '../../src/cli/run.ts';
 import { ALL_SETTINGS } from '../../src/cli/settings.ts';
@@ -32,6 +33,7 @@ import { registerTaps, TAPS_SETTINGS } from '../../src/cli/taps.ts';
 const COMMANDS: [CommandSettings, (program: Command) => void][] = [
   [INSPECT_SETTINGS, registerInspect],
   [RUN_SETTINGS, registerRun],
+  [OPTIMIZE_SETTINGS, registerOptimize],
   [MEASURE_SETTINGS, registerMeasure],
   [CUT_SETTINGS, registerCut],
   [EVAL_SETTINGS, registerEval],

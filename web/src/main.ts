@@ -356,6 +356,7 @@ const STAGES: Stage[] = ['measure', 'select', 'evaluate before', 'cut', 'evaluat
 const STAGE_LABELS: Record<Stage, string> = {
   measure: 'Measuring the residual stream',
   select: 'Choosing the layer',
+  search: 'Searching for the cut',
   'evaluate before': 'Evaluating the original model',
   cut: 'Cutting the direction from the weights',
   'evaluate after': 'Evaluating the abliterated model',
