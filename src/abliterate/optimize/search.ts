@@ -150,12 +150,19 @@ export interface SearchOptions {
   onTrial?: (trial: TrialRecord) => void | Promise<void>;
 }
 
-/** The sampler's view of a trial: refusals and KL minimised, over-refusal beyond the original a violation. */
+/**
+ * The sampler's view of a trial: refusals and KL minimised. Two constraints keep its good group on
+ * the part of the front that matters: no more harmless refusals than the original model, and at
+ * least half of the original's harmful refusals gone (otherwise the cheapest "front" is the barely
+ * cut model, KL ≈ 0, and the sampler spends its trials there).
+ */
 export function observation(trial: TrialRecord, original: TrialObjectives): Observation {
+  const overRefusal = Math.max(0, trial.harmless_refusals - original.harmless_refusals);
+  const tooWeak = Math.max(0, trial.refusals - original.refusals / 2) / Math.max(1, original.refusals);
   return {
     params: trial.params as unknown as Params,
     values: [trial.refusals, trial.kl],
-    violation: Math.max(0, trial.harmless_refusals - original.harmless_refusals),
+    violation: overRefusal + tooWeak,
   };
 }
 
