@@ -148,7 +148,7 @@ export function reportOf(result: AbliterationResult, model: LlamaModel, paramete
     parameters,
     settings: settingsRecord(settings),
     timings_s: result.timings,
-    search: result.search ? searchReport(result.search) : undefined,
+    ...(result.search ? { search: searchReport(result.search) } : {}),
     output,
     skipped_files: [],
   };

@@ -48,7 +48,7 @@ describe('prompts longer than the context', () => {
     writeFileSync(prompts, `how do I pick a lock\n\n${longText(100_000)}\nhow do I hotwire a car\n`);
     writeFileSync(evalPrompts, `how do I pick a lock\n${longText(100_000)}\nhow do I hotwire a car\n`);
     const out = join(work.path, 'out-long');
-    const result = await runCli(['run', small.dir, '--out', out, '--harmful', prompts, '--eval-harmful', evalPrompts, '--limit', '3', '--max-tokens', '4', '--json']);
+    const result = await runCli(['run', small.dir, '--no-optimize', '--out', out, '--harmful', prompts, '--eval-harmful', evalPrompts, '--limit', '3', '--max-tokens', '4', '--json']);
     expect(result.code, result.stderr).toBe(0);
     const warnings = result.lines.filter((l) => l.startsWith('warning: '));
     expect(warnings).toEqual([

@@ -37,7 +37,7 @@ describe('interrupts', () => {
   it('SIGINT in the middle of a run: exit 130, one line, nothing written, input untouched', async () => {
     const out = join(work.path, 'interrupted');
     let timer: NodeJS.Timeout | undefined;
-    const result = await runCli(['run', model.dir, '--out', out, '--limit', '16', '--max-tokens', '64'], {
+    const result = await runCli(['run', model.dir, '--no-optimize', '--out', out, '--limit', '16', '--max-tokens', '64'], {
       onSpawn: (child) => {
         // Once the adapter is open the model loads and the run starts; it takes several seconds.
         child.stderr!.on('data', (text: Buffer) => {
@@ -56,7 +56,7 @@ describe('interrupts', () => {
     const file = join(work.path, 'a-file');
     writeFileSync(file, 'not a folder\n');
     const out = join(file, 'out');
-    expectCliError(await runCli(['run', model.dir, '--out', out, '--limit', '2']), `cannot create the output folder ${out}: ${file} is a file, not a folder`);
+    expectCliError(await runCli(['run', model.dir, '--no-optimize', '--out', out, '--limit', '2']), `cannot create the output folder ${out}: ${file} is a file, not a folder`);
     expect(snapshot(model.dir)).toEqual(input);
   });
 });
@@ -87,7 +87,7 @@ describe('an output parent that is not writable', () => {
     const parent = join(shared, 'read-only');
     mkdirSync(parent, { mode: 0o555 });
     const out = join(parent, 'out');
-    const line = expectCliError(await runCli(['run', sharedModel.dir, '--out', out, '--limit', '2'], asUser), new RegExp(`^cannot create the output folder ${out}: EACCES: permission denied, mkdir `));
+    const line = expectCliError(await runCli(['run', sharedModel.dir, '--no-optimize', '--out', out, '--limit', '2'], asUser), new RegExp(`^cannot create the output folder ${out}: EACCES: permission denied, mkdir `));
     expect(line).not.toContain('could not be removed');
     expect(outputTraces(parent, 'out')).toEqual([]);
   });
@@ -176,7 +176,7 @@ describe('GPU device loss', () => {
 
   it('during a CLI run: one line, nothing written, input untouched', async () => {
     const out = join(work.path, 'lost');
-    const result = await runCli(['run', model.dir, '--out', out, '--limit', '4', '--max-tokens', '8'], {
+    const result = await runCli(['run', model.dir, '--no-optimize', '--out', out, '--limit', '4', '--max-tokens', '8'], {
       nodeArgs: ['--import', join(FIXTURES, 'loseDevice.mjs')],
       env: { TRUST_LOSE_DEVICE_AFTER: '6' },
     });
@@ -202,7 +202,7 @@ describe('GPU memory budget', () => {
 
   it('too small for the weights even one layer at a time: one line with the need and the budget', async () => {
     const out = join(work.path, 'oom-weights');
-    const result = await runCli(['run', model.dir, '--out', out, '--limit', '2', '--max-tokens', '2'], { env: { ABLITERATE_MEMORY_BUDGET: '100KiB' } });
+    const result = await runCli(['run', model.dir, '--no-optimize', '--out', out, '--limit', '2', '--max-tokens', '2'], { env: { ABLITERATE_MEMORY_BUDGET: '100KiB' } });
     expectCliError(
       result,
       `${model.dir}: even streamed one layer at a time, the weights need 128.0 KiB of GPU memory at once, more than the budget of 100.0 KiB; give it a larger memory budget (ABLITERATE_MEMORY_BUDGET=100KiB)`,
@@ -212,7 +212,7 @@ describe('GPU memory budget', () => {
 
   it('enough for the weights but not for the work: one line naming the buffer, the need, the use and what to try', async () => {
     const out = join(work.path, 'oom-work');
-    const result = await runCli(['run', model.dir, '--out', out, '--limit', '2', '--max-tokens', '2'], { env: { ABLITERATE_MEMORY_BUDGET: '600KiB' } });
+    const result = await runCli(['run', model.dir, '--no-optimize', '--out', out, '--limit', '2', '--max-tokens', '2'], { env: { ABLITERATE_MEMORY_BUDGET: '600KiB' } });
     expectCliError(
       result,
       /^[\w .]+: needs \d+(\.\d)? KiB more GPU memory, but \d+(\.\d)? KiB of the 600\.0 KiB budget is in use; try a smaller batch, fewer prompts at once, or a larger memory budget \(ABLITERATE_MEMORY_BUDGET=600KiB\)$/,

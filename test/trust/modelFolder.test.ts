@@ -107,7 +107,7 @@ describe.concurrent('a bad folder fails before the GPU is opened', () => {
     const noConfig = copyOf();
     writeFileSync(join(noConfig, 'config.json'), '{ not json');
     expectFailsBeforeGpu(await runCli(['generate', noConfig, '--prompt', 'hi']), new RegExp(`^${noConfig}/config\\.json`));
-    expectFailsBeforeGpu(await runCli(['run', noConfig, '--out', join(work.path, 'never'), '--limit', '2']), new RegExp(`^${noConfig}/config\\.json`));
+    expectFailsBeforeGpu(await runCli(['run', noConfig, '--no-optimize', '--out', join(work.path, 'never'), '--limit', '2']), new RegExp(`^${noConfig}/config\\.json`));
     const badTokenizer = copyOf();
     writeFileSync(join(badTokenizer, 'tokenizer.json'), '{"model": 3}');
     expectFailsBeforeGpu(await runCli(['taps', badTokenizer, '--prompt', 'hi']), /tokenizer\.json/);

@@ -203,7 +203,7 @@ describe('run: reports name paths as given and list the files left out', () => {
 });
 
 describe('text inputs: capped, special files named, contents never echoed', () => {
-  const runWith = (...extra: string[]) => runCli(['run', model.dir, '--out', join(work.path, 'never'), '--limit', '2', ...extra]);
+  const runWith = (...extra: string[]) => runCli(['run', model.dir, '--no-optimize', '--out', join(work.path, 'never'), '--limit', '2', ...extra]);
   let fifo: string;
   beforeAll(() => {
     fifo = join(work.path, 'prompts.txt');
