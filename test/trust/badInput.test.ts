@@ -99,7 +99,7 @@ describe.concurrent('model folders', () => {
       target,
       `${target.dir}/config.json: model_type "gpt2" (GPT2LMHeadModel) is not supported; supported: LlamaForCausalLM (model_type "llama"), MistralForCausalLM (model_type "mistral"), Qwen2ForCausalLM (model_type "qwen2"), ` +
         'Qwen3ForCausalLM (model_type "qwen3"), Phi3ForCausalLM (model_type "phi3"), MixtralForCausalLM (model_type "mixtral"), ' +
-        'Qwen2MoeForCausalLM (model_type "qwen2_moe"), Qwen3MoeForCausalLM (model_type "qwen3_moe")',
+        'Qwen2MoeForCausalLM (model_type "qwen2_moe"), Qwen3MoeForCausalLM (model_type "qwen3_moe"), Gemma2ForCausalLM (model_type "gemma2"), Gemma3ForCausalLM (model_type "gemma3_text")',
     );
   });
 
