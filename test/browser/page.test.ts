@@ -338,9 +338,9 @@ describe('the web page in headless Chromium with WebGPU', () => {
     // Download mode saves what folder mode writes: the model, its report and the direction file, and says so.
     await page.waitForSelector('#message[data-kind=success]');
     expect(await page.textContent('#message')).toMatch(/Saved as .*-abliterated\.tar.*report.*direction file/);
-    const tarReport = JSON.parse(Buffer.from(pageFiles.get('abliteration_report.json')!).toString('utf8')) as { layer: number };
-    expect(tarReport.layer).toBe(layer);
-    expect(readSafetensorsBytes(pageFiles.get('refusal_direction.safetensors')!).metadata.layer).toBe(String(layer));
+    const tarReport = JSON.parse(Buffer.from(pageFiles.get('abliteration_report.json')!).toString('utf8')) as { point: number };
+    expect(tarReport.point).toBe(layer);
+    expect(readSafetensorsBytes(pageFiles.get('refusal_direction.safetensors')!).metadata.point).toBe(String(layer));
     expect(await page.locator('#download-links a[data-file="abliteration_report.json"]').count()).toBe(1);
     for (const file of ['abliteration_report.json', 'refusal_direction.safetensors']) pageFiles.delete(file);
 
