@@ -20,9 +20,6 @@ export interface NodeGpuOptions extends GpuRestrictions {
   adapter?: AdapterChoice;
 }
 
-/** The software driver (as in SOFTWARE_ICDS) behind an adapter name of `summarizeAdapter`. */
-const DRIVER_OF_ADAPTER: Readonly<Record<string, string>> = { llvmpipe: 'lavapipe', swiftshader: 'swiftshader' };
-
 /** Environment variable that caps the GPU memory the engine allocates (bytes, or e.g. 512MiB, 2GiB). */
 export const MEMORY_BUDGET_ENV = 'ABLITERATE_MEMORY_BUDGET';
 
@@ -59,10 +56,11 @@ export async function createNodeGpu(options: NodeGpuOptions = {}): Promise<Gpu> 
         tried.push(`${candidate.label}: only a software adapter (${summary.name})`);
         continue;
       }
-      // The loader found only a software driver: take them in our fallback order instead, unless it
-      // found the first of them (each probe costs time, and the driver's notices are printed again).
-      const fallback = candidates[1]?.label;
-      if (choice === 'auto' && summary.software && candidate === candidates[0] && userIcd === undefined && fallback !== DRIVER_OF_ADAPTER[summary.name]) {
+      // The loader found only a software driver: take them in our fallback order instead, each from an
+      // instance that loads that driver alone. A device on the loader's default instance, which loads
+      // every installed driver, makes the process crash at exit now and then (about one exit in eight
+      // on lavapipe).
+      if (choice === 'auto' && summary.software && candidate === candidates[0] && userIcd === undefined) {
         tried.push(`${candidate.label}: software adapter ${summary.name}`);
         continue;
       }

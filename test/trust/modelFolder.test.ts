@@ -130,13 +130,13 @@ describe('the output is the tool\'s own', () => {
     expect(result.stderr.split('\n').filter((l) => l !== ''), result.stderr).toEqual([expect.stringMatching(/^adapter: /)]);
   });
 
-  it('with ABLITERATE_DEBUG set, what the native code prints is shown (on lavapipe, Dawn\'s two limit notices, once: the adapters are probed once)', async () => {
+  it('with ABLITERATE_DEBUG set, what the native code prints is shown (on lavapipe, Dawn\'s two limit notices for each instance probed: the loader\'s default one and the chosen driver\'s)', async () => {
     const result = await runCli(['inspect', base.dir, '--json'], { ...throughPipe, env: { ABLITERATE_DEBUG: '1' } });
     expect(result.code, result.stderr).toBe(0);
     const summary = JSON.parse(result.stdout) as { layers: number; adapter: { name: string } };
     expect(summary.layers).toBe(2);
     const notices = result.stderr.split('\n').filter((l) => /artificially reduced/.test(l));
-    if (summary.adapter.name === 'llvmpipe') expect(notices).toHaveLength(2);
-    else expect(notices.length).toBeLessThanOrEqual(2);
+    if (summary.adapter.name === 'llvmpipe') expect([2, 4]).toContain(notices.length);
+    else expect(notices.length).toBeLessThanOrEqual(4);
   });
 });
