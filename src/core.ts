@@ -85,7 +85,10 @@ export {
   type EvaluationReport,
   type PointScoreReport,
 } from './abliterate/report.ts';
-export { runAbliteration, type AbliterationResult, type PromptSets, type RunCallbacks, type Stage } from './abliterate/pipeline.ts';
+export { runAbliteration, type AbliterationResult, type AbliterationSettings as RunSettings, type PromptSets, type RunCallbacks, type Stage } from './abliterate/pipeline.ts';
+export type { SearchReport } from './abliterate/report.ts';
+export type { SearchResult, TrialObjectives, TrialRecord } from './abliterate/optimize/search.ts';
+export type { CutParameters as SearchCutParameters } from './abliterate/optimize/space.ts';
 export {
   abliterationSettings,
   checkSetting,
