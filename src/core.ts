@@ -87,7 +87,7 @@ export {
 } from './abliterate/report.ts';
 export { runAbliteration, type AbliterationResult, type AbliterationSettings as RunSettings, type PromptSets, type RunCallbacks, type Stage } from './abliterate/pipeline.ts';
 export type { SearchReport } from './abliterate/report.ts';
-export type { SearchResult, TrialObjectives, TrialRecord } from './abliterate/optimize/search.ts';
+export type { OptimizeSettings, SearchResult, TrialObjectives, TrialRecord } from './abliterate/optimize/search.ts';
 export type { CutParameters as SearchCutParameters } from './abliterate/optimize/space.ts';
 export {
   abliterationSettings,
