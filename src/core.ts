@@ -87,7 +87,8 @@ export {
 } from './abliterate/report.ts';
 export { runAbliteration, type AbliterationResult, type AbliterationSettings as RunSettings, type PromptSets, type RunCallbacks, type Stage } from './abliterate/pipeline.ts';
 export type { SearchReport } from './abliterate/report.ts';
-export type { OptimizeSettings, SearchResult, TrialObjectives, TrialRecord } from './abliterate/optimize/search.ts';
+export { chooseTrial, DAMAGE_KL, paretoTrials, REFUSAL_TOLERANCE, type OptimizeSettings, type SearchResult, type TrialObjectives, type TrialRecord } from './abliterate/optimize/search.ts';
+export { OPTIMIZE_DEFAULTS, OPTIMIZE_SCHEMA, optimizeSettingsFrom, searchSettingFields, type OptimizeKey, type OptimizeValues } from './abliterate/searchSettings.ts';
 export type { CutParameters as SearchCutParameters } from './abliterate/optimize/space.ts';
 export {
   abliterationSettings,

@@ -37,6 +37,8 @@ export interface AbliterationSettings extends SchemaSettings {
    * kernel, preserveRowNorm and embedding are then unused.
    */
   optimize?: OptimizeSettings | undefined;
+  /** Also measure the top-K refusal subspace at every point (`measurement.subspaces`), as `measure --mode subspace --top-k K`. */
+  subspaceRank?: number | undefined;
 }
 
 export interface AbliterationResult {
@@ -97,6 +99,7 @@ export async function runAbliteration(model: LlamaModel, sets: PromptSets, setti
       batchSize,
       onProgress: progress,
       signal,
+      ...(settings.subspaceRank !== undefined && { topK: settings.subspaceRank }),
     }),
   );
 

@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Gpu } from '../../src/gpu/gpu.ts';
 import { evaluateRefusals, firstTokenKl, firstTokenLogits, perplexity } from '../../src/abliterate/evaluate.ts';
 import { DEFAULT_SETTINGS, runAbliteration, type AbliterationSettings, type PromptSets } from '../../src/abliterate/pipeline.ts';
+import { measure } from '../../src/abliterate/measure.ts';
 import { chatTokens } from '../../src/abliterate/prefill.ts';
 import { DEFAULT_REFUSAL_MARKERS, isRefusal } from '../../src/abliterate/refusal.ts';
 import { rankPoints } from '../../src/abliterate/select.ts';
@@ -338,6 +339,28 @@ describe('runAbliteration', () => {
       expect(result.scores[result.point]!.effectSize).toBe(Math.max(...inside));
     } finally {
       await result.cut.undo();
+    }
+  });
+
+  it('with subspaceRank K, the measurement carries the top-K subspace of every point, as measure() with topK gives it; without, none', async () => {
+    const result = await runAbliteration(model, sets, settings({ layer: 2, subspaceRank: 2 }));
+    let plain: Awaited<ReturnType<typeof runAbliteration>> | undefined;
+    try {
+      await result.cut.undo();
+      const direct = await measure(model, chatTokens(model, sets.harmful, { set: 'harmful' }), chatTokens(model, sets.harmless, { set: 'harmless' }), { batchSize: 2, topK: 2 });
+      const subspaces = result.measurement.subspaces!;
+      expect(subspaces.map((s) => s.point)).toEqual([0, 1, 2, 3, 4]);
+      for (const [p, s] of subspaces.entries()) {
+        const d = direct.subspaces![p]!;
+        expect(s.basis).toHaveLength(2);
+        expect(s.explainedVariance).toEqual(d.explainedVariance);
+        expect(s.effectiveRank).toBe(d.effectiveRank);
+        expect(s.effectiveRank).toBeGreaterThanOrEqual(1);
+      }
+      plain = await runAbliteration(model, sets, settings({ layer: 2 }));
+      expect(plain.measurement.subspaces).toBeUndefined();
+    } finally {
+      await plain?.cut.undo();
     }
   });
 
