@@ -45,7 +45,20 @@ export { TAP_POINTS, type Hook, type HookAction, type HookRunner, type PositionS
 // Abliteration: measure, select, cut, evaluate, steer, probe, export, or all of it at once.
 export { chatTokens, type ChatPrompts } from './abliterate/prefill.ts';
 export { samplePrompts } from './abliterate/sampling.ts';
-export { measure, type PointScore, type Measurement, type MeasureOptions, type PointSubspace } from './abliterate/measure.ts';
+export {
+  measure,
+  type DirectionHygiene,
+  type DirectionSet,
+  type MeasurePosition,
+  type PointScore,
+  type Measurement,
+  type MeasureOptions,
+  type PointSubspace,
+  type TokenPosition,
+} from './abliterate/measure.ts';
+export { instructionOffset, templateSuffix } from './abliterate/instruction.ts';
+export { compareDirections, CUT_TARGETS, storedTargets, type CutTarget, type DirectionComparison } from './abliterate/dbdi.ts';
+export { orthogonalTo, projectedDirection, sparsify, sparsifyCount, winsorize } from './abliterate/hygiene.ts';
 export { DEFAULT_WINDOW, rankPoints, selectPoint, type ScoreSelectionOptions, type SelectionMetric } from './abliterate/select.ts';
 export { rankByAblation, type AblationRankingOptions, type CandidateTrial } from './abliterate/selectByAblation.ts';
 export { applyCut, cutBasis, layerWeights, orthonormalize, type AppliedCut, type CutOptions, type CutSpec, type CutUndo, type LayerKernel, type LayerSelection } from './abliterate/cut.ts';
@@ -70,7 +83,7 @@ export { steeringHooks, type Steering } from './abliterate/steer.ts';
 export { ablationHooks, uploadBasis } from './abliterate/ablation.ts';
 export { probe, type ProbeResult } from './abliterate/probe.ts';
 export { exportModel, type ExportFiles, type ExportOptions } from './abliterate/export.ts';
-export { DIRECTIONS_FORMAT, DIRECTIONS_VERSION, DirectionsFileError, readDirections, writeDirections, type Directions } from './abliterate/directionsFile.ts';
+export { DIRECTIONS_FORMAT, DIRECTIONS_VERSION, DirectionsFileError, readDirections, writeDirections, type Directions, type StoredDirectionSet } from './abliterate/directionsFile.ts';
 export {
   cutParameters,
   DIRECTIONS_FILE,

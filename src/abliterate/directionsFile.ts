@@ -2,7 +2,8 @@ import type { ByteSource } from '../io/byteSource.ts';
 import { decodeToFloat32 } from '../io/dtype.ts';
 import { SafetensorsFile } from '../io/safetensors.ts';
 import { writeSafetensors, type ByteSink, type TensorToWrite } from '../io/safetensorsWriter.ts';
-import type { Measurement, PointScore, PointSubspace } from './measure.ts';
+import type { DirectionHygiene, Measurement, PointScore, PointSubspace, TokenPosition } from './measure.ts';
+import { selectPoint } from './select.ts';
 
 /** The `format` of a directions file's `__metadata__`. */
 export const DIRECTIONS_FORMAT = 'abliterate-directions';
@@ -10,12 +11,17 @@ export const DIRECTIONS_FORMAT = 'abliterate-directions';
  * The newest directions file version, read and written. 1: no `version` key, the chosen point
  * under `layer` and in each score; 2: `version`, the chosen point under `point` and in each score;
  * 3: version 2 plus, from `measure --mode subspace`, the tensor `subspace` [points, K, hidden] (each
- * point's top-K singular vectors) and their spectra in the metadata `subspace`. A file without a
- * subspace is written as version 2, so that readers of version 2 read it.
+ * point's top-K singular vectors) and their spectra in the metadata `subspace`; 4: version 3 plus
+ * the token position the directions were read at (`position`: last or instruction) and, from
+ * `measure --position both`, the harm-detection directions read at the instruction-final token
+ * (tensors `hdd_directions`, `hdd_harmful_means`, `hdd_harmless_means`, metadata `hdd_point` and
+ * `hdd_scores`). Each file is written in the oldest version that holds it, so that older readers
+ * read what they can: version 2 without a subspace, 3 with one, 4 only for an instruction position.
  */
-export const DIRECTIONS_VERSION = 3;
+export const DIRECTIONS_VERSION = 4;
 /** The version of a file without a subspace. */
 const MEAN_ONLY_VERSION = 2;
+const SUBSPACE_VERSION = 3;
 
 /** What a directions file holds: every point's direction, the chosen point, and the scores. */
 export interface Directions {
@@ -30,16 +36,43 @@ export interface Directions {
   scores: PointScore[];
   /** Version 3 files from `measure --mode subspace`: each point's top-K subspace and its spectrum. */
   subspaces?: PointSubspace[];
+  /** Where the directions were read: the last token (every file before version 4) or the instruction-final token. */
+  position: TokenPosition;
+  /** Each point's harmless mean (at `position`), when the file has them (for the projected direction). */
+  harmlessMeans?: Float32Array[];
+  /** Version 4 files from `measure --position both`: the harm-detection directions (instruction-final token). */
+  harmDetection?: StoredDirectionSet;
+  /** Tokens from the end of each prompt to its instruction-final token, when measured there. */
+  instructionOffset?: number;
+  /** The hygiene the directions were measured with, when any. */
+  hygiene?: DirectionHygiene;
+}
+
+/** A second set of directions in a file: every point's direction, the chosen point and its direction, the scores. */
+export interface StoredDirectionSet {
+  point: number;
+  direction: Float32Array;
+  directions: Float32Array[];
+  scores: PointScore[];
+  harmlessMeans?: Float32Array[];
 }
 
 export class DirectionsFileError extends Error {
   override name = 'DirectionsFileError';
 }
 
-/** Writes the measured directions, the class means and the chosen point as safetensors. */
-export async function writeDirections(sink: ByteSink, measurement: Measurement, point: number, extra: Record<string, string> = {}): Promise<void> {
+/**
+ * Writes the measured directions, the class means and the chosen point as safetensors; with
+ * harm-detection directions, their chosen point too (default: the best by effect size in the default window).
+ */
+export async function writeDirections(sink: ByteSink, measurement: Measurement, point: number, extra: Record<string, string> = {}, options: { harmDetectionPoint?: number } = {}): Promise<void> {
   const H = measurement.hiddenSize;
   const subspaces = measurement.subspaces;
+  const hdd = measurement.harmDetection;
+  const hddPoint = hdd ? (options.harmDetectionPoint ?? selectPoint({ points: measurement.points, scores: hdd.scores }).point) : undefined;
+  if (hdd && !(Number.isInteger(hddPoint) && hddPoint! >= 0 && hddPoint! < measurement.points)) throw new RangeError(`the harm-detection point ${hddPoint} is outside 0..${measurement.points - 1}`);
+  const position = measurement.position ?? 'last';
+  const version = hdd || position !== 'last' ? DIRECTIONS_VERSION : subspaces ? SUBSPACE_VERSION : MEAN_ONLY_VERSION;
   const tensor = (name: string, rows: readonly Float32Array[], vector = false): TensorToWrite => ({
     name,
     dtype: 'F32',
@@ -58,14 +91,19 @@ export async function writeDirections(sink: ByteSink, measurement: Measurement, 
       tensor('harmful_means', measurement.harmfulMeans),
       tensor('harmless_means', measurement.harmlessMeans),
       ...(subspaces ? [{ ...tensor('subspace', subspaces.flatMap((s) => s.basis)), shape: [subspaces.length, subspaces[0]!.basis.length, H] }] : []),
+      ...(hdd ? [tensor('hdd_directions', hdd.directions), tensor('hdd_harmful_means', hdd.harmfulMeans), tensor('hdd_harmless_means', hdd.harmlessMeans)] : []),
     ],
     {
       ...extra,
       format: DIRECTIONS_FORMAT,
-      version: String(subspaces ? DIRECTIONS_VERSION : MEAN_ONLY_VERSION),
+      version: String(version),
       point: String(point),
       scores: JSON.stringify(measurement.scores),
       ...(subspaces && { subspace: JSON.stringify(subspaces.map(({ basis: _, ...spectrum }) => spectrum)) }),
+      ...(version >= 4 && { position }),
+      ...(hdd && { hdd_point: String(hddPoint), hdd_scores: JSON.stringify(hdd.scores) }),
+      ...(measurement.instructionOffset !== undefined && { instruction_offset: String(measurement.instructionOffset) }),
+      ...(measurement.hygiene && { hygiene: JSON.stringify(measurement.hygiene) }),
     },
   );
 }
@@ -104,7 +142,62 @@ export async function readDirections(source: ByteSource): Promise<Directions> {
     return { point: at, gap, relativeGap, cosine, effectSize } as PointScore;
   });
   const subspaces = version >= 3 && file.has('subspace') ? await readSubspaces(file, points, hidden, fail) : undefined;
-  return { version, point, direction: directions[point]!, directions, scores, ...(subspaces && { subspaces }) };
+  const position = version >= 4 ? metadata.position : 'last';
+  if (position !== 'last' && position !== 'instruction') throw fail('metadata "position" is neither "last" nor "instruction"');
+  const harmlessMeans = await readMeans(file, 'harmless_means', points, hidden);
+  const harmDetection = version >= 4 && file.has('hdd_directions') ? await readHarmDetection(file, points, hidden, fail) : undefined;
+  const instructionOffset = metadata.instruction_offset === undefined ? undefined : Number(metadata.instruction_offset);
+  if (instructionOffset !== undefined && !(Number.isInteger(instructionOffset) && instructionOffset >= 1)) throw fail('metadata "instruction_offset" is not a positive integer');
+  let hygiene: DirectionHygiene | undefined;
+  try {
+    hygiene = metadata.hygiene === undefined ? undefined : (JSON.parse(metadata.hygiene) as DirectionHygiene);
+  } catch {
+    throw fail('metadata "hygiene" is not JSON');
+  }
+  return {
+    version,
+    point,
+    direction: directions[point]!,
+    directions,
+    scores,
+    position,
+    ...(subspaces && { subspaces }),
+    ...(harmlessMeans && { harmlessMeans }),
+    ...(harmDetection && { harmDetection }),
+    ...(instructionOffset !== undefined && { instructionOffset }),
+    ...(hygiene && { hygiene }),
+  };
+}
+
+/** A [points, hidden] matrix of means, when the file has it with that shape and finite values. */
+async function readMeans(file: SafetensorsFile, name: string, points: number, hidden: number): Promise<Float32Array[] | undefined> {
+  if (!file.has(name)) return undefined;
+  const info = file.tensor(name);
+  if (info.shape.length !== 2 || info.shape[0] !== points || info.shape[1] !== hidden) return undefined;
+  const all = decodeToFloat32(await file.read(name), info.dtype);
+  if (!all.every(Number.isFinite)) return undefined;
+  return Array.from({ length: points }, (_, p) => all.slice(p * hidden, (p + 1) * hidden));
+}
+
+/** The harm-detection directions of a version 4 file, checked as the main ones are. */
+async function readHarmDetection(file: SafetensorsFile, points: number, hidden: number, fail: (why: string) => Error): Promise<StoredDirectionSet> {
+  const info = file.tensor('hdd_directions');
+  if (info.shape.length !== 2 || info.shape[0] !== points || info.shape[1] !== hidden) throw fail(`"hdd_directions" is not a [${points}, ${hidden}] matrix`);
+  const all = decodeToFloat32(await file.read('hdd_directions'), info.dtype);
+  const directions = Array.from({ length: points }, (_, p) => all.slice(p * hidden, (p + 1) * hidden));
+  const point = Number(file.metadata.hdd_point);
+  if (!Number.isInteger(point) || point < 0 || point >= points) throw fail(`metadata "hdd_point" is not a point index in 0..${points - 1}`);
+  let stored: unknown;
+  try {
+    stored = JSON.parse(file.metadata.hdd_scores ?? '[]');
+  } catch {
+    throw fail('metadata "hdd_scores" is not JSON');
+  }
+  const problem = directionsProblem(directions, point, stored);
+  if (problem) throw fail(`harm detection: ${problem}`);
+  const scores = (stored as PointScore[]).map(({ point, gap, relativeGap, cosine, effectSize }) => ({ point, gap, relativeGap, cosine, effectSize }));
+  const harmlessMeans = await readMeans(file, 'hdd_harmless_means', points, hidden);
+  return { point, direction: directions[point]!, directions, scores, ...(harmlessMeans && { harmlessMeans }) };
 }
 
 /** The `subspace` tensor and its spectra: every vector finite and unit, mutually orthogonal within a point; every figure finite. */

@@ -28,6 +28,10 @@ export type CutParameters = {
   /** The points whose directions, orthonormalised, span the cut subspace (`abliterate cut --points`), and its rank. */
   points?: number[];
   rank?: number;
+  /** Which directions were cut (`abliterate cut --target`): refusal execution, harm detection, or both; absent: the file's own. */
+  target?: 'red' | 'hdd' | 'both';
+  /** The directions were taken orthogonal to the harmless mean (`abliterate cut --projected`). */
+  projected?: boolean;
   alpha: number;
   /** Multiplier of alpha per decoder layer. */
   strengths: number[];

@@ -15,7 +15,7 @@ function value(score: PointScore, metric: SelectionMetric): number {
 }
 
 /** The measured points inside a depth window, best first by the metric; never the embedding (point 0). */
-export function rankPoints(measurement: Measurement, options: ScoreSelectionOptions = {}): PointScore[] {
+export function rankPoints(measurement: Pick<Measurement, 'points' | 'scores'>, options: ScoreSelectionOptions = {}): PointScore[] {
   const [from, to] = options.window ?? DEFAULT_WINDOW;
   const metric = options.metric ?? 'effect_size';
   const last = measurement.points - 1;
@@ -30,7 +30,7 @@ export function rankPoints(measurement: Measurement, options: ScoreSelectionOpti
  * last ones (too close to the output to steer the decision); the effect size is scale-free, so it
  * does not favour deep layers merely for their larger activations, as the raw gap does.
  */
-export function selectPoint(measurement: Measurement, options: ScoreSelectionOptions = {}): PointScore {
+export function selectPoint(measurement: Pick<Measurement, 'points' | 'scores'>, options: ScoreSelectionOptions = {}): PointScore {
   const best = rankPoints(measurement, options)[0];
   if (!best) throw new RangeError('no point after a decoder layer to choose from');
   return best;

@@ -5,7 +5,8 @@ import { exportModel } from '../abliterate/export.ts';
 import type { CutParameters } from '../abliterate/report.ts';
 import { abliterationSettings, settingsInGroups } from '../abliterate/settings.ts';
 import { bar, printJson, UsageError, withModel } from './common.ts';
-import { fitDirections, openDirections, pointOf, storedSubspace } from './directions.ts';
+import type { CutTarget } from '../abliterate/dbdi.ts';
+import { fitDirections, openDirections, pointOf, storedSubspace, targetDirections } from './directions.ts';
 import { addSettingOptions, commandValues, type CommandSettings } from './options.ts';
 import { noteSkippedFiles, withOutputFolder } from './output.ts';
 import { parsePoints } from './settings.ts';
@@ -17,6 +18,8 @@ export const CUT_SETTINGS: CommandSettings = {
     { key: 'layer', help: "use this point's direction instead of the file's chosen one" },
     'points',
     { key: 'top-k', help: "cut the top K vectors of the point's stored subspace (a directions file from measure --mode subspace)", valueName: 'k', default: undefined },
+    'target',
+    { key: 'projected', help: 'cut each direction orthogonal to its point\'s harmless mean ("projected abliteration")' },
     ...settingsInGroups('cut'),
     { key: 'out', valueName: 'dir', help: 'new folder for the cut model', required: true },
     'force',
@@ -36,13 +39,26 @@ export function registerCut(program: Command): void {
     const directions = await openDirections(options.direction!);
     const outside = options.points?.find((p) => p >= directions.directions.length);
     if (outside !== undefined) throw new UsageError(`--points: point ${outside} is outside the file's points 0..${directions.directions.length - 1}`);
-    const chosen = (options.points ?? [options.layer]).map((point) => pointOf(directions, point, options.direction!));
     const topK = options['top-k'];
     if (topK !== undefined && options.points) throw new UsageError('give --top-k or --points, not both');
-    const stored = topK === undefined ? undefined : storedSubspace(directions, chosen[0]!.point, topK, options.direction!);
-    const basis = stored ?? chosen.map((c) => c.direction);
-    // What was cut: a point's direction, its stored top-K subspace (--top-k), or (--points) the subspace of several.
-    const source: Pick<CutParameters, 'point' | 'points' | 'rank'> = options.points ? { points: options.points, rank: options.points.length } : { point: chosen[0]!.point, ...(stored && { rank: stored.length }) };
+    const target = options.target as CutTarget | undefined;
+    if (topK !== undefined && (target === 'hdd' || target === 'both')) throw new UsageError('--top-k cuts the stored subspace of the refusal-execution direction; it does not combine with --target hdd or both');
+    if (topK !== undefined && options.projected) throw new UsageError('give --top-k or --projected, not both');
+    let basis: Float32Array[];
+    let stored: Float32Array[] | undefined;
+    let source: Pick<CutParameters, 'point' | 'points' | 'rank' | 'target' | 'projected'>;
+    if (target === undefined && !options.projected) {
+      const chosen = (options.points ?? [options.layer]).map((point) => pointOf(directions, point, options.direction!));
+      stored = topK === undefined ? undefined : storedSubspace(directions, chosen[0]!.point, topK, options.direction!);
+      basis = stored ?? chosen.map((c) => c.direction);
+      // What was cut: a point's direction, its stored top-K subspace (--top-k), or (--points) the subspace of several.
+      source = options.points ? { points: options.points, rank: options.points.length } : { point: chosen[0]!.point, ...(stored && { rank: stored.length }) };
+    } else {
+      const picked = targetDirections(directions, options.direction!, target, options.points ?? (options.layer === undefined ? undefined : [options.layer]), options.projected);
+      basis = picked.basis;
+      source = { ...(options.points ? { points: options.points } : { point: picked.point }), rank: basis.length, ...(target && { target }), ...(options.projected && { projected: true }) };
+    }
+    const orthonormalize = basis.length > 1 && stored === undefined;
     const settings = abliterationSettings(values);
     // The summary is printed once the output is in place under its final name.
     const summary = await withOutputFolder(options.out!, resolve(dir), options.force, (out) => withModel(dir, options, async (model) => {
@@ -50,7 +66,7 @@ export function registerCut(program: Command): void {
       const scores = directions.scores.slice(1).map((s) => s.effectSize);
       const strengths = layerWeights(model.config.numLayers, settings.layers, settings.kernel, scores.length === model.config.numLayers ? scores : undefined);
       const start = performance.now();
-      await applyCut(model, { basis, orthonormalize: options.points !== undefined, alpha: options.alpha, layerWeights: strengths, preserveRowNorm: options['preserve-norm'], embedding: options.embedding, undo: 'none' });
+      await applyCut(model, { basis, orthonormalize, alpha: options.alpha, layerWeights: strengths, preserveRowNorm: options['preserve-norm'], embedding: options.embedding, undo: 'none' });
       const cutSeconds = (performance.now() - start) / 1000;
       const parameters: CutParameters = { ...source, alpha: options.alpha, strengths, embedding: options.embedding, preserve_row_norm: options['preserve-norm'], source_model: dir };
       const exportStart = performance.now();
@@ -60,7 +76,15 @@ export function registerCut(program: Command): void {
     }));
     if (options.json) printJson(summary);
     else {
-      const what = options.points ? `the subspace of the directions of points ${options.points.join(', ')} (rank ${options.points.length})` : stored ? `the top-${stored.length} subspace of point ${summary.point}` : `the direction of point ${summary.point}`;
+      const projected = options.projected ? 'projected ' : '';
+      const which = target === 'both' ? `${projected}refusal-execution and harm-detection directions` : `${projected}${target === 'hdd' ? 'harm-detection ' : target === 'red' ? 'refusal-execution ' : ''}direction`;
+      const what = options.points
+        ? `the subspace of the ${which}${target === 'both' ? '' : 's'} of points ${options.points.join(', ')} (rank ${basis.length})`
+        : stored
+          ? `the top-${stored.length} subspace of point ${summary.point}`
+          : target === 'both'
+            ? `the plane of the ${which} (points ${summary.point} and ${options.layer ?? directions.harmDetection?.point ?? summary.point})`
+            : `the ${which} of point ${summary.point}`;
       process.stdout.write(`cut ${summary.tensors.length} tensors with ${what} in ${summary.cut_s.toFixed(2)} s; written to ${summary.output}\n`);
     }
   });

@@ -1,5 +1,7 @@
 import { basename, dirname, resolve } from 'node:path';
+import { storedTargets, type CutTarget } from '../abliterate/dbdi.ts';
 import { directionProblem, readDirections, type Directions } from '../abliterate/directionsFile.ts';
+import { projectedDirection } from '../abliterate/hygiene.ts';
 import type { ModelConfig } from '../model/config.ts';
 import { FileMissingError, NotRegularFileError } from '../io/byteSource.ts';
 import { NodeFolder } from '../io/nodeFolder.ts';
@@ -32,6 +34,41 @@ export function storedSubspace(directions: Directions, point: number, k: number,
   if (!subspace) throw new UsageError(`${file} holds no subspace; measure it with --mode subspace to use --top-k`);
   if (k < 1 || k > subspace.basis.length) throw new UsageError(`--top-k must be in 1..${subspace.basis.length} (the vectors stored for point ${point}), got ${k}`);
   return subspace.basis.slice(0, k);
+}
+
+/**
+ * The directions `cut --target` (and `--projected`) removes: for each target (the refusal-execution
+ * direction, the harm-detection one, or both, in that order; without a target the file's own), its
+ * direction at each of `points` (default: the target's chosen point), made orthogonal to the
+ * point's harmless mean with `projected`. `point` is the first point used.
+ */
+export function targetDirections(directions: Directions, file: string, target: CutTarget | undefined, points: readonly number[] | undefined, projected: boolean): { point: number; basis: Float32Array[] } {
+  const stored = storedTargets(directions);
+  const sets = target === undefined ? [stored.red ?? stored.hdd!] : target === 'both' ? [stored.red, stored.hdd] : [stored[target]];
+  if (!sets[0] && (target === 'red' || target === 'both')) throw new UsageError(`${file} holds no refusal-execution direction (it was measured at the instruction-final token); measure with --position last or both`);
+  if (sets.some((s) => !s)) throw new UsageError(`${file} holds no harm-detection direction; measure with --position both (or instruction) to cut --target ${target}`);
+  const basis: Float32Array[] = [];
+  for (const [index, set] of sets.entries()) {
+    const name = target === undefined ? 'direction' : (target === 'both' ? ['refusal-execution', 'harm-detection'][index] : target === 'red' ? 'refusal-execution' : 'harm-detection') + ' direction';
+    for (const point of points ?? [set!.point]) {
+      const direction = set!.directions[point];
+      if (!direction) throw new UsageError(`point ${point} is outside the file's points 0..${set!.directions.length - 1}`);
+      const problem = directionProblem(direction, undefined);
+      if (problem) throw new UsageError(`${file}: the ${name} of point ${point} is unusable: ${problem}; choose another point`);
+      if (!projected) {
+        basis.push(direction);
+        continue;
+      }
+      const mean = set!.harmlessMeans?.[point];
+      if (!mean) throw new UsageError(`${file} holds no harmless means for the ${name}, so it cannot be projected; measure again`);
+      try {
+        basis.push(projectedDirection(direction, mean));
+      } catch (error) {
+        throw new UsageError(`${file}: point ${point}: ${(error as Error).message}`);
+      }
+    }
+  }
+  return { point: points?.[0] ?? sets[0]!.point, basis };
 }
 
 /** Checks that the file's directions were measured on a model of this shape: its hidden size, one point per layer and the embedding. */

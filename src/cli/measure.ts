@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { writeDirections } from '../abliterate/directionsFile.ts';
-import { measure } from '../abliterate/measure.ts';
+import { compareDirections } from '../abliterate/dbdi.ts';
+import { measure, type MeasurePosition, type PointScore } from '../abliterate/measure.ts';
 import { samplePrompts } from '../abliterate/sampling.ts';
 import { chatTokens } from '../abliterate/prefill.ts';
 import { rankPoints } from '../abliterate/select.ts';
@@ -18,6 +19,19 @@ const MEASURE_MODE = choiceSetting(
   'mean',
 );
 
+/** `--position` of measure (taps' `--position` lists token positions). */
+const MEASURE_POSITION = choiceSetting(
+  {
+    key: 'position',
+    group: 'measure',
+    label: 'Token position',
+    help: "where each prompt's residual is read: last (refusal execution), instruction (the last token of the user's message: harm detection), or both (the file then holds both, with their own scores and points)",
+    valueName: 'where',
+  },
+  ['last', 'instruction', 'both'],
+  'last',
+);
+
 /** Measuring chooses its point by score only (selection by ablation needs the whole run). */
 export const MEASURE_SETTINGS: CommandSettings = {
   name: 'measure',
@@ -26,6 +40,11 @@ export const MEASURE_SETTINGS: CommandSettings = {
     ...settingsInGroups('prompts', 'measure'),
     { key: 'mode', setting: MEASURE_MODE },
     { key: 'top-k', help: 'for --mode subspace: singular vectors kept per point', default: 4 },
+    { key: 'position', setting: MEASURE_POSITION },
+    'clip-quantile',
+    'sparsify',
+    'projected',
+    'borderline',
     'layer',
     'window',
     'metric',
@@ -47,27 +66,61 @@ export function registerMeasure(program: Command): void {
     const topK = config['top-k'];
     if (subspace && topK < 1) throw new UsageError('--top-k must be at least 1 with --mode subspace');
     // The output is checked (and its temporary file created) before any work; the results are printed once it is in place.
-    const { point, measurement, output } = await withOutputFile(config.out!, dir, config.force, async (file) => {
+    const position = config.position as unknown as MeasurePosition;
+    const { point, hddPoint, measurement, output } = await withOutputFile(config.out!, dir, config.force, async (file) => {
       const harmful = samplePrompts(await loadPrompts(config.harmful ?? BUNDLED.harmful, config.column, config.limit), settings.measurePrompts);
       const harmless = samplePrompts(await loadPrompts(config.harmless ?? BUNDLED.harmless, config.column, config.limit), settings.measurePrompts);
+      const borderline = config.borderline === undefined ? undefined : await loadPrompts(config.borderline, config.column, config.limit);
       return withModel(dir, { adapter: config.adapter }, async (model) => {
         const measurement = await bar('measure', (update) =>
-          measure(model, chatTokens(model, harmful, { set: 'harmful' }), chatTokens(model, harmless, { set: 'harmless' }), { batchSize: settings.batchSize, onProgress: update, ...(subspace && { topK }) }),
+          measure(model, chatTokens(model, harmful, { set: 'harmful' }), chatTokens(model, harmless, { set: 'harmless' }), {
+            batchSize: settings.batchSize,
+            onProgress: update,
+            position,
+            ...(subspace && { topK }),
+            ...(config['clip-quantile'] !== undefined && { clipQuantile: config['clip-quantile'] }),
+            ...(config.sparsify !== undefined && { sparsify: config.sparsify }),
+            ...(config.projected && { projected: true }),
+            ...(borderline && { borderline: chatTokens(model, borderline, { set: 'borderline' }) }),
+          }),
         );
-        const point = settings.layer ?? rankPoints(measurement, { window: settings.window, metric: settings.metric })[0]!.point;
+        const choose = (scores: PointScore[]) => settings.layer ?? rankPoints({ points: measurement.points, scores }, { window: settings.window, metric: settings.metric })[0]!.point;
+        const point = choose(measurement.scores);
+        const hddPoint = measurement.harmDetection && choose(measurement.harmDetection.scores);
         const sink = new MemorySink('directions');
         // The model as the user named it: a relative path stays relative.
-        await writeDirections(sink, measurement, point, { model: dir });
+        await writeDirections(sink, measurement, point, { model: dir }, { ...(hddPoint !== undefined && { harmDetectionPoint: hddPoint }) });
         await file.write(await sink.bytes());
-        return { point, measurement, output: file.path };
+        return { point, hddPoint, measurement, output: file.path };
       });
     });
     const spectra = measurement.subspaces?.map(({ basis: _, ...spectrum }) => spectrum);
-    if (config.json) printJson({ point, scores: measurement.scores, ...(spectra && { subspace: spectra }), output });
-    else {
-      process.stdout.write(`${'point'.padEnd(7)}${'gap'.padEnd(10)}${'rel.gap'.padEnd(10)}${'cosine'.padEnd(10)}effect size\n`);
-      for (const s of measurement.scores) {
-        process.stdout.write(`${String(s.point).padEnd(7)}${s.gap.toFixed(3).padEnd(10)}${s.relativeGap.toFixed(3).padEnd(10)}${s.cosine.toFixed(4).padEnd(10)}${s.effectSize.toFixed(2)}${s.point === point ? '  ← chosen' : ''}\n`);
+    const hdd = measurement.harmDetection;
+    const comparison = hdd && compareDirections(measurement.directions, hdd.directions);
+    if (config.json) {
+      printJson({
+        point,
+        position: measurement.position ?? 'last',
+        scores: measurement.scores,
+        ...(spectra && { subspace: spectra }),
+        ...(hdd && { hdd: { point: hddPoint, scores: hdd.scores }, comparison }),
+        ...(measurement.instructionOffset !== undefined && { instruction_offset: measurement.instructionOffset }),
+        ...(measurement.hygiene && { hygiene: measurement.hygiene }),
+        output,
+      });
+    } else {
+      const table = (title: string, scores: PointScore[], chosen: number) => {
+        process.stdout.write(`${title}\n${'point'.padEnd(7)}${'gap'.padEnd(10)}${'rel.gap'.padEnd(10)}${'cosine'.padEnd(10)}effect size\n`);
+        for (const s of scores) {
+          process.stdout.write(`${String(s.point).padEnd(7)}${s.gap.toFixed(3).padEnd(10)}${s.relativeGap.toFixed(3).padEnd(10)}${s.cosine.toFixed(4).padEnd(10)}${s.effectSize.toFixed(2)}${s.point === chosen ? '  ← chosen' : ''}\n`);
+        }
+      };
+      const where = (at: string) => (at === 'last' ? 'the last token' : "the instruction-final token (the last of the user's message)");
+      table(hdd ? 'refusal-execution direction (RED), at the last token' : `at ${where(measurement.position ?? 'last')}`, measurement.scores, point);
+      if (hdd && comparison) {
+        table('\nharm-detection direction (HDD), at the instruction-final token', hdd.scores, hddPoint!);
+        process.stdout.write(`\nHDD vs RED\n${'point'.padEnd(7)}${'cosine'.padEnd(10)}Grassmann distance\n`);
+        for (const c of comparison) process.stdout.write(`${String(c.point).padEnd(7)}${c.cosine.toFixed(4).padEnd(10)}${c.grassmann.toFixed(4)}\n`);
       }
       if (spectra) {
         process.stdout.write(`\n${'point'.padEnd(7)}${'eff.rank'.padEnd(10)}${'silhouette'.padEnd(12)}explained variance of the top ${topK}\n`);

@@ -2,7 +2,7 @@ import { basename, dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as v from 'valibot';
 import type { PromptSets } from '../abliterate/pipeline.ts';
-import { booleanSetting, choiceSetting, fieldOf, fileSetting, SETTINGS_SCHEMA, SettingError, textSetting, type SettingField, type SettingValues } from '../abliterate/settings.ts';
+import { booleanSetting, choiceSetting, fieldOf, fileSetting, numericSetting, SETTINGS_SCHEMA, SettingError, textSetting, type SettingField, type SettingValues } from '../abliterate/settings.ts';
 import { ADAPTER_CHOICES, type AdapterChoice } from '../gpu/node.ts';
 import { FileMissingError, FileTooLargeError, formatSize, NotRegularFileError, type ByteSource } from '../io/byteSource.ts';
 import { NodeFolder, readTextFile } from '../io/nodeFolder.ts';
@@ -66,6 +66,11 @@ export const CLI_SCHEMA = v.strictObject({
   chat: booleanSetting({ key: 'chat', group: 'cli', label: 'Chat', help: "format the prompt with the model's chat template" }, false),
   point: choiceSetting({ key: 'point', group: 'cli', label: 'Tap point', help: 'tap point', valueName: 'name' }, TAP_POINTS, 'resid_post'),
   position: textSetting({ key: 'position', group: 'cli', label: 'Positions', help: 'last, all, or positions like 0,3,-1', valueName: 'which' }, 'last', parsePositions),
+  'clip-quantile': numericSetting('number', { key: 'clip-quantile', group: 'cli', label: 'Clip quantile', help: "winsorize each prompt's residual at its own quantiles q and 1 − q before the means (damps huge coordinates)", valueName: 'q', min: 0.0001, max: 0.4999 }),
+  sparsify: numericSetting('number', { key: 'sparsify', group: 'cli', label: 'Sparsify', help: "keep each direction's k largest |components| (an integer ≥ 1) or that fraction of them (in (0, 1)), renormalised", valueName: 'k', min: 0.0001 }),
+  borderline: fileSetting({ key: 'borderline', group: 'cli', label: 'Borderline prompts', help: 'borderline-benign prompts (e.g. data/borderline_benign.txt): make the refusal direction orthogonal to their false-refusal direction (their mean less the harmless mean)' }),
+  projected: booleanSetting({ key: 'projected', group: 'cli', label: 'Projected', help: 'take the direction orthogonal to the harmless mean ("projected abliteration")' }, false),
+  target: choiceSetting({ key: 'target', group: 'cli', label: 'Target', help: 'cut the refusal-execution direction (last token), the harm-detection direction (instruction-final token), or the plane of both (a file from measure --position both)', valueName: 'which' }, ['red', 'hdd', 'both']),
 });
 
 export type CliKey = keyof typeof CLI_SCHEMA.entries;

@@ -68,7 +68,7 @@ async function directionsWith(measurement: Measurement, metadata: Record<string,
 describe('directions file', () => {
   const rng = new Random();
 
-  it(`is written as format ${DIRECTIONS_FORMAT} version 2 without a subspace (${DIRECTIONS_VERSION} with one) and read back as written`, async () => {
+  it(`is written as format ${DIRECTIONS_FORMAT} version 2 without a subspace (3 with one, ${DIRECTIONS_VERSION} with an instruction position) and read back as written`, async () => {
     const measurement = randomMeasurement(rng);
     const sink = new MemorySink();
     // An extra key cannot replace the format keys.
@@ -99,10 +99,12 @@ describe('directions file', () => {
 
   it('of a newer version is refused, saying which version reads it; a bad version or format is an error', async () => {
     const measurement = randomMeasurement(rng);
-    const newer = await directionsWith(measurement, { format: 'abliterate-directions', version: '4', point: '2', scores: '[]' });
+    const newer = await directionsWith(measurement, { format: 'abliterate-directions', version: '5', point: '2', scores: '[]' });
     const error = await readDirections(source(newer, 'dir.safetensors')).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(DirectionsFileError);
-    expect((error as Error).message).toBe('dir.safetensors: written by a newer abliterate (directions format 4); this version reads formats up to 3: update abliterate');
+    expect((error as Error).message).toBe('dir.safetensors: written by a newer abliterate (directions format 5); this version reads formats up to 4: update abliterate');
+    // Version 4 says where the directions were read.
+    await expect(readDirections(source(await directionsWith(measurement, { format: 'abliterate-directions', version: '4', point: '2', position: 'middle' })))).rejects.toThrow(/"position" is neither "last" nor "instruction"/);
     for (const version of ['two', '0', '1.5', '']) {
       await expect(readDirections(source(await directionsWith(measurement, { format: 'abliterate-directions', version, point: '2' }))), version).rejects.toThrow(/"version" is not a format version/);
     }
