@@ -61,7 +61,7 @@ export { compareDirections, CUT_TARGETS, storedTargets, type CutTarget, type Dir
 export { orthogonalTo, projectedDirection, sparsify, sparsifyCount, winsorize } from './abliterate/hygiene.ts';
 export { DEFAULT_WINDOW, rankPoints, selectPoint, type ScoreSelectionOptions, type SelectionMetric } from './abliterate/select.ts';
 export { rankByAblation, type AblationRankingOptions, type CandidateTrial } from './abliterate/selectByAblation.ts';
-export { applyCut, cutBasis, layerWeights, orthonormalize, type AppliedCut, type CutOptions, type CutSpec, type CutUndo, type LayerKernel, type LayerSelection } from './abliterate/cut.ts';
+export { applyCut, cutBasis, layerStrengths, orthonormalize, type AppliedCut, type CutOptions, type CutSpec, type CutUndo, type StrengthProfile, type LayerSelection } from './abliterate/cut.ts';
 export {
   evaluateModel,
   evaluateRefusals,

@@ -17,7 +17,7 @@ export type LayerSelection =
   | { kind: 'top_k'; k: number };
 
 /** How strongly each selected layer is cut, as a multiple of alpha. */
-export type LayerKernel =
+export type StrengthProfile =
   | { kind: 'constant' }
   /** Heretic's tent: `max` at `peak`, falling linearly to `min` at distance `width` and beyond. */
   | { kind: 'tent'; peak: number; width: number; min: number; max: number };
@@ -45,12 +45,12 @@ export type CutUndo =
 export interface CutOptions {
   /** Strength: W ← W − α B (Bᵀ W). Default 1. */
   alpha?: number;
-  /** Per decoder layer multipliers of alpha (0 leaves a layer alone); default 1 for every layer. */
-  layerWeights?: readonly number[];
-  /** Per-layer multipliers for the attention output `o_proj` only, instead of `layerWeights`. */
-  attentionLayerWeights?: readonly number[];
-  /** Per-layer multipliers for the MLP output `down_proj` only, instead of `layerWeights`. */
-  mlpLayerWeights?: readonly number[];
+  /** Strengths: per decoder layer multipliers of alpha (0 leaves a layer alone); default 1 for every layer. */
+  strengths?: readonly number[];
+  /** Per-layer strengths for the attention output `o_proj` only, instead of `strengths`. */
+  attentionStrengths?: readonly number[];
+  /** Per-layer strengths for the MLP output `down_proj` only, instead of `strengths`. */
+  mlpStrengths?: readonly number[];
   /** Rescale every changed row of W to its norm before the cut. */
   preserveRowNorm?: boolean;
   /** Also orthogonalise the embedding: E ← E − α (E B) Bᵀ. */
@@ -150,12 +150,12 @@ interface CutTarget {
 }
 
 /** The embedding, then each layer's residual writers: `o_proj`, and the `down_proj` of the MLP or of every expert. */
-function cutTargets(model: LlamaModel, alpha: number, weights: { o: readonly number[]; down: readonly number[] }, embedding: boolean): CutTarget[] {
+function cutTargets(model: LlamaModel, alpha: number, strengths: { o: readonly number[]; down: readonly number[] }, embedding: boolean): CutTarget[] {
   const targets: CutTarget[] = [];
   if (embedding) targets.push({ name: 'model.embed_tokens.weight', side: 'input', alpha });
   for (let l = 0; l < model.config.numLayers; l++) {
-    const o = alpha * weights.o[l]!;
-    const down = alpha * weights.down[l]!;
+    const o = alpha * strengths.o[l]!;
+    const down = alpha * strengths.down[l]!;
     const writers = residualWriterNames(model.config, model.tensors, l);
     if (o !== 0) for (const name of writers.attention) targets.push({ name, side: 'output', alpha: o });
     if (down !== 0) for (const name of writers.mlp) targets.push({ name, side: 'output', alpha: down });
@@ -183,17 +183,17 @@ export async function applyCut(model: LlamaModel, spec: CutSpec): Promise<Applie
   const basis = cutBasis(given, config.hiddenSize, { orthonormalize: spec.orthonormalize ?? false });
   const alpha = spec.alpha ?? 1;
   if (!Number.isFinite(alpha)) throw new RangeError(`alpha must be a finite number, got ${alpha}`);
-  const layerWeights = spec.layerWeights ?? Array.from({ length: config.numLayers }, () => 1);
-  const componentWeights = { o: spec.attentionLayerWeights ?? layerWeights, down: spec.mlpLayerWeights ?? layerWeights };
-  for (const weights of [layerWeights, componentWeights.o, componentWeights.down]) {
-    if (weights.length !== config.numLayers) throw new RangeError(`${weights.length} layer weights for ${config.numLayers} layers`);
-    const bad = weights.findIndex((w) => !Number.isFinite(w));
-    if (bad >= 0) throw new RangeError(`the weight of layer ${bad} is ${weights[bad]}, not a finite number`);
+  const strengths = spec.strengths ?? Array.from({ length: config.numLayers }, () => 1);
+  const componentStrengths = { o: spec.attentionStrengths ?? strengths, down: spec.mlpStrengths ?? strengths };
+  for (const given of [strengths, componentStrengths.o, componentStrengths.down]) {
+    if (given.length !== config.numLayers) throw new RangeError(`${given.length} strengths for ${config.numLayers} layers`);
+    const bad = given.findIndex((w) => !Number.isFinite(w));
+    if (bad >= 0) throw new RangeError(`the strength of layer ${bad} is ${given[bad]}, not a finite number`);
   }
   const preserveRowNorm = spec.preserveRowNorm ?? false;
   const undo = spec.undo ?? 'auto';
   if (undo === 'inverse' && preserveRowNorm) throw new RangeError("a norm-preserving cut cannot be undone by the inverse update; use undo 'auto', 'snapshot' or 'host'");
-  const targets = cutTargets(model, alpha, componentWeights, spec.embedding ?? false);
+  const targets = cutTargets(model, alpha, componentStrengths, spec.embedding ?? false);
   const packed = new Float32Array(basis.length * config.hiddenSize);
   basis.forEach((v, k) => packed.set(v, k * config.hiddenSize));
   const run = { basis: packed, rank: basis.length, targets, preserveRowNorm };
@@ -414,8 +414,8 @@ export async function readMatrixBytes(gpu: Gpu, matrix: PackedMatrix): Promise<U
   return out;
 }
 
-/** Resolves a layer selection and kernel into one multiplier per decoder layer. */
-export function layerWeights(numLayers: number, selection: LayerSelection, kernel: LayerKernel = { kind: 'constant' }, scores?: readonly number[]): number[] {
+/** Resolves a layer selection and a strength profile into one strength (multiplier of alpha) per decoder layer. */
+export function layerStrengths(numLayers: number, selection: LayerSelection, profile: StrengthProfile = { kind: 'constant' }, scores?: readonly number[]): number[] {
   const all = Array.from({ length: numLayers }, (_, i) => i);
   let chosen: number[];
   switch (selection.kind) {
@@ -446,8 +446,8 @@ export function layerWeights(numLayers: number, selection: LayerSelection, kerne
   const set = new Set(chosen);
   return all.map((l) => {
     if (!set.has(l)) return 0;
-    if (kernel.kind === 'constant') return 1;
-    const distance = Math.abs(l - kernel.peak);
-    return distance >= kernel.width ? kernel.min : kernel.max + (kernel.min - kernel.max) * (distance / kernel.width);
+    if (profile.kind === 'constant') return 1;
+    const distance = Math.abs(l - profile.peak);
+    return distance >= profile.width ? profile.min : profile.max + (profile.min - profile.max) * (distance / profile.width);
   });
 }

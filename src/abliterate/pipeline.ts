@@ -1,5 +1,5 @@
 import type { LlamaModel } from '../model/model.ts';
-import { applyCut, layerWeights, type AppliedCut } from './cut.ts';
+import { applyCut, layerStrengths, type AppliedCut } from './cut.ts';
 import { evaluateModel, EvaluationPrompts, type EvaluationStep, type ModelEvaluation } from './evaluate.ts';
 import { measure, type PointScore, type Measurement } from './measure.ts';
 import { chatTokens } from './prefill.ts';
@@ -111,11 +111,11 @@ export async function runAbliteration(model: LlamaModel, sets: PromptSets, setti
     : undefined;
   const plan = search ? cutPlan(model, measurement, search.exported.params) : undefined;
   const choosePoint = async (progress: (done: number, total: number) => void) => {
-    if (settings.layer !== undefined) {
-      if (!Number.isInteger(settings.layer) || settings.layer < 0 || settings.layer >= measurement.points) {
-        throw new RangeError(`point ${settings.layer} is outside 0..${measurement.points - 1} (0 is the embedding, i the output of decoder layer i − 1)`);
+    if (settings.point !== undefined) {
+      if (!Number.isInteger(settings.point) || settings.point < 0 || settings.point >= measurement.points) {
+        throw new RangeError(`point ${settings.point} is outside 0..${measurement.points - 1} (0 is the embedding, i the output of decoder layer i − 1)`);
       }
-      return { point: settings.layer, selection: { method: 'forced' as const, metric: settings.metric, window: settings.window } };
+      return { point: settings.point, selection: { method: 'forced' as const, metric: settings.metric, window: settings.window } };
     }
     const ranked = rankPoints(measurement, { window: settings.window, metric: settings.metric });
     if (settings.select === 'score') return { point: ranked[0]!.point, selection: { method: 'score' as const, metric: settings.metric, window: settings.window } };
@@ -146,7 +146,7 @@ export async function runAbliteration(model: LlamaModel, sets: PromptSets, setti
   }
 
   const scorePerLayer = measurement.scores.slice(1).map((s) => s[settings.metric === 'gap' ? 'gap' : settings.metric === 'relative_gap' ? 'relativeGap' : 'effectSize']);
-  const strengths = plan?.attention ?? layerWeights(model.config.numLayers, settings.layers, settings.kernel, scorePerLayer);
+  const strengths = plan?.attention ?? layerStrengths(model.config.numLayers, settings.layers, settings.strengthProfile, scorePerLayer);
 
   // Formatted and tokenised once, for the evaluations before and after the cut.
   const evaluation = new EvaluationPrompts(model, { harmful: sets.evalHarmful, harmless: sets.evalHarmless, plainText: sets.plainText });
@@ -162,7 +162,7 @@ export async function runAbliteration(model: LlamaModel, sets: PromptSets, setti
     const cut = await stage('cut', () =>
       search
         ? applyTrialCut(model, measurement, search.exported.params)
-        : applyCut(model, { direction, alpha: settings.alpha, layerWeights: strengths, preserveRowNorm: settings.preserveRowNorm, embedding: settings.embedding }),
+        : applyCut(model, { direction, alpha: settings.alpha, strengths, preserveRowNorm: settings.preserveRowNorm, embedding: settings.embedding }),
     );
     try {
       const after = await stage('evaluate after', (progress) => evaluateModel(model, evaluation, {

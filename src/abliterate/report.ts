@@ -3,7 +3,7 @@ import type { Answer } from './evaluate.ts';
 import { REFUSAL_TOLERANCE, type SearchResult } from './optimize/search.ts';
 import type { CutParameters as SearchedCut } from './optimize/space.ts';
 import type { AbliterationResult, AbliterationSettings } from './pipeline.ts';
-import { settingsRecord } from './settings.ts';
+import { settingFields, settingsRecord } from './settings.ts';
 import type { SelectionMetric } from './select.ts';
 import type { CandidateTrial } from './selectByAblation.ts';
 
@@ -16,9 +16,9 @@ export const REPORT_FORMAT = 'abliterate-report';
 /**
  * The report version written, and the newest read. 1: no `format` and `version` keys, residual
  * points under `layer` and the strength profile under `layer_weights`; 2: `format`, `version`,
- * `point` and `strengths`.
+ * `point` and `strengths`; 3: the settings block names the direction's point `point` (was `layer`).
  */
-export const REPORT_VERSION = 2;
+export const REPORT_VERSION = 3;
 
 /** The parameters of a cut, as stored in the exported model's `__metadata__` (key `abliteration`) and in the report. */
 // A type, not an interface: it is written as `__metadata__`, a Record<string, unknown>.
@@ -93,7 +93,7 @@ export interface PointScoreReport {
   effect_size: number;
 }
 
-/** The JSON report of a run (`abliteration_report.json`), version 2. */
+/** The JSON report of a run (`abliteration_report.json`), version 3. */
 export interface AbliterationReport {
   format: typeof REPORT_FORMAT;
   version: typeof REPORT_VERSION;
@@ -167,7 +167,7 @@ const isObject = (value: unknown): value is Json => typeof value === 'object' &&
 
 /**
  * Reads a report (the text of `abliteration_report.json`) of this version or an older one, as the
- * current version: a version 1 report gets its keys renamed. `name` is the file, for messages.
+ * current version: the keys of an older report are renamed. `name` is the file, for messages.
  */
 export function parseReport(text: string, name: string): AbliterationReport {
   const fail = (why: string) => new ReportFileError(`${name}: ${why} (expected ${REPORT_FILE} written by abliterate run or the page)`);
@@ -183,11 +183,19 @@ export function parseReport(text: string, name: string): AbliterationReport {
   const version = report.format === undefined && report.version === undefined ? 1 : report.version;
   if (typeof version !== 'number' || !Number.isInteger(version) || version < 1) throw fail('its "version" is not a format version');
   if (version > REPORT_VERSION) throw new ReportFileError(`${name}: written by a newer abliterate (report format ${version}); this version reads formats up to ${REPORT_VERSION}: update abliterate`);
-  const upgraded = version === 1 ? upgradeV1(report, fail) : report;
+  let upgraded = version === 1 ? upgradeV1(report, fail) : report;
+  if (version < 3) upgraded = { ...upgraded, version: REPORT_VERSION, ...(upgraded.settings === undefined ? {} : { settings: currentSettingNames(upgraded.settings) }) };
   for (const key of ['point', 'selection', 'scores', 'strengths', 'before', 'after', 'kl', 'parameters'] as const) {
     if (!(key in upgraded)) throw fail(`no "${key}"`);
   }
   return upgraded as unknown as AbliterationReport;
+}
+
+/** Versions 1 and 2 recorded settings by their old names (`layer`, `kernel`); version 3 by the current ones. */
+function currentSettingNames(settings: unknown): unknown {
+  if (!isObject(settings)) return settings;
+  const renamed = new Map(settingFields().flatMap((f) => (f.deprecatedName ? [[f.deprecatedName, f.key] as const] : [])));
+  return Object.fromEntries(Object.entries(settings).map(([key, value]) => [renamed.get(key) ?? key, value]));
 }
 
 /** Version 1 → 2: `layer` (a residual point) becomes `point`, `layer_weights` becomes `strengths`. */

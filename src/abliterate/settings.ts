@@ -5,7 +5,7 @@
  * Browser-safe: no Node imports.
  */
 import * as v from 'valibot';
-import type { LayerKernel, LayerSelection } from './cut.ts';
+import type { StrengthProfile, LayerSelection } from './cut.ts';
 import { DEFAULT_REFUSAL_MARKERS } from './refusal.ts';
 import { DEFAULT_WINDOW, type SelectionMetric } from './select.ts';
 
@@ -113,7 +113,7 @@ export function formatLayerSelection(selection: LayerSelection): string {
 }
 
 /** "constant" or "tent:PEAK,WIDTH[,MIN[,MAX]]" (numbers in decimal notation). */
-export function parseStrengthProfile(text: string): LayerKernel {
+export function parseStrengthProfile(text: string): StrengthProfile {
   if (text === 'constant') return { kind: 'constant' };
   const syntax = `must be constant or tent:PEAK,WIDTH[,MIN[,MAX]]; got ${JSON.stringify(text)}`;
   if (!text.startsWith('tent:')) throw new SettingError(syntax);
@@ -124,7 +124,7 @@ export function parseStrengthProfile(text: string): LayerKernel {
   return { kind: 'tent', peak, width, min, max };
 }
 
-export function formatStrengthProfile(profile: LayerKernel): string {
+export function formatStrengthProfile(profile: StrengthProfile): string {
   return profile.kind === 'constant' ? 'constant' : `tent:${profile.peak},${profile.width},${profile.min},${profile.max}`;
 }
 
@@ -177,7 +177,7 @@ const windowMeta: SettingMeta = {
   group: 'select',
   kind: 'window',
   label: 'Depth window',
-  help: 'depth window (fractions FROM,TO of the layers) to choose the layer in',
+  help: 'depth window (fractions FROM,TO of the layers) to choose the point in',
   valueName: 'from,to',
 };
 
@@ -197,8 +197,8 @@ export const SETTINGS_SCHEMA = v.strictObject({
   'val-harmless': fileSetting({ key: 'val-harmless', group: 'validation prompts', label: 'Harmless validation prompts', help: 'harmless validation prompts for --select ablation; default: the bundled validation split' }),
   'measure-prompts': numericSetting('integer', { key: 'measure-prompts', group: 'measure', label: 'Prompts measured', help: 'prompts of each kind measured, sampled from the sets (0: all)', min: 0 }, 256),
   'batch-size': numericSetting('integer', { key: 'batch-size', group: 'measure', label: 'Prompts per forward step', help: 'prompts per forward step', min: 1 }, 32),
-  layer: numericSetting('integer', { key: 'layer', group: 'select', label: 'Direction layer', help: 'take the direction at this point (0: embedding, i: output of layer i − 1) instead of selecting', min: 0 }),
-  select: choiceSetting({ key: 'select', group: 'select', label: 'Selection', help: 'choose the layer by score, or by ablating the best candidates', valueName: 'method' }, ['score', 'ablation'], 'score'),
+  point: numericSetting('integer', { key: 'point', group: 'select', label: 'Direction point', help: 'take the direction at this residual point (0: embedding, i: output of decoder layer i − 1) instead of selecting', min: 0, deprecatedName: 'layer' }),
+  select: choiceSetting({ key: 'select', group: 'select', label: 'Selection', help: 'choose the point by score, or by ablating the best candidates', valueName: 'method' }, ['score', 'ablation'], 'score'),
   window: v.pipe(
     v.optional(
       v.pipe(
@@ -209,7 +209,7 @@ export const SETTINGS_SCHEMA = v.strictObject({
     ),
     v.metadata(windowMeta),
   ),
-  metric: choiceSetting({ key: 'metric', group: 'select', label: 'Metric', help: 'score that ranks layers' }, ['effect_size', 'gap', 'relative_gap'], 'effect_size'),
+  metric: choiceSetting({ key: 'metric', group: 'select', label: 'Metric', help: 'score that ranks the points' }, ['effect_size', 'gap', 'relative_gap'], 'effect_size'),
   candidates: numericSetting('integer', { key: 'candidates', group: 'select', label: 'Candidates', help: 'candidates tried by --select ablation', min: 1 }, 4),
   alpha: numericSetting('number', { key: 'alpha', group: 'cut', label: 'Cut strength α', help: 'cut strength: W ← W − α d̂ d̂ᵀ W', valueName: 'a', min: -100, max: 100, step: 0.05 }, 1),
   layers: textSetting({ key: 'layers', group: 'cut', label: 'Layers to cut', help: 'layers to cut: all, FROM-TO, 1,4,9, above_median, top_k:N', valueName: 'which' }, 'all', parseLayerSelection),
@@ -313,7 +313,7 @@ function entryOf(key: string): v.GenericSchema {
 
 export interface AbliterationSettings {
   /** Force the direction's point (hidden_states index); otherwise chosen by `select`. */
-  layer?: number | undefined;
+  point?: number | undefined;
   select: 'score' | 'ablation';
   window: readonly [number, number];
   metric: SelectionMetric;
@@ -321,7 +321,7 @@ export interface AbliterationSettings {
   candidates: number;
   alpha: number;
   layers: LayerSelection;
-  kernel: LayerKernel;
+  strengthProfile: StrengthProfile;
   preserveRowNorm: boolean;
   embedding: boolean;
   maxNewTokens: number;
@@ -338,14 +338,14 @@ export interface AbliterationSettings {
 export function abliterationSettings(given: Partial<SettingValues> = {}): AbliterationSettings {
   const values = { ...defaultValues(), ...Object.fromEntries(Object.entries(given).filter(([, value]) => value !== undefined && value !== null)) } as SettingValues;
   return {
-    layer: values.layer,
+    point: values.point,
     select: values.select,
     window: values.window,
     metric: values.metric,
     candidates: values.candidates,
     alpha: values.alpha,
     layers: parseLayerSelection(values.layers),
-    kernel: parseStrengthProfile(values['strength-profile']),
+    strengthProfile: parseStrengthProfile(values['strength-profile']),
     preserveRowNorm: values['preserve-norm'],
     embedding: values.embedding,
     maxNewTokens: values['max-tokens'],
@@ -362,14 +362,14 @@ export function settingsRecord(settings: AbliterationSettings): Record<string, u
   const values: Record<string, unknown> = {
     'measure-prompts': settings.measurePrompts,
     'batch-size': settings.batchSize,
-    layer: settings.layer ?? null,
+    point: settings.point ?? null,
     select: settings.select,
     window: [...settings.window],
     metric: settings.metric,
     candidates: settings.candidates,
     alpha: settings.alpha,
     layers: formatLayerSelection(settings.layers),
-    'strength-profile': formatStrengthProfile(settings.kernel),
+    'strength-profile': formatStrengthProfile(settings.strengthProfile),
     'preserve-norm': settings.preserveRowNorm,
     embedding: settings.embedding,
     'max-tokens': settings.maxNewTokens,

@@ -1,6 +1,6 @@
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
-import { applyCut, layerWeights } from '../abliterate/cut.ts';
+import { applyCut, layerStrengths } from '../abliterate/cut.ts';
 import { exportModel } from '../abliterate/export.ts';
 import type { CutParameters } from '../abliterate/report.ts';
 import { abliterationSettings, settingsInGroups } from '../abliterate/settings.ts';
@@ -15,7 +15,7 @@ export const CUT_SETTINGS: CommandSettings = {
   name: 'cut',
   options: [
     { key: 'direction', required: true },
-    { key: 'layer', help: "use this point's direction instead of the file's chosen one" },
+    { key: 'point', help: "use this point's direction instead of the file's chosen one" },
     'points',
     { key: 'top-k', help: "cut the top K vectors of the point's stored subspace (a directions file from measure --mode subspace)", valueName: 'k', default: undefined },
     'target',
@@ -35,7 +35,7 @@ export function registerCut(program: Command): void {
   ).action(async (dir: string, _o: unknown, command: Command) => {
     const values = await commandValues(command, CUT_SETTINGS);
     const options = { ...values, points: values.points === undefined ? undefined : parsePoints(values.points) };
-    if (options.points && options.layer !== undefined) throw new UsageError('give --layer or --points, not both');
+    if (options.points && options.point !== undefined) throw new UsageError('give --point or --points, not both');
     const directions = await openDirections(options.direction!);
     const outside = options.points?.find((p) => p >= directions.directions.length);
     if (outside !== undefined) throw new UsageError(`--points: point ${outside} is outside the file's points 0..${directions.directions.length - 1}`);
@@ -48,13 +48,13 @@ export function registerCut(program: Command): void {
     let stored: Float32Array[] | undefined;
     let source: Pick<CutParameters, 'point' | 'points' | 'rank' | 'target' | 'projected'>;
     if (target === undefined && !options.projected) {
-      const chosen = (options.points ?? [options.layer]).map((point) => pointOf(directions, point, options.direction!));
+      const chosen = (options.points ?? [options.point]).map((point) => pointOf(directions, point, options.direction!));
       stored = topK === undefined ? undefined : storedSubspace(directions, chosen[0]!.point, topK, options.direction!);
       basis = stored ?? chosen.map((c) => c.direction);
       // What was cut: a point's direction, its stored top-K subspace (--top-k), or (--points) the subspace of several.
       source = options.points ? { points: options.points, rank: options.points.length } : { point: chosen[0]!.point, ...(stored && { rank: stored.length }) };
     } else {
-      const picked = targetDirections(directions, options.direction!, target, options.points ?? (options.layer === undefined ? undefined : [options.layer]), options.projected);
+      const picked = targetDirections(directions, options.direction!, target, options.points ?? (options.point === undefined ? undefined : [options.point]), options.projected);
       basis = picked.basis;
       source = { ...(options.points ? { points: options.points } : { point: picked.point }), rank: basis.length, ...(target && { target }), ...(options.projected && { projected: true }) };
     }
@@ -64,9 +64,9 @@ export function registerCut(program: Command): void {
     const summary = await withOutputFolder(options.out!, resolve(dir), options.force, (out) => withModel(dir, options, async (model) => {
       fitDirections(directions, options.direction!, model.config);
       const scores = directions.scores.slice(1).map((s) => s.effectSize);
-      const strengths = layerWeights(model.config.numLayers, settings.layers, settings.kernel, scores.length === model.config.numLayers ? scores : undefined);
+      const strengths = layerStrengths(model.config.numLayers, settings.layers, settings.strengthProfile, scores.length === model.config.numLayers ? scores : undefined);
       const start = performance.now();
-      await applyCut(model, { basis, orthonormalize, alpha: options.alpha, layerWeights: strengths, preserveRowNorm: options['preserve-norm'], embedding: options.embedding, undo: 'none' });
+      await applyCut(model, { basis, orthonormalize, alpha: options.alpha, strengths, preserveRowNorm: options['preserve-norm'], embedding: options.embedding, undo: 'none' });
       const cutSeconds = (performance.now() - start) / 1000;
       const parameters: CutParameters = { ...source, alpha: options.alpha, strengths, embedding: options.embedding, preserve_row_norm: options['preserve-norm'], source_model: dir };
       const exportStart = performance.now();
@@ -83,7 +83,7 @@ export function registerCut(program: Command): void {
         : stored
           ? `the top-${stored.length} subspace of point ${summary.point}`
           : target === 'both'
-            ? `the plane of the ${which} (points ${summary.point} and ${options.layer ?? directions.harmDetection?.point ?? summary.point})`
+            ? `the plane of the ${which} (points ${summary.point} and ${options.point ?? directions.harmDetection?.point ?? summary.point})`
             : `the ${which} of point ${summary.point}`;
       process.stdout.write(`cut ${summary.tensors.length} tensors with ${what} in ${summary.cut_s.toFixed(2)} s; written to ${summary.output}\n`);
     }

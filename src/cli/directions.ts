@@ -18,13 +18,13 @@ export async function openDirections(file: string): Promise<Directions> {
   return readDirections({ name: file, size: source.size, read: (offset, length) => source.read(offset, length) });
 }
 
-/** The file's chosen point and its direction, or the point given with --layer. */
+/** The file's chosen point and its direction, or the point given with --point. */
 export function pointOf(directions: Directions, point: number | undefined, file: string): { point: number; direction: Float32Array } {
   if (point === undefined) return { point: directions.point, direction: directions.direction };
   const direction = directions.directions[point];
-  if (!direction) throw new UsageError(`--layer ${point} is outside the file's points 0..${directions.directions.length - 1}`);
+  if (!direction) throw new UsageError(`--point ${point} is outside the file's points 0..${directions.directions.length - 1}`);
   const problem = directionProblem(direction, undefined);
-  if (problem) throw new UsageError(`${file}: the direction of point ${point} is unusable: ${problem}; choose another --layer`);
+  if (problem) throw new UsageError(`${file}: the direction of point ${point} is unusable: ${problem}; choose another --point`);
   return { point, direction };
 }
 

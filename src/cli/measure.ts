@@ -45,7 +45,7 @@ export const MEASURE_SETTINGS: CommandSettings = {
     'sparsify',
     'projected',
     'borderline',
-    'layer',
+    'point',
     'window',
     'metric',
     { key: 'out', help: 'directions file to write (.safetensors)', required: true },
@@ -84,7 +84,7 @@ export function registerMeasure(program: Command): void {
             ...(borderline && { borderline: chatTokens(model, borderline, { set: 'borderline' }) }),
           }),
         );
-        const choose = (scores: PointScore[]) => settings.layer ?? rankPoints({ points: measurement.points, scores }, { window: settings.window, metric: settings.metric })[0]!.point;
+        const choose = (scores: PointScore[]) => settings.point ?? rankPoints({ points: measurement.points, scores }, { window: settings.window, metric: settings.metric })[0]!.point;
         const point = choose(measurement.scores);
         const hddPoint = measurement.harmDetection && choose(measurement.harmDetection.scores);
         const sink = new MemorySink('directions');

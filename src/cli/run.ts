@@ -4,7 +4,7 @@ import type { Command } from 'commander';
 import { parse as parseToml } from 'smol-toml';
 import { runAbliteration, type AbliterationSettings, type Stage } from '../abliterate/pipeline.ts';
 import type { CutParameters } from '../abliterate/optimize/space.ts';
-import { abliterationSettings, settingsInGroups } from '../abliterate/settings.ts';
+import { abliterationSettings, settingFields, settingsInGroups } from '../abliterate/settings.ts';
 import { printJson, progressBar, status, UsageError, withModel, type Progress } from './common.ts';
 import { cutParameters } from '../abliterate/report.ts';
 import { reportOf, summaryTable, withOutputFolder, writeRunOutput } from './output.ts';
@@ -30,7 +30,7 @@ export const RUN_SETTINGS: CommandSettings = {
 };
 
 /** Settings of the hand-tuned path: giving any of them turns the search off. */
-const TUNING_KEYS = ['layer', 'alpha', 'select', 'layers', 'strength-profile', 'window', 'metric', 'candidates'] as const;
+const TUNING_KEYS = ['point', 'alpha', 'select', 'layers', 'strength-profile', 'window', 'metric', 'candidates'] as const;
 
 /** The keys given on the command line or in the TOML config (not filled in by a default). */
 export async function givenKeys(cmd: Command): Promise<Set<string>> {
@@ -41,12 +41,14 @@ export async function givenKeys(cmd: Command): Promise<Set<string>> {
   }
   const config = cmd.opts<{ config?: string }>().config;
   if (config) for (const key of Object.keys(parseToml(await readFile(config, 'utf8')))) given.add(key);
+  // A setting given by its old name (--layer, kernel = ...) is given too.
+  for (const field of settingFields()) if (field.deprecatedName && given.has(field.deprecatedName)) given.add(field.key);
   return given;
 }
 
 export function registerRun(program: Command): void {
   const command = addSettingOptions(
-    program.command('run').description('the whole abliteration: measure, search for the cut (or select a layer), evaluate, cut, evaluate again, export').argument('<model-dir>'),
+    program.command('run').description('the whole abliteration: measure, search for the cut (or select a point), evaluate, cut, evaluate again, export').argument('<model-dir>'),
     RUN_SETTINGS,
   );
   command.action(async (dir: string, _options: unknown, cmd: Command) => {

@@ -64,7 +64,7 @@ export const CLI_SCHEMA = v.strictObject({
   prompts: fileSetting({ key: 'prompts', group: 'cli', label: 'Prompts', help: 'prompts to probe, labelled by whether the model refuses them' }),
   'per-layer': booleanSetting({ key: 'per-layer', group: 'cli', label: 'Per layer', help: "project each point on its own direction, not the file's chosen one" }, false),
   chat: booleanSetting({ key: 'chat', group: 'cli', label: 'Chat', help: "format the prompt with the model's chat template" }, false),
-  point: choiceSetting({ key: 'point', group: 'cli', label: 'Tap point', help: 'tap point', valueName: 'name' }, TAP_POINTS, 'resid_post'),
+  tap: choiceSetting({ key: 'tap', group: 'cli', label: 'Tap point', help: 'tap point', valueName: 'name', deprecatedName: 'point' }, TAP_POINTS, 'resid_post'),
   position: textSetting({ key: 'position', group: 'cli', label: 'Positions', help: 'last, all, or positions like 0,3,-1', valueName: 'which' }, 'last', parsePositions),
   'clip-quantile': numericSetting('number', { key: 'clip-quantile', group: 'cli', label: 'Clip quantile', help: "winsorize each prompt's residual at its own quantiles q and 1 − q before the means (damps huge coordinates)", valueName: 'q', min: 0.0001, max: 0.4999 }),
   sparsify: numericSetting('number', { key: 'sparsify', group: 'cli', label: 'Sparsify', help: "keep each direction's k largest |components| (an integer ≥ 1) or that fraction of them (in (0, 1)), renormalised", valueName: 'k', min: 0.0001 }),

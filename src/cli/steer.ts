@@ -10,7 +10,7 @@ export const STEER_SETTINGS: CommandSettings = {
   options: [
     { key: 'direction', help: 'directions file', required: true },
     { key: 'prompt', required: true },
-    { key: 'layer', help: "use this point's direction instead of the file's chosen one" },
+    { key: 'point', help: "use this point's direction instead of the file's chosen one" },
     'mode',
     { key: 'alpha', help: 'ablation strength' },
     'scale',
@@ -29,7 +29,7 @@ export function registerSteer(program: Command): void {
   ).action(async (dir: string, _o: unknown, command: Command) => {
     const options = await commandValues(command, STEER_SETTINGS);
     const directions = await openDirections(options.direction!);
-    const { point, direction } = pointOf(directions, options.layer, options.direction!);
+    const { point, direction } = pointOf(directions, options.point, options.direction!);
     await withModel(dir, options, async (model, gpu) => {
       fitDirections(directions, options.direction!, model.config);
       const steering: Steering = options.mode === 'ablate' ? { kind: 'ablate', alpha: options.alpha, threshold: options.threshold } : { kind: 'add', scale: options.scale, threshold: options.threshold };

@@ -10,7 +10,7 @@ export const TAPS_SETTINGS: CommandSettings = {
   options: [
     { key: 'prompt', required: true },
     { key: 'chat', help: "format the prompt with the model's chat template (generation prompt on)" },
-    { key: 'point', help: `tap point: ${TAP_POINTS.join(', ')}` },
+    { key: 'tap', help: `tap point: ${TAP_POINTS.join(', ')}` },
     'position',
     { key: 'json', help: 'print {"point", "positions", "layers"} as JSON' },
     'adapter',
@@ -21,7 +21,7 @@ export function registerTaps(program: Command): void {
   addSettingOptions(program.command('taps').description('read the residual stream at a tap point of every layer for one prompt').argument('<model-dir>'), TAPS_SETTINGS).action(
     async (dir: string, _o: unknown, command: Command) => {
     const options = await commandValues(command, TAPS_SETTINGS);
-    const point: TapPoint = options.point;
+    const point: TapPoint = options.tap;
     const selector = parsePositions(options.position);
     await withModel(dir, options, async (model, gpu) => {
       const tokens = options.chat ? model.tokenizer.encodeChat(options.prompt!) : model.tokenizer.encode(options.prompt!);

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Gpu } from '../../src/gpu/gpu.ts';
 import { ablationHooks, uploadBasis } from '../../src/abliterate/ablation.ts';
-import { applyCut, cutBasis, layerWeights, orthonormalize, type CutUndo } from '../../src/abliterate/cut.ts';
+import { applyCut, cutBasis, layerStrengths, orthonormalize, type CutUndo } from '../../src/abliterate/cut.ts';
 import { KvCache } from '../../src/model/kvCache.ts';
 import { LlamaModel } from '../../src/model/model.ts';
 import { residualWriters, type LlamaWeights, type StreamedWeights } from '../../src/model/weights.ts';
@@ -104,7 +104,7 @@ describe('cut', () => {
       const rng = new Random(random.seed);
       const basis = randomBasis(rng, 3, random.config.hiddenSize);
       const weights = [1, 0, 0.5];
-      const cut = await applyCut(model, { basis, layerWeights: weights });
+      const cut = await applyCut(model, { basis, strengths: weights });
       for (const [l, layer] of (model.weights as LlamaWeights).layers.entries()) {
         const w = new Float32Array(await gpu.read(layer.o.chunks[0]!.buffer));
         const original = random.weights.get(`model.layers.${l}.self_attn.o_proj.weight`);
@@ -129,7 +129,7 @@ describe('cut', () => {
       const rng = new Random(random.seed);
       const [direction] = randomBasis(rng, 1, random.config.hiddenSize) as [Float32Array];
       const strengths = { o_proj: [1, 0, 0.5], down_proj: [0, 1.25, 0.3] };
-      const cut = await applyCut(model, { direction, attentionLayerWeights: strengths.o_proj, mlpLayerWeights: strengths.down_proj });
+      const cut = await applyCut(model, { direction, attentionStrengths: strengths.o_proj, mlpStrengths: strengths.down_proj });
       for (const [l, layer] of (model.weights as LlamaWeights).layers.entries()) {
         for (const [matrix, name, tensor] of [
           [layer.o, 'o_proj', `model.layers.${l}.self_attn.o_proj.weight`],
@@ -160,7 +160,7 @@ describe('undo', () => {
    */
   async function cycles(model: LlamaModel, rng: Random, undo: CutUndo, expectedMode: string) {
     const { hiddenSize, numLayers } = model.config;
-    const kept = await applyCut(model, { basis: randomBasis(rng, 1, hiddenSize), layerWeights: Array.from({ length: numLayers }, (_, l) => (l === 1 ? 1 : 0)), undo: 'none' });
+    const kept = await applyCut(model, { basis: randomBasis(rng, 1, hiddenSize), strengths: Array.from({ length: numLayers }, (_, l) => (l === 1 ? 1 : 0)), undo: 'none' });
     const keptTensors = new Set(kept.tensors);
     expect([...model.modifiedTensors].sort()).toEqual([...keptTensors].sort());
     const before = await allWeights(model);
@@ -170,7 +170,7 @@ describe('undo', () => {
       const spec = {
         basis: randomBasis(rng, rank, hiddenSize),
         alpha: 0.25 + 1.5 * rng.next(),
-        layerWeights: Array.from({ length: numLayers }, () => [0, 0.5, 1][rng.int(0, 2)]!),
+        strengths: Array.from({ length: numLayers }, () => [0, 0.5, 1][rng.int(0, 2)]!),
         embedding: rng.next() < 0.5,
         preserveRowNorm: rng.next() < 0.3,
         undo,
@@ -304,7 +304,7 @@ describe('basis checks', () => {
       for (const [what, basis, message] of cases) await expect(applyCut(model, { basis, embedding: true }), what).rejects.toThrow(message);
       expect(() => cutBasis(Array.from({ length: h + 1 }, () => a), h)).toThrow(/65 directions cannot be orthonormal in the hidden size of 64/);
       await expect(applyCut(model, { basis: [a], alpha: Number.POSITIVE_INFINITY })).rejects.toThrow(/alpha must be a finite number/);
-      await expect(applyCut(model, { basis: [a], layerWeights: [1, Number.NaN, 1] })).rejects.toThrow(/layer 1 is NaN/);
+      await expect(applyCut(model, { basis: [a], strengths: [1, Number.NaN, 1] })).rejects.toThrow(/layer 1 is NaN/);
       expect(differing(before, await allWeights(model))).toEqual([]);
       expect(model.modifiedTensors.size).toBe(0);
     } finally {
@@ -346,14 +346,14 @@ describe('basis checks', () => {
 
 describe('layer weights', () => {
   it('selects layers by range, list, median and top-k, and shapes them with a tent', () => {
-    expect(layerWeights(5, { kind: 'all' })).toEqual([1, 1, 1, 1, 1]);
-    expect(layerWeights(5, { kind: 'range', from: 1, to: 3 })).toEqual([0, 1, 1, 1, 0]);
-    expect(layerWeights(5, { kind: 'list', layers: [0, 4] })).toEqual([1, 0, 0, 0, 1]);
+    expect(layerStrengths(5, { kind: 'all' })).toEqual([1, 1, 1, 1, 1]);
+    expect(layerStrengths(5, { kind: 'range', from: 1, to: 3 })).toEqual([0, 1, 1, 1, 0]);
+    expect(layerStrengths(5, { kind: 'list', layers: [0, 4] })).toEqual([1, 0, 0, 0, 1]);
     const scores = [0.1, 0.9, 0.5, 0.7, 0.2];
-    expect(layerWeights(5, { kind: 'above_median' }, { kind: 'constant' }, scores)).toEqual([0, 1, 0, 1, 0]);
-    expect(layerWeights(5, { kind: 'top_k', k: 2 }, { kind: 'constant' }, scores)).toEqual([0, 1, 0, 1, 0]);
-    expect(layerWeights(5, { kind: 'all' }, { kind: 'tent', peak: 2, width: 2, min: 0.2, max: 1 })).toEqual([0.2, 0.6, 1, 0.6, 0.2]);
-    expect(() => layerWeights(5, { kind: 'range', from: 3, to: 9 })).toThrow(/outside/);
-    expect(() => layerWeights(5, { kind: 'top_k', k: 2 })).toThrow(/score/);
+    expect(layerStrengths(5, { kind: 'above_median' }, { kind: 'constant' }, scores)).toEqual([0, 1, 0, 1, 0]);
+    expect(layerStrengths(5, { kind: 'top_k', k: 2 }, { kind: 'constant' }, scores)).toEqual([0, 1, 0, 1, 0]);
+    expect(layerStrengths(5, { kind: 'all' }, { kind: 'tent', peak: 2, width: 2, min: 0.2, max: 1 })).toEqual([0.2, 0.6, 1, 0.6, 0.2]);
+    expect(() => layerStrengths(5, { kind: 'range', from: 3, to: 9 })).toThrow(/outside/);
+    expect(() => layerStrengths(5, { kind: 'top_k', k: 2 })).toThrow(/score/);
   });
 });

@@ -145,24 +145,27 @@ describe('report', () => {
     const result = randomResult();
     const report = reportOf(result, model, cutParameters(result, { ...DEFAULT_SETTINGS, alpha: 1.25 }, '/models/tiny-chat'), '/out', 'llvmpipe', { ...DEFAULT_SETTINGS, alpha: 1.25 });
     expect(Object.keys(report)).toEqual(['format', 'version', 'model', 'adapter', 'point', 'selection', 'scores', 'strengths', 'before', 'after', 'kl', 'parameters', 'settings', 'timings_s', 'output', 'skipped_files']);
-    expect(report).toMatchObject({ format: 'abliterate-report', version: 2, point: 3, strengths: [1, 0.5, 1, 0] });
+    expect(report).toMatchObject({ format: 'abliterate-report', version: 3, point: 3, strengths: [1, 0.5, 1, 0] });
+    expect(report.settings).toMatchObject({ point: null, 'strength-profile': 'constant' });
     expect(report.parameters).toEqual({ point: 3, alpha: 1.25, strengths: [1, 0.5, 1, 0], embedding: true, preserve_row_norm: false, selection: 'ablation', source_model: '/models/tiny-chat' });
     expect(report.scores[2]).toEqual({ point: 2, gap: result.scores[2]!.gap, relative_gap: result.scores[2]!.relativeGap, cosine: result.scores[2]!.cosine, effect_size: result.scores[2]!.effectSize });
     expect(report.before.samples.harmful).toHaveLength(5);
     const text = JSON.stringify(report, null, 2);
-    // Points are points; only the settings block keeps the flags' names (--layer, --layers).
-    const { settings: _settings, ...figures } = report;
-    expect(JSON.stringify(figures)).not.toMatch(/"layer/);
+    // Points are points; "layers" (decoder layers to cut) is the one setting of that name.
+    expect(JSON.stringify(report)).not.toMatch(/"layer"|"layer_/);
     expect(parseReport(text, 'abliteration_report.json')).toEqual(JSON.parse(text));
   });
 
-  it('of version 1 (no format or version, "layer" and "layer_weights") is read as version 2', () => {
+  /** Settings by the names versions 1 and 2 wrote: the point under `layer`. */
+  const oldSettings = (settings: unknown) => Object.fromEntries(Object.entries(settings as Record<string, unknown>).map(([key, value]) => [key === 'point' ? 'layer' : key, value]));
+
+  it('of version 1 (no format or version, "layer" and "layer_weights") is read as the current version', () => {
     const result = randomResult();
     type Written = { point: number; strengths: number[]; selection: { trials: { point: number }[] }; scores: { point: number }[]; parameters: Record<string, unknown> } & Record<string, unknown>;
     const current = JSON.parse(JSON.stringify(reportOf(result, model, cutParameters(result, DEFAULT_SETTINGS, '/models/tiny-chat'), '/out', 'llvmpipe', DEFAULT_SETTINGS))) as Written;
     // The report as version 1 wrote it, key for key.
     const { format, version, point, strengths, selection, scores, parameters, ...rest } = current;
-    expect([format, version]).toEqual(['abliterate-report', 2]);
+    expect([format, version]).toEqual(['abliterate-report', REPORT_VERSION]);
     const { point: parameterPoint, strengths: parameterStrengths, ...otherParameters } = parameters;
     const v1 = {
       model: rest.model,
@@ -175,7 +178,7 @@ describe('report', () => {
       after: rest.after,
       kl: rest.kl,
       parameters: { layer: parameterPoint, alpha: otherParameters.alpha, layer_weights: parameterStrengths, ...otherParameters },
-      settings: rest.settings,
+      settings: oldSettings(rest.settings),
       timings_s: rest.timings_s,
       output: rest.output,
       skipped_files: rest.skipped_files,
@@ -190,12 +193,26 @@ describe('report', () => {
     expect(parseReport(JSON.stringify(older), 'older.json')).toEqual(withoutSettings);
   });
 
+  it('of version 2 (the settings block names the point "layer") is read as the current version', () => {
+    const result = randomResult();
+    const settings = { ...DEFAULT_SETTINGS, point: 3, strengthProfile: { kind: 'tent', peak: 2, width: 3, min: 0, max: 1 } } as const;
+    const current = JSON.parse(JSON.stringify(reportOf(result, model, cutParameters(result, settings, '/m'), null, 'llvmpipe', settings))) as Record<string, unknown>;
+    const v2 = { ...current, version: 2, settings: oldSettings(current.settings) };
+    expect(Object.keys(v2.settings)).toContain('layer');
+    const upgraded = parseReport(JSON.stringify(v2), 'v2.json');
+    expect(upgraded).toEqual(current);
+    expect(Object.keys(upgraded.settings!)).toEqual(Object.keys(current.settings as object));
+    // Its old name for the strength profile too.
+    const { 'strength-profile': profile, ...others } = current.settings as Record<string, unknown>;
+    expect(parseReport(JSON.stringify({ ...v2, settings: { ...others, kernel: profile } }), 'v2.json').settings).toEqual({ ...others, 'strength-profile': profile });
+  });
+
   it('of a newer version is refused, saying which version reads it; what is not a report is an error', () => {
     const result = randomResult();
     const report = reportOf(result, model, cutParameters(result, DEFAULT_SETTINGS, '/m'), null, 'llvmpipe', DEFAULT_SETTINGS);
-    const newer = JSON.stringify({ ...report, version: 3, something_new: true });
+    const newer = JSON.stringify({ ...report, version: 4, something_new: true });
     expect(() => parseReport(newer, 'new.json')).toThrow(ReportFileError);
-    expect(() => parseReport(newer, 'new.json')).toThrow('new.json: written by a newer abliterate (report format 3); this version reads formats up to 2: update abliterate');
+    expect(() => parseReport(newer, 'new.json')).toThrow('new.json: written by a newer abliterate (report format 4); this version reads formats up to 3: update abliterate');
     expect(() => parseReport('{"model": ', 'r.json')).toThrow(/^r\.json: not JSON/);
     expect(() => parseReport('[1, 2]', 'r.json')).toThrow(/not a JSON object/);
     expect(() => parseReport('{"model": "m"}', 'r.json')).toThrow(/no "layer", "before" and "after": not a report/);

@@ -313,8 +313,8 @@ describe('runAbliteration', () => {
     expect(differing(before, await allWeights(model))).toEqual([]);
   });
 
-  it('a forced layer is used as given (method "forced", no trials); a layer outside 0..points − 1 is an error', async () => {
-    const result = await runAbliteration(model, sets, settings({ select: 'ablation', candidates: 3, layer: 2 }));
+  it('a forced point is used as given (method "forced", no trials); a point outside 0..points − 1 is an error', async () => {
+    const result = await runAbliteration(model, sets, settings({ select: 'ablation', candidates: 3, point: 2 }));
     try {
       expect(result.point).toBe(2);
       expect(result.selection.method).toBe('forced');
@@ -324,8 +324,8 @@ describe('runAbliteration', () => {
       await result.cut.undo();
     }
     const before = await allWeights(model);
-    for (const layer of [5, -1, 1.5]) {
-      await expect(runAbliteration(model, sets, settings({ layer })), `layer ${layer}`).rejects.toThrow(/outside 0\.\.4/);
+    for (const point of [5, -1, 1.5]) {
+      await expect(runAbliteration(model, sets, settings({ point })), `point ${point}`).rejects.toThrow(/outside 0\.\.4/);
     }
     // Nothing was cut.
     expect(differing(before, await allWeights(model))).toEqual([]);
@@ -343,7 +343,7 @@ describe('runAbliteration', () => {
   });
 
   it('with subspaceRank K, the measurement carries the top-K subspace of every point, as measure() with topK gives it; without, none', async () => {
-    const result = await runAbliteration(model, sets, settings({ layer: 2, subspaceRank: 2 }));
+    const result = await runAbliteration(model, sets, settings({ point: 2, subspaceRank: 2 }));
     let plain: Awaited<ReturnType<typeof runAbliteration>> | undefined;
     try {
       await result.cut.undo();
@@ -357,7 +357,7 @@ describe('runAbliteration', () => {
         expect(s.effectiveRank).toBe(d.effectiveRank);
         expect(s.effectiveRank).toBeGreaterThanOrEqual(1);
       }
-      plain = await runAbliteration(model, sets, settings({ layer: 2 }));
+      plain = await runAbliteration(model, sets, settings({ point: 2 }));
       expect(plain.measurement.subspaces).toBeUndefined();
     } finally {
       await plain?.cut.undo();
@@ -368,14 +368,14 @@ describe('runAbliteration', () => {
     const before = await allWeights(model);
     const same = { ...sets, harmless: sets.harmful };
     await expect(runAbliteration(model, same, settings({}))).rejects.toThrow(/no direction to cut/);
-    await expect(runAbliteration(model, same, settings({ layer: 3 }))).rejects.toThrow(/no direction to cut/);
+    await expect(runAbliteration(model, same, settings({ point: 3 }))).rejects.toThrow(/no direction to cut/);
     expect(differing(before, await allWeights(model))).toEqual([]);
   });
 
   // The pipeline keeps a snapshot of what it cuts, so undo is exact (not the inverse update).
   it('result.cut.undo() restores every weight bit for bit', async () => {
     const before = await allWeights(model);
-    const result = await runAbliteration(model, sets, settings({ layer: 2 }));
+    const result = await runAbliteration(model, sets, settings({ point: 2 }));
     await result.cut.undo();
     expect(differing(before, await allWeights(model))).toEqual([]);
     expect(model.modifiedTensors.size).toBe(0);
@@ -386,7 +386,7 @@ describe('runAbliteration', () => {
     const before = await allWeights(model);
     const controller = new AbortController();
     const onStage = (stage: string) => void (stage === 'evaluate after' && controller.abort(new Error('stopped by the test')));
-    await expect(runAbliteration(model, sets, settings({ layer: 2, preserveRowNorm: true }), { signal: controller.signal, onStage })).rejects.toThrow(/stopped by the test/);
+    await expect(runAbliteration(model, sets, settings({ point: 2, preserveRowNorm: true }), { signal: controller.signal, onStage })).rejects.toThrow(/stopped by the test/);
     expect(differing(before, await allWeights(model))).toEqual([]);
   });
 });

@@ -394,7 +394,7 @@ describe('the web page in headless Chromium with WebGPU', () => {
       });
       return JSON.parse(stdout) as { point: number };
     };
-    const measured = await cli('measure', modelDir, '--out', cliDirections, '--force', '--limit', String(LIMIT), '--layer', String(layer));
+    const measured = await cli('measure', modelDir, '--out', cliDirections, '--force', '--limit', String(LIMIT), '--point', String(layer));
     expect(measured.point).toBe(layer);
     await cli('cut', modelDir, '--direction', cliDirections, '--out', out, '--force', '--alpha', String(ALPHA));
     const cliSeconds = (Date.now() - cliStart) / 1000;

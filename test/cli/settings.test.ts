@@ -25,7 +25,7 @@ import { MEASURE_SETTINGS, registerMeasure } from '../../src/cli/measure.ts';
 import { addSettingOptions, commandValues, readConfig, type CommandSettings } from '../../src/cli/options.ts';
 import { OPTIMIZE_SETTINGS, registerOptimize } from '../../src/cli/optimize.ts';
 import { PROBE_SETTINGS, registerProbe } from '../../src/cli/probe.ts';
-import { RUN_SETTINGS, registerRun } from '../../src/cli/run.ts';
+import { givenKeys, RUN_SETTINGS, registerRun } from '../../src/cli/run.ts';
 import { ALL_SETTINGS } from '../../src/cli/settings.ts';
 import { registerSteer, STEER_SETTINGS } from '../../src/cli/steer.ts';
 import { registerTaps, TAPS_SETTINGS } from '../../src/cli/taps.ts';
@@ -149,6 +149,7 @@ describe('strict numbers', () => {
     await expect(valuesOf(RUN_SETTINGS, ['--alpha', '100.5'])).rejects.toThrow('--alpha must be a number in [-100, 100], got "100.5"');
     await expect(valuesOf(RUN_SETTINGS, ['--batch-size', '0'])).rejects.toThrow('--batch-size must be an integer ≥ 1, got "0"');
     await expect(valuesOf(RUN_SETTINGS, ['--max-tokens', '-4'])).rejects.toThrow('--max-tokens must be an integer ≥ 1, got "-4"');
+    await expect(valuesOf(RUN_SETTINGS, ['--point', '2.5'])).rejects.toThrow('--point must be an integer ≥ 0, got "2.5"');
     await expect(valuesOf(RUN_SETTINGS, ['--layer', '2.5'])).rejects.toThrow('--layer must be an integer ≥ 0, got "2.5"');
     await expect(valuesOf(RUN_SETTINGS, ['--window', '0.2,0x1'])).rejects.toThrow('got "0x1"');
     await expect(valuesOf(RUN_SETTINGS, ['--window', '0.8,0.2'])).rejects.toThrow('--window must be FROM,TO with 0 ≤ FROM ≤ TO ≤ 1; got "0.8,0.2"');
@@ -207,7 +208,7 @@ describe('--strength-profile (formerly --kernel)', () => {
     const stderr = vi.spyOn(process.stderr, 'write').mockImplementation(() => true);
     const values = await valuesOf(CUT_SETTINGS, ['--direction', 'd', '--out', 'o', '--kernel', 'tent:3,2']);
     expect(values['strength-profile']).toBe('tent:3,2');
-    expect(abliterationSettings(values).kernel).toEqual({ kind: 'tent', peak: 3, width: 2, min: 0, max: 1 });
+    expect(abliterationSettings(values).strengthProfile).toEqual({ kind: 'tent', peak: 3, width: 2, min: 0, max: 1 });
     expect(stderr).toHaveBeenCalledWith('abliterate: --kernel is deprecated; use --strength-profile\n');
   });
 
@@ -226,6 +227,33 @@ describe('--strength-profile (formerly --kernel)', () => {
   });
 });
 
+describe('--point (formerly --layer): the residual point to take the direction at', () => {
+  it('the old flag and TOML key still work, with a deprecation message; --help names the new flag only', async () => {
+    const stderr = vi.spyOn(process.stderr, 'write').mockImplementation(() => true);
+    expect((await valuesOf(CUT_SETTINGS, ['--direction', 'd', '--out', 'o', '--layer', '4'])).point).toBe(4);
+    expect(stderr).toHaveBeenCalledWith('abliterate: --layer is deprecated; use --point\n');
+    expect(abliterationSettings(await valuesOf(RUN_SETTINGS, ['--layer', '3'])).point).toBe(3);
+    expect(await readConfig(toml('layer = 5\n'), RUN_SETTINGS)).toEqual({ point: 5 });
+    expect(stderr).toHaveBeenCalledWith('abliterate: the key layer is deprecated; use point\n');
+    await expect(valuesOf(CUT_SETTINGS, ['--direction', 'd', '--out', 'o', '--layer', '1', '--point', '1'])).rejects.toThrow('give --point or its old name --layer, not both');
+    for (const name of ['cut', 'steer', 'measure', 'run']) {
+      const help = program().commands.find((c) => c.name() === name)!.helpInformation();
+      expect(help, name).toContain('--point <n>');
+      expect(help, name).not.toContain('--layer ');
+    }
+  });
+
+  it('given by its old name, it still turns the search off', async () => {
+    vi.spyOn(process.stderr, 'write').mockImplementation(() => true);
+    const command = addSettingOptions(new Command('run').exitOverride().configureOutput({ writeErr: () => {} }), RUN_SETTINGS);
+    command.parse(['--layer', '2'], { from: 'user' });
+    expect(await givenKeys(command)).toContain('point');
+    const viaToml = addSettingOptions(new Command('run').exitOverride().configureOutput({ writeErr: () => {} }), RUN_SETTINGS);
+    viaToml.parse(['--config', toml('kernel = "tent:2,1"\n')], { from: 'user' });
+    expect(await givenKeys(viaToml)).toContain('strength-profile');
+  });
+});
+
 describe('the page form and the report', () => {
   it('every setting has what a form needs: a label, help, a kind and its range or choices', () => {
     for (const field of settingFields()) {
@@ -240,23 +268,23 @@ describe('the page form and the report', () => {
   it("the report's settings block reads back as the same settings", () => {
     const settings: AbliterationSettings = {
       ...DEFAULT_SETTINGS,
-      layer: 3,
+      point: 3,
       select: 'ablation',
       window: [0.1, 0.7],
       alpha: 1.25,
       layers: { kind: 'list', layers: [1, 4, 9] },
-      kernel: { kind: 'tent', peak: 3, width: 2.5, min: 0.25, max: 1 },
+      strengthProfile: { kind: 'tent', peak: 3, width: 2.5, min: 0.25, max: 1 },
       embedding: false,
       markers: ['no'],
     };
     const record = settingsRecord(settings);
-    expect(Object.keys(record)).toEqual(['measure-prompts', 'batch-size', 'layer', 'select', 'window', 'metric', 'candidates', 'alpha', 'layers', 'strength-profile', 'preserve-norm', 'embedding', 'max-tokens', 'markers']);
+    expect(Object.keys(record)).toEqual(['measure-prompts', 'batch-size', 'point', 'select', 'window', 'metric', 'candidates', 'alpha', 'layers', 'strength-profile', 'preserve-norm', 'embedding', 'max-tokens', 'markers']);
     expect(abliterationSettings(record as never)).toEqual(settings);
-    expect(settingsRecord(DEFAULT_SETTINGS).layer).toBeNull();
+    expect(settingsRecord(DEFAULT_SETTINGS).point).toBeNull();
   });
 
   it('the report carries the settings block', () => {
-    const settings: AbliterationSettings = { ...DEFAULT_SETTINGS, alpha: 0.75, kernel: { kind: 'tent', peak: 2, width: 3, min: 0, max: 1 } };
+    const settings: AbliterationSettings = { ...DEFAULT_SETTINGS, alpha: 0.75, strengthProfile: { kind: 'tent', peak: 2, width: 3, min: 0, max: 1 } };
     const evaluation = { harmful_refusal_rate: 0, harmless_refusal_rate: 0, kl: 0, perplexity: null, harmful_answers: [], harmless_answers: [] };
     const result = { point: 2, selection: { method: 'score' }, scores: [], strengths: [], before: evaluation, after: evaluation, kl: 0, timings: {} } as unknown as AbliterationResult;
     const report = reportOf(result, { folder: { name: 'model' } } as unknown as LlamaModel, cutParameters(result, settings, 'model'), null, 'adapter', settings);

@@ -53,7 +53,7 @@ describe('streamed weights', () => {
     const resident = await LlamaModel.load(gpu, folder, { residency: 'resident' });
     const residentMeasure = await measure(resident, harmful, harmless, { batchSize: 4 });
     const residentText = await generate(resident, harmful.slice(0, 3), { maxNewTokens: 10, stopTokenIds: new Set() });
-    await applyCut(resident, { direction, embedding: true, alpha: 0.9, layerWeights: [0, 1, 1, 0.5, 1, 0, 1, 1] });
+    await applyCut(resident, { direction, embedding: true, alpha: 0.9, strengths: [0, 1, 1, 0.5, 1, 0, 1, 1] });
     const residentAfter = await generate(resident, harmful.slice(0, 3), { maxNewTokens: 10, stopTokenIds: new Set() });
     const residentFiles = await exported(resident);
     const weightBytes = resident.weightBytes;
@@ -75,7 +75,7 @@ describe('streamed weights', () => {
       expect(streamedMeasure.scores).toEqual(residentMeasure.scores);
       expect(streamedMeasure.directions).toEqual(residentMeasure.directions);
       expect((await generate(streamed, harmful.slice(0, 3), { maxNewTokens: 10, stopTokenIds: new Set() })).tokens).toEqual(residentText.tokens);
-      const cut = await applyCut(streamed, { direction, embedding: true, alpha: 0.9, layerWeights: [0, 1, 1, 0.5, 1, 0, 1, 1] });
+      const cut = await applyCut(streamed, { direction, embedding: true, alpha: 0.9, strengths: [0, 1, 1, 0.5, 1, 0, 1, 1] });
       expect((await generate(streamed, harmful.slice(0, 3), { maxNewTokens: 10, stopTokenIds: new Set() })).tokens).toEqual(residentAfter.tokens);
       const streamedFiles = await exported(streamed);
       expect([...streamedFiles.keys()]).toEqual([...residentFiles.keys()]);

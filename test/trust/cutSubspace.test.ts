@@ -52,12 +52,12 @@ describe('cut --points: the subspace of several measured directions', () => {
     }
   });
 
-  it('refuses a malformed or out-of-range list, a repeated point, and --layer with --points, writing nothing', async () => {
+  it('refuses a malformed or out-of-range list, a repeated point, and --point with --points, writing nothing', async () => {
     const cut = (...args: string[]) => runCli(['cut', model.dir, '--direction', directions, '--out', join(work.path, 'refused'), ...args]);
     expectCliError(await cut('--points', '1,x'), '--points must be point indices separated by commas (e.g. 3,4,5), got "1,x"');
     expectCliError(await cut('--points', '1,1'), '--points lists a point twice: "1,1"');
     expectCliError(await cut('--points', '0,3'), "--points: point 3 is outside the file's points 0..2");
-    expectCliError(await cut('--points', '0,1', '--layer', '2'), 'give --layer or --points, not both');
+    expectCliError(await cut('--points', '0,1', '--point', '2'), 'give --point or --points, not both');
     expect(outputTraces(work.path, 'refused')).toEqual([]);
   });
 });
@@ -67,7 +67,7 @@ describe("cut --top-k: a point's stored subspace", () => {
     const subspaceFile = join(work.path, 'subspace.safetensors');
     await writeDirectionsFile(subspaceFile, 64, 3, 3);
     const out = join(work.path, 'out-top-k');
-    const result = await runCli(['cut', model.dir, '--direction', subspaceFile, '--layer', '1', '--top-k', '2', '--out', out, '--json'], { timeoutMs: 120_000 });
+    const result = await runCli(['cut', model.dir, '--direction', subspaceFile, '--point', '1', '--top-k', '2', '--out', out, '--json'], { timeoutMs: 120_000 });
     expect(result.code, result.stderr).toBe(0);
     const summary = JSON.parse(result.stdout) as { point: number; rank: number; tensors: string[] };
     expect(summary).toMatchObject({ point: 1, rank: 2 });

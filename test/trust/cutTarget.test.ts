@@ -86,9 +86,9 @@ describe('cut --target', () => {
     await expectLibraryCut(out, summary.tensors, orthonormalize([measurement.directions[2]!, measurement.harmDetection!.directions[1]!]));
   });
 
-  it('hdd --projected --layer: the harm-detection direction of that point, orthogonal to its harmless mean', async () => {
+  it('hdd --projected --point: the harm-detection direction of that point, orthogonal to its harmless mean', async () => {
     const out = join(work.path, 'out-hdd');
-    const result = await runCli(['cut', model.dir, '--direction', both, '--target', 'hdd', '--projected', '--layer', '2', '--out', out, '--json'], { timeoutMs: 120_000 });
+    const result = await runCli(['cut', model.dir, '--direction', both, '--target', 'hdd', '--projected', '--point', '2', '--out', out, '--json'], { timeoutMs: 120_000 });
     expect(result.code, result.stderr).toBe(0);
     const summary = JSON.parse(result.stdout) as { point: number; rank: number; target: string; projected: boolean; tensors: string[] };
     expect(summary).toMatchObject({ point: 2, rank: 1, target: 'hdd', projected: true });

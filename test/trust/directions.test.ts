@@ -163,15 +163,15 @@ describe('the CLI', () => {
     expect(snapshot(model.dir)).toEqual(before);
   });
 
-  it.concurrent('a zero direction chosen with --layer, and directions of another model shape', async () => {
+  it.concurrent('a zero direction chosen with --point, and directions of another model shape', async () => {
     const rng = new Random();
     const rows = unitDirections(rng);
     rows[0]!.fill(0);
     const zero = file(rows, 2);
     const out = join(work.path, 'cut-zero');
-    expectCliError(await runCli(['cut', model.dir, '--direction', zero, '--layer', '0', '--out', out]), `${zero}: the direction of point 0 is unusable: it is zero (the measurement found no difference at this point); choose another --layer`);
+    expectCliError(await runCli(['cut', model.dir, '--direction', zero, '--point', '0', '--out', out]), `${zero}: the direction of point 0 is unusable: it is zero (the measurement found no difference at this point); choose another --point`);
     expect(outputTraces(work.path, 'cut-zero')).toEqual([]);
-    expectCliError(await runCli(['steer', model.dir, '--direction', zero, '--layer', '0', ...prompt]), /: the direction of point 0 is unusable: it is zero/);
+    expectCliError(await runCli(['steer', model.dir, '--direction', zero, '--point', '0', ...prompt]), /: the direction of point 0 is unusable: it is zero/);
     const fourPoints = file(unitDirections(rng, 4), 1);
     expectCliError(await runCli(['steer', model.dir, '--direction', fourPoints, ...prompt]), `${fourPoints}: the directions were measured at 4 points, but this model has 2 layers (3 points)`);
     const wide = file(unitDirections(rng, POINTS, 96), 1);

@@ -103,7 +103,7 @@ describe('export of a sharded model', () => {
     const out = join(work.path, 'run-out');
     const text = join(work.path, 'plain.txt');
     writeFileSync(text, 'The river runs past the old mill, and the children fly their kites on the hill above it.\n');
-    const args = ['run', medium.dir, '--out', out, '--limit', '2', '--max-tokens', '2', '--plain-text', text, '--layer', '3', '--json'];
+    const args = ['run', medium.dir, '--out', out, '--limit', '2', '--max-tokens', '2', '--plain-text', text, '--point', '3', '--json'];
     const { result, watch } = await runWatched(args, work.path, 'run-out');
     expect(result.code, result.stderr).toBe(0);
     const report = JSON.parse(result.stdout) as { strengths: number[] };

@@ -188,7 +188,7 @@ describe('run: reports name paths as given and list the files left out', () => {
     const local = writeModelDir(join(parent, 'model'));
     writeFileSync(join(local.dir, 'model.onnx'), 'not really onnx');
     writeFileSync(join(local.dir, 'LICENSE'), 'license text\n');
-    const result = await runCli(['run', 'model', '--out', 'out', '--limit', '2', '--max-tokens', '2', '--layer', '1', '--json'], { cwd: parent });
+    const result = await runCli(['run', 'model', '--out', 'out', '--limit', '2', '--max-tokens', '2', '--point', '1', '--json'], { cwd: parent });
     expect(result.code, result.stderr).toBe(0);
     const report = JSON.parse(result.stdout) as { model: string; output: string; parameters: { source_model: string }; skipped_files: unknown[] };
     expect(report.model).toBe('model');

@@ -318,7 +318,7 @@ function readSettings(): { page: PageSettings; limit: number } {
   return {
     page: {
       ...form,
-      layer: ui.layer.value === 'auto' || ui.layer.value === 'ablation' ? undefined : Number(ui.layer.value),
+      point: ui.layer.value === 'auto' || ui.layer.value === 'ablation' ? undefined : Number(ui.layer.value),
       select: ui.layer.value === 'ablation' ? 'ablation' : 'score',
     },
     limit,

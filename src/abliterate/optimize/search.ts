@@ -43,16 +43,16 @@ export async function applyTrialCut(model: LlamaModel, measurement: Measurement,
   const L = model.config.numLayers;
   const { attention, mlp, direction } = cutPlan(model, measurement, p);
   if (p.scope === 'global') {
-    return applyCut(model, { direction, attentionLayerWeights: attention, mlpLayerWeights: mlp, preserveRowNorm: p.preserve_norm, embedding: p.embedding });
+    return applyCut(model, { direction, attentionStrengths: attention, mlpStrengths: mlp, preserveRowNorm: p.preserve_norm, embedding: p.embedding });
   }
   const cuts: AppliedCut[] = [];
   const only = (weights: readonly number[], l: number) => weights.map((w, i) => (i === l ? w : 0));
   try {
-    if (p.embedding) cuts.push(await applyCut(model, { direction, layerWeights: new Array<number>(L).fill(0), embedding: true, preserveRowNorm: p.preserve_norm }));
+    if (p.embedding) cuts.push(await applyCut(model, { direction, strengths: new Array<number>(L).fill(0), embedding: true, preserveRowNorm: p.preserve_norm }));
     for (let l = 0; l < L; l++) {
       if (attention[l] === 0 && mlp[l] === 0) continue;
       const own = interpolatedDirection(measurement, l + 1, p.projected);
-      cuts.push(await applyCut(model, { direction: own, attentionLayerWeights: only(attention, l), mlpLayerWeights: only(mlp, l), preserveRowNorm: p.preserve_norm }));
+      cuts.push(await applyCut(model, { direction: own, attentionStrengths: only(attention, l), mlpStrengths: only(mlp, l), preserveRowNorm: p.preserve_norm }));
     }
   } catch (error) {
     for (const cut of cuts.reverse()) await cut.undo();
