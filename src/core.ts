@@ -59,6 +59,19 @@ export {
 export { instructionOffset, templateSuffix } from './abliterate/instruction.ts';
 export { compareDirections, CUT_TARGETS, storedTargets, type CutTarget, type DirectionComparison } from './abliterate/dbdi.ts';
 export { orthogonalTo, projectedDirection, sparsify, sparsifyCount, winsorize } from './abliterate/hygiene.ts';
+export {
+  detectHardening,
+  HARDENING_THRESHOLDS,
+  topEffectiveRank,
+  verdictOf,
+  weighEvidence,
+  type DetectOptions,
+  type HardeningDetection,
+  type HardeningEvidence,
+  type HardeningRecommendation,
+  type HardeningSignal,
+  type HardeningVerdict,
+} from './abliterate/detect.ts';
 export { DEFAULT_WINDOW, rankPoints, selectPoint, type ScoreSelectionOptions, type SelectionMetric } from './abliterate/select.ts';
 export { rankByAblation, type AblationRankingOptions, type CandidateTrial } from './abliterate/selectByAblation.ts';
 export { applyCut, cutBasis, layerStrengths, orthonormalize, type AppliedCut, type CutOptions, type CutSpec, type CutUndo, type StrengthProfile, type LayerSelection } from './abliterate/cut.ts';
