@@ -238,7 +238,7 @@ function recommend(verdict: HardeningVerdict, evidence: readonly HardeningEviden
       rank: 1,
       target: 'red',
       point,
-      commands: [`abliterate measure MODEL --out DIRECTIONS`, `abliterate cut MODEL --direction DIRECTIONS --layer ${point} --out CUT`],
+      commands: [`abliterate measure MODEL --out DIRECTIONS`, `abliterate cut MODEL --direction DIRECTIONS --point ${point} --out CUT`],
       reason: 'one direction carries refusal: the default rank-1 cut of the refusal-execution direction',
     };
   }
@@ -257,7 +257,7 @@ function recommend(verdict: HardeningVerdict, evidence: readonly HardeningEviden
   const target: CutTarget = separate ? 'both' : 'red';
   const commands = [
     `abliterate measure MODEL --mode subspace --top-k ${rank} --position both --out DIRECTIONS`,
-    `abliterate cut MODEL --direction DIRECTIONS --layer ${point} --top-k ${rank} --out CUT`,
+    `abliterate cut MODEL --direction DIRECTIONS --point ${point} --top-k ${rank} --out CUT`,
     ...(separate ? [`abliterate cut MODEL --direction DIRECTIONS --target both --out CUT`] : []),
     ...(fires('cut_raised_refusal') ? ['abliterate optimize MODEL --direction-window 0,1'] : []),
   ];
