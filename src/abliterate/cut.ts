@@ -1,9 +1,10 @@
 import { GpuOutOfMemoryError } from '../gpu/errors.ts';
 import type { Gpu } from '../gpu/gpu.ts';
-import { bytesPerElement, unpackFromU32 } from '../io/dtype.ts';
+import { bytesPerElement, decodeToFloat32, unpackFromU32 } from '../io/dtype.ts';
 import { recordSubspaceCut, recordSubspaceCutInverse, subspaceCutFactorsLength, type CutSide } from '../kernels/lowRank.ts';
 import type { LlamaModel } from '../model/model.ts';
 import type { PackedMatrix } from '../gpu/packedMatrix.ts';
+import { layerLayout } from '../model/layout.ts';
 import { isResident, residualWriterNames, type StreamedWeights } from '../model/weights.ts';
 
 /** Which decoder layers a cut touches. */
@@ -142,23 +143,129 @@ function dot(a: ArrayLike<number>, b: ArrayLike<number>): number {
   return sum;
 }
 
-/** One matrix a cut changes: W ← W − α_m B (BᵀW) for 'output', E ← E − α_m (E B) Bᵀ for 'input'. */
+/**
+ * The projection a post-normed writer is cut with (`postNormedProjection`): W ← W − α L (RᵀW), both
+ * f32 [K, hidden], with RᵀL = I.
+ */
+export interface ObliqueProjection {
+  left: Float32Array;
+  right: Float32Array;
+}
+
+/**
+ * One matrix a cut changes: W ← W − α_m B (BᵀW) for 'output', E ← E − α_m (E B) Bᵀ for 'input';
+ * a writer followed by a norm (Gemma) W ← W − α_m L (RᵀW) with its `projection`.
+ */
 interface CutTarget {
   name: string;
   side: CutSide;
   alpha: number;
+  projection?: ObliqueProjection;
 }
 
-/** The embedding, then each layer's residual writers: `o_proj`, and the `down_proj` of the MLP or of every expert. */
-function cutTargets(model: LlamaModel, alpha: number, strengths: { o: readonly number[]; down: readonly number[] }, embedding: boolean): CutTarget[] {
+/**
+ * How far below the largest |g| a scale counts as zero in `postNormedProjection`: such an axis of the
+ * writer's output reaches the stream scaled by less than 1e-6 of the others, so nothing is cut there.
+ */
+const DEAD_SCALE = 1e-6;
+
+/**
+ * The cut of a writer whose output o reaches the residual stream as n(o) = g ⊙ o / rms(o) (Gemma's
+ * post-attention and post-feedforward norms, g = 1 + w), for an orthonormal basis B (rows of `basis`,
+ * [K, hidden]). Run-time ablation makes the stream receive (I − B Bᵀ) n(o) = G (I − G⁻¹B BᵀG) o / rms(o)
+ * with G = diag(g): the oblique projector P = I − L Rᵀ applied to o, L = G⁻¹B, R = G B (RᵀL = BᵀB = I).
+ * Cutting W ← P W makes the stream receive g ⊙ P o / rms(P o): BᵀG P = 0, so the write is orthogonal to
+ * span(B) for every input, and it is ablation's write times rms(o) / rms(P o) > 0 — the same direction,
+ * a rescaled length (ARCHITECTURE.md, "Post-normed blocks"). Axes with |g_i| below `DEAD_SCALE` of the
+ * largest carry nothing to the stream: L is 0 there, and L is rescaled by (BᵀD B)⁻¹ (D: the live axes)
+ * so that RᵀL = I still holds. Float64, rounded to f32 at the end.
+ */
+export function postNormedProjection(basis: readonly Float32Array[], scale: ArrayLike<number>): ObliqueProjection {
+  const K = basis.length;
+  const H = scale.length;
+  let largest = 0;
+  for (let i = 0; i < H; i++) {
+    const g = scale[i]!;
+    if (!Number.isFinite(g)) throw new RangeError(`the norm scale holds ${g} at index ${i}`);
+    largest = Math.max(largest, Math.abs(g));
+  }
+  if (!(largest > 0)) throw new RangeError('the norm scale is zero everywhere: the writer reaches the residual stream not at all');
+  const inverse = Float64Array.from({ length: H }, (_, i) => (Math.abs(scale[i]!) > DEAD_SCALE * largest ? 1 / scale[i]! : 0));
+  const right = basis.map((b) => Float64Array.from(b, (x, i) => x * scale[i]!));
+  const raw = basis.map((b) => Float64Array.from(b, (x, i) => x * inverse[i]!));
+  // M = (RᵀL_raw)⁻¹ = (BᵀDB)⁻¹, symmetric positive definite; the identity unless an axis is dead.
+  const gram = Array.from({ length: K }, (_, a) => Array.from({ length: K }, (_, b) => dot(right[a]!, raw[b]!)));
+  const m = invertSymmetric(gram);
+  const left = raw.map((_, k) => {
+    const out = new Float64Array(H);
+    for (let j = 0; j < K; j++) {
+      const c = m[j]![k]!;
+      for (let i = 0; i < H; i++) out[i] = out[i]! + raw[j]![i]! * c;
+    }
+    return out;
+  });
+  const pack = (vectors: Float64Array[]) => {
+    const out = new Float32Array(K * H);
+    vectors.forEach((v, k) => out.set(v, k * H));
+    return out;
+  };
+  return { left: pack(left), right: pack(right) };
+}
+
+/** Gauss–Jordan inverse of a small symmetric positive definite matrix; refuses a (near-)singular one. */
+function invertSymmetric(a: number[][]): number[][] {
+  const n = a.length;
+  const m = a.map((row, i) => [...row, ...Array.from({ length: n }, (_, j) => (i === j ? 1 : 0))]);
+  const size = Math.max(...a.map((row, i) => Math.abs(row[i]!)));
+  for (let c = 0; c < n; c++) {
+    let pivot = c;
+    for (let r = c + 1; r < n; r++) if (Math.abs(m[r]![c]!) > Math.abs(m[pivot]![c]!)) pivot = r;
+    if (!(Math.abs(m[pivot]![c]!) > 1e-9 * size)) throw new RangeError('the directions lie on axes the norm scales to zero: the writer cannot carry them, and the cut is not defined');
+    [m[c], m[pivot]] = [m[pivot]!, m[c]!];
+    const p = m[c]![c]!;
+    m[c] = m[c]!.map((x) => x / p);
+    for (let r = 0; r < n; r++) {
+      if (r === c) continue;
+      const f = m[r]![c]!;
+      if (f !== 0) m[r] = m[r]!.map((x, j) => x - f * m[c]![j]!);
+    }
+  }
+  return m.map((row) => row.slice(n));
+}
+
+/** (1 + w) of a norm of the checkpoint, in float64 from its stored values. */
+async function normScale(model: LlamaModel, name: string): Promise<Float64Array> {
+  const w = decodeToFloat32(await model.tensors.read(name), model.tensors.tensor(name).dtype);
+  return Float64Array.from(w, (x) => 1 + x);
+}
+
+/**
+ * The embedding, then each layer's residual writers: `o_proj`, and the `down_proj` of the MLP or of
+ * every expert. Post-normed blocks (Gemma) get each writer's oblique projection through the norm that
+ * follows it (`post_attention_layernorm` after `o_proj`, `post_feedforward_layernorm` after `down_proj`).
+ */
+async function cutTargets(model: LlamaModel, basis: readonly Float32Array[], alpha: number, strengths: { o: readonly number[]; down: readonly number[] }, embedding: boolean): Promise<CutTarget[]> {
+  const { config } = model;
   const targets: CutTarget[] = [];
   if (embedding) targets.push({ name: 'model.embed_tokens.weight', side: 'input', alpha });
-  for (let l = 0; l < model.config.numLayers; l++) {
+  const projection = async (norm: string | undefined) => {
+    if (!config.block.sandwichNorms) return undefined;
+    if (norm === undefined) throw new Error(`${config.architecture}: a post-normed block without its norm's name`);
+    return postNormedProjection(basis, await normScale(model, norm));
+  };
+  for (let l = 0; l < config.numLayers; l++) {
     const o = alpha * strengths.o[l]!;
     const down = alpha * strengths.down[l]!;
-    const writers = residualWriterNames(model.config, model.tensors, l);
-    if (o !== 0) for (const name of writers.attention) targets.push({ name, side: 'output', alpha: o });
-    if (down !== 0) for (const name of writers.mlp) targets.push({ name, side: 'output', alpha: down });
+    const writers = residualWriterNames(config, model.tensors, l);
+    const layout = config.block.sandwichNorms ? layerLayout(config, l) : undefined;
+    if (o !== 0) {
+      const p = await projection(layout?.postAttentionNorm);
+      for (const name of writers.attention) targets.push({ name, side: 'output', alpha: o, projection: p });
+    }
+    if (down !== 0) {
+      const p = await projection(layout?.postFeedforwardNorm);
+      for (const name of writers.mlp) targets.push({ name, side: 'output', alpha: down, projection: p });
+    }
   }
   return targets;
 }
@@ -172,13 +279,6 @@ function cutTargets(model: LlamaModel, alpha: number, strengths: { o: readonly n
  */
 export async function applyCut(model: LlamaModel, spec: CutSpec): Promise<AppliedCut> {
   const { config, weights } = model;
-  if (config.block.sandwichNorms) {
-    // Gemma's writers are followed by an RMSNorm with a learned scale: cutting o_proj and down_proj
-    // does not remove the direction from what the stream receives (ARCHITECTURE.md, "Post-normed blocks").
-    throw new RangeError(
-      `cutting weights of ${config.architecture} models is not supported: their attention and MLP outputs pass through a norm with a learned scale before the residual stream, so a weight cut would not equal ablating the direction; ablate it at run time (steer) instead`,
-    );
-  }
   const given = spec.direction !== undefined ? [spec.direction] : spec.basis instanceof Float32Array ? [spec.basis] : spec.basis;
   const basis = cutBasis(given, config.hiddenSize, { orthonormalize: spec.orthonormalize ?? false });
   const alpha = spec.alpha ?? 1;
@@ -193,7 +293,7 @@ export async function applyCut(model: LlamaModel, spec: CutSpec): Promise<Applie
   const preserveRowNorm = spec.preserveRowNorm ?? false;
   const undo = spec.undo ?? 'auto';
   if (undo === 'inverse' && preserveRowNorm) throw new RangeError("a norm-preserving cut cannot be undone by the inverse update; use undo 'auto', 'snapshot' or 'host'");
-  const targets = cutTargets(model, alpha, componentStrengths, spec.embedding ?? false);
+  const targets = await cutTargets(model, basis, alpha, componentStrengths, spec.embedding ?? false);
   const packed = new Float32Array(basis.length * config.hiddenSize);
   basis.forEach((v, k) => packed.set(v, k * config.hiddenSize));
   const run = { basis: packed, rank: basis.length, targets, preserveRowNorm };
@@ -211,6 +311,9 @@ interface CutRun {
 /** A resident matrix being cut, with what its undo needs. */
 interface ResidentTarget extends CutTarget {
   matrix: PackedMatrix;
+  /** The projection's factors on the GPU (shared by the writers of one norm); absent: the basis. */
+  left?: GPUBuffer;
+  right?: GPUBuffer;
   /** 'snapshot': one GPU copy per chunk. */
   snapshot?: GPUBuffer[];
   /** 'host': the stored words of each chunk. */
@@ -231,14 +334,17 @@ async function applyResidentCut(model: LlamaModel, run: CutRun, undo: CutUndo): 
   const targets: ResidentTarget[] = run.targets.map((t) => ({ ...t, matrix: matrices.get(t.name)! }));
   const factorsLength = (t: ResidentTarget) => subspaceCutFactorsLength(t.matrix, t.side, rank);
   const basis = gpu.upload(run.basis, 'cut basis');
+  const projections = new ProjectionBuffers(gpu);
   let scratch: GPUBuffer | undefined;
   const free = () => {
     gpu.destroyBuffer(basis);
+    projections.destroy();
     if (scratch) gpu.destroyBuffer(scratch);
     for (const t of targets) freeUndoData(gpu, t);
   };
   let mode: AppliedCut['undoMode'];
   try {
+    for (const t of targets) if (t.projection) Object.assign(t, projections.get(t.projection));
     if (undo === 'inverse') {
       for (const t of targets) t.factors = gpu.createBuffer(factorsLength(t) * 4, `${t.name} cut factors`);
     } else if (targets.length) {
@@ -264,7 +370,7 @@ async function applyResidentCut(model: LlamaModel, run: CutRun, undo: CutUndo): 
     const batch = gpu.batch(`cut rank ${rank}`);
     for (const t of targets) {
       t.snapshot?.forEach((copy, i) => batch.copy(t.matrix.chunks[i]!.buffer, 0, copy, 0, copy.size));
-      recordSubspaceCut(batch, { matrix: t.matrix, side: t.side, basis, rank, alpha: t.alpha, preserveRowNorm: run.preserveRowNorm, factors: t.factors ?? scratch! });
+      recordSubspaceCut(batch, { matrix: t.matrix, side: t.side, basis: t.right ?? basis, left: t.left, rank, alpha: t.alpha, preserveRowNorm: run.preserveRowNorm, factors: t.factors ?? scratch! });
     }
     await batch.submit();
   } catch (error) {
@@ -273,7 +379,37 @@ async function applyResidentCut(model: LlamaModel, run: CutRun, undo: CutUndo): 
   }
   if (scratch) gpu.destroyBuffer(scratch);
   for (const t of targets) model.modifiedTensors.add(t.name);
-  return new ResidentCut(model, targets, basis, rank, mode, wasModified);
+  return new ResidentCut(model, targets, basis, projections, rank, mode, wasModified);
+}
+
+/** The GPU copies of the cut's oblique projections, one pair per projection however many writers share it. */
+class ProjectionBuffers {
+  private readonly uploaded = new Map<ObliqueProjection, { left: GPUBuffer; right: GPUBuffer }>();
+
+  constructor(private readonly gpu: Gpu) {}
+
+  get(projection: ObliqueProjection): { left: GPUBuffer; right: GPUBuffer } {
+    let buffers = this.uploaded.get(projection);
+    if (!buffers) {
+      const left = this.gpu.upload(projection.left, 'cut left factors');
+      try {
+        buffers = { left, right: this.gpu.upload(projection.right, 'cut right factors') };
+      } catch (error) {
+        this.gpu.destroyBuffer(left);
+        throw error;
+      }
+      this.uploaded.set(projection, buffers);
+    }
+    return buffers;
+  }
+
+  destroy(): void {
+    for (const { left, right } of this.uploaded.values()) {
+      this.gpu.destroyBuffer(left);
+      this.gpu.destroyBuffer(right);
+    }
+    this.uploaded.clear();
+  }
 }
 
 function freeUndoData(gpu: Gpu, target: ResidentTarget): void {
@@ -292,6 +428,7 @@ class ResidentCut implements AppliedCut {
     private readonly model: LlamaModel,
     private readonly targets: ResidentTarget[],
     private readonly basis: GPUBuffer,
+    private readonly projections: ProjectionBuffers,
     readonly rank: number,
     readonly undoMode: AppliedCut['undoMode'],
     private readonly wasModified: ReadonlySet<string>,
@@ -314,7 +451,7 @@ class ResidentCut implements AppliedCut {
     for (const t of this.targets) {
       if (t.snapshot) t.snapshot.forEach((copy, i) => batch.copy(copy, 0, t.matrix.chunks[i]!.buffer, 0, copy.size));
       else if (t.host) t.host.forEach((words, i) => batch.write(t.matrix.chunks[i]!.buffer, new Uint8Array(words)));
-      else if (t.factors) recordSubspaceCutInverse(batch, { matrix: t.matrix, side: t.side, basis: this.basis, rank: this.rank, alpha: t.alpha, factors: t.factors });
+      else if (t.factors) recordSubspaceCutInverse(batch, { matrix: t.matrix, side: t.side, basis: t.right ?? this.basis, left: t.left, rank: this.rank, alpha: t.alpha, factors: t.factors });
     }
     await batch.submit();
     for (const t of this.targets) if (!this.wasModified.has(t.name)) this.model.modifiedTensors.delete(t.name);
@@ -333,6 +470,7 @@ class ResidentCut implements AppliedCut {
     const { gpu } = this.model;
     for (const t of this.targets) freeUndoData(gpu, t);
     gpu.destroyBuffer(this.basis);
+    this.projections.destroy();
   }
 }
 
@@ -358,13 +496,15 @@ async function applyStreamedCut(model: LlamaModel, weights: StreamedWeights, run
     }
   };
   const basis = gpu.upload(run.basis, 'cut basis');
+  const projections = new ProjectionBuffers(gpu);
   try {
     for (const t of run.targets) {
+      const projection = t.projection ? projections.get(t.projection) : undefined;
       await weights.withMatrix(t.name, async (matrix) => {
         const factors = gpu.createBuffer(subspaceCutFactorsLength(matrix, t.side, rank) * 4, `${t.name} cut factors`);
         try {
           const batch = gpu.batch(`cut ${t.name}`);
-          recordSubspaceCut(batch, { matrix, side: t.side, basis, rank, alpha: t.alpha, preserveRowNorm: run.preserveRowNorm, factors });
+          recordSubspaceCut(batch, { matrix, side: t.side, basis: projection?.right ?? basis, left: projection?.left, rank, alpha: t.alpha, preserveRowNorm: run.preserveRowNorm, factors });
           await batch.submit();
           const bytes = await readMatrixBytes(gpu, matrix);
           if (!previous.has(t.name)) previous.set(t.name, replaced.get(t.name));
@@ -380,6 +520,7 @@ async function applyStreamedCut(model: LlamaModel, weights: StreamedWeights, run
     throw error;
   } finally {
     gpu.destroyBuffer(basis);
+    projections.destroy();
   }
   let state: 'applied' | 'undone' | 'released' = 'applied';
   return {

@@ -142,6 +142,11 @@ export interface SubspaceCutArgs {
   side: CutSide;
   /** f32 [K, hidden]: the orthonormal basis vectors, one after the other. */
   basis: GPUBuffer;
+  /**
+   * 'output' only: f32 [K, hidden], the update's left factors L, so that W ← W − α L (BᵀW), an oblique
+   * projection when BᵀL = I (a writer followed by a norm, `postNormedProjection`). Default: the basis.
+   */
+  left?: GPUBuffer;
   rank: number;
   alpha: number;
   preserveRowNorm?: boolean;
@@ -171,9 +176,11 @@ export function recordSubspaceCut(batch: ComputeBatch, args: SubspaceCutArgs): v
   requireRank(rank, label, hidden);
   requireFloats(basis, rank * hidden, 'basis', label);
   requireFloats(factors, subspaceCutFactorsLength(matrix, side, rank), 'factors', label);
+  if (args.left && side !== 'output') throw new GpuValidationError(`${label}: left factors apply to the output side only`);
+  if (args.left) requireFloats(args.left, rank * hidden, 'left', label);
   if (side === 'output') {
     recordColumnDot(batch, { matrix, basis, rank, v: factors });
-    recordLowRankUpdate(batch, { matrix, a: basis, b: factors, rank, alpha, preserveRowNorm });
+    recordLowRankUpdate(batch, { matrix, a: args.left ?? basis, b: factors, rank, alpha, preserveRowNorm });
   } else {
     recordMatmul(batch, { x: basis, tokens: rank, weight: matrix, y: factors });
     // U [K, rows] row k = E b_k: the update's a[k]; the basis vectors are its b[k].
@@ -181,9 +188,9 @@ export function recordSubspaceCut(batch: ComputeBatch, args: SubspaceCutArgs): v
   }
 }
 
-/** Undoes `recordSubspaceCut` from its kept factors, W ← W + α B V (or E + α U Bᵀ): exact up to rounding; not for norm-preserving cuts. */
+/** Undoes `recordSubspaceCut` from its kept factors, W ← W + α L V (or E + α U Bᵀ): exact up to rounding; not for norm-preserving cuts. */
 export function recordSubspaceCutInverse(batch: ComputeBatch, args: Omit<SubspaceCutArgs, 'preserveRowNorm'>): void {
   const { matrix, side, basis, rank, alpha, factors } = args;
-  if (side === 'output') recordLowRankUpdate(batch, { matrix, a: basis, b: factors, rank, alpha: -alpha });
+  if (side === 'output') recordLowRankUpdate(batch, { matrix, a: args.left ?? basis, b: factors, rank, alpha: -alpha });
   else recordLowRankUpdate(batch, { matrix, a: factors, b: basis, rank, alpha: -alpha });
 }

@@ -35,8 +35,8 @@ interface Family {
   /** How the rendered prompt must end (the generation prompt; thinking off for Qwen3). */
   promptEnd: string;
   bos?: number;
-  /** The tensors a cut changes besides the embedding, per layer; undefined where cuts are refused (Gemma's post-normed blocks). */
-  cutTensors: ((l: number) => string[]) | undefined;
+  /** The tensors a cut changes besides the embedding, per layer. */
+  cutTensors: (l: number) => string[];
   /** inspect's active parameters: total less the experts a token does not use. */
   inactiveParameters: number;
   /** Run eval too (the slowest step; once per tokenizer is enough). */
@@ -118,7 +118,8 @@ const FAMILIES: Family[] = [
     config: { bos_token_id: 2, eos_token_id: [1, 106], pad_token_id: 0, max_position_embeddings: 32768, rope_local_base_freq: 10000, rope_scaling: null },
     promptEnd: '<start_of_turn>model\n',
     bos: 2,
-    cutTensors: undefined,
+    // Post-normed blocks: the same writers, cut through their norms' scales.
+    cutTensors: (l) => [`model.layers.${l}.mlp.down_proj.weight`, `model.layers.${l}.self_attn.o_proj.weight`],
     inactiveParameters: 0,
     evaluate: false,
   },
@@ -209,14 +210,6 @@ describe.each(FAMILIES)('$name with its real tokenizer and chat template', (fami
     expect(JSON.stringify(measured)).toMatch(/\d/);
 
     const out = join(dir, `${family.name.replace(/\W+/g, '-')}-cut`);
-    if (family.cutTensors === undefined) {
-      // Post-normed blocks: the cut is refused with its reason, and nothing is written.
-      await expect(cli('cut', model, '--direction', directions, '--out', out)).rejects.toThrow(/not supported.*norm with a learned scale/s);
-      if (!family.evaluate) return;
-      const evaluated = await cli('eval', model, '--eval-harmful', join(dir, 'harmful.txt'), '--eval-harmless', join(dir, 'harmless.txt'), '--plain-text', join(dir, 'plain.txt'), '--limit', '2', '--max-tokens', '3');
-      expect(JSON.stringify(evaluated)).toContain('refusal');
-      return;
-    }
     const cutTensors = family.cutTensors;
     await cli('cut', model, '--direction', directions, '--out', out);
     const input = await SafetensorsModel.open(new NodeFolder(model));

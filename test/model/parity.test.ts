@@ -1,12 +1,12 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Gpu } from '../../src/gpu/gpu.ts';
 import { generate } from '../../src/model/generate.ts';
-import { KvCache } from '../../src/model/kvCache.ts';
 import type { LlamaModel } from '../../src/model/model.ts';
-import { HookRunner, type Hook, type TapPoint } from '../../src/model/taps.ts';
+import type { TapPoint } from '../../src/model/taps.ts';
 import { ReferenceLlama } from '../reference/llama.ts';
 import type { RandomModel, RandomModelOptions } from '../reference/randomModel.ts';
 import { loadRandomModel } from '../helpers/models.ts';
+import { tapEverything } from '../helpers/taps.ts';
 import { relativeError } from '../helpers/compare.ts';
 import { testGpu } from '../helpers/gpu.ts';
 import { Random } from '../helpers/random.ts';
@@ -60,48 +60,13 @@ async function loadRandom(options: RandomModelOptions): Promise<{ random: Random
   return { random, model, reference: new ReferenceLlama(random.config, random.weights) };
 }
 
-/** Runs one prefill of `prompts` packed together, tapping every point at every position. */
-async function tapEverything(model: LlamaModel, prompts: number[][]) {
-  const { config } = model;
-  const H = config.hiddenSize;
-  const total = prompts.reduce((n, p) => n + p.length, 0);
-  const points: TapPoint[] = ['embed', 'resid_pre', 'attn_out', 'resid_mid', 'mlp_out', 'resid_post', 'final_norm'];
-  const buffers = new Map<TapPoint, GPUBuffer>();
-  const hooks: Hook[] = points.map((point) => {
-    const layers = point === 'embed' || point === 'final_norm' ? 1 : config.numLayers;
-    const buffer = gpu.createBuffer(layers * total * H * 4, point);
-    buffers.set(point, buffer);
-    return { point, positions: 'all', action: { kind: 'write', buffer, rowsPerLayer: total } };
-  });
-  const runner = new HookRunner(hooks, config.numLayers);
-  const cache = new KvCache(gpu, config, prompts.length, Math.max(...prompts.map((p) => p.length)));
-  let start = 0;
-  const sequences = prompts.map((p, slot) => {
-    const s = { slot, start, length: p.length, firstPosition: 0 };
-    start += p.length;
-    return s;
-  });
-  const batch = gpu.batch('parity');
-  const logits = model.forward.recordStep(batch, { tokens: prompts.flat(), sequences, logits: 'last' }, cache, runner)!;
-  await batch.submit();
-  runner.endStep(gpu, sequences);
-  const taps = new Map<TapPoint, Float32Array>();
-  for (const [point, buffer] of buffers) {
-    taps.set(point, await gpu.readF32(buffer));
-    gpu.destroyBuffer(buffer);
-  }
-  const logitValues = await gpu.readF32(logits, 0, prompts.length * config.vocabSize);
-  cache.dispose();
-  return { taps, logits: logitValues, sequences };
-}
-
 describe('forward pass against the float64 reference', () => {
   it.each(VARIANTS)('%s: every tap of every layer and the logits', async (_, options) => {
     const { random, model, reference } = await loadRandom(options);
     try {
       const rng = new Random(random.seed);
       const prompts = [11, 4, 1, 23].map((n) => Array.from({ length: n }, () => rng.int(0, random.config.vocabSize - 1)));
-      const { taps, logits, sequences } = await tapEverything(model, prompts);
+      const { taps, logits, sequences } = await tapEverything(gpu, model, prompts);
       const H = random.config.hiddenSize;
       const V = random.config.vocabSize;
       const total = prompts.reduce((n, p) => n + p.length, 0);
@@ -165,11 +130,11 @@ describe('forward pass against the float64 reference', () => {
     try {
       const rng = new Random(random.seed);
       const prompts = [7, 1, 15, 3].map((n) => Array.from({ length: n }, () => rng.int(0, random.config.vocabSize - 1)));
-      const together = await tapEverything(model, prompts);
+      const together = await tapEverything(gpu, model, prompts);
       const V = random.config.vocabSize;
       const H = random.config.hiddenSize;
       for (const [i, prompt] of prompts.entries()) {
-        const alone = await tapEverything(model, [prompt]);
+        const alone = await tapEverything(gpu, model, [prompt]);
         expect(relativeError(alone.logits, together.logits.subarray(i * V, (i + 1) * V))).toBeLessThan(1e-6);
         const total = prompts.reduce((n, p) => n + p.length, 0);
         const last = random.config.numLayers - 1;

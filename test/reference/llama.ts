@@ -72,6 +72,17 @@ export interface ReferenceOutput {
   logits: Float64Array;
 }
 
+/**
+ * Where a run-time edit of the reference's activations applies: the embedding's output, the raw
+ * output of `o_proj` and of the MLP (before Gemma's post-norms), the writes the stream receives
+ * (`attn_out`, `mlp_out`: after the post-norms in Gemma, the same as the raw outputs elsewhere), and
+ * the final norm's output.
+ */
+export type ReferenceEditPoint = 'embed' | 'attn_proj' | 'attn_out' | 'mlp_proj' | 'mlp_out' | 'final_norm';
+
+/** Changes the rows x [T, H] at a point in place (layer undefined for `embed` and `final_norm`). */
+export type ReferenceEdit = (point: ReferenceEditPoint, layer: number | undefined, x: Float64Array) => void;
+
 /** RoPE inverse frequencies in float64: theta^(-2i/d), then linear or llama3 scaling. */
 export function referenceInverseFrequencies(config: Pick<ModelConfig, 'headDim' | 'ropeTheta' | 'ropeScaling'>): Float64Array {
   const d = config.headDim;
@@ -198,7 +209,7 @@ export class ReferenceLlama {
   }
 
   /** One sequence at positions 0..T−1; every tap of every layer. */
-  forward(tokens: readonly number[]): ReferenceOutput {
+  forward(tokens: readonly number[], edit?: ReferenceEdit): ReferenceOutput {
     const c = this.config;
     const H = c.hiddenSize;
     const T = tokens.length;
@@ -214,16 +225,18 @@ export class ReferenceLlama {
       const normalizer = c.torchDtype === 'bfloat16' ? fromBfloat16Bits(toBfloat16Bits(root)) : c.torchDtype === 'float16' ? fromFloat16Bits(toFloat16Bits(root)) : Math.fround(root);
       for (let i = 0; i < embed.length; i++) embed[i]! *= normalizer;
     }
+    edit?.('embed', undefined, embed);
 
     const positions = tokens.map((_, t) => t);
     const layers: ReferenceLayer[] = [];
     let x: Float64Array = embed;
     for (let l = 0; l < c.numLayers; l++) {
-      const layer = this.layer(l, x, positions);
+      const layer = this.layer(l, x, positions, edit);
       layers.push(layer);
       x = layer.residPost;
     }
     const finalNorm = rmsnorm(x, H, this.weights.get('model.norm.weight'), c.rmsNormEps, this.gemma);
+    edit?.('final_norm', undefined, finalNorm);
     const head = c.tieWordEmbeddings ? embedTable : this.weights.get('lm_head.weight');
     const logits = linear(finalNorm, H, head, c.vocabSize);
     const cap = c.finalLogitSoftcap;
@@ -231,7 +244,7 @@ export class ReferenceLlama {
     return { embed, layers, finalNorm, logits };
   }
 
-  private layer(l: number, residPre: Float64Array, positions: readonly number[]): ReferenceLayer {
+  private layer(l: number, residPre: Float64Array, positions: readonly number[], edit: ReferenceEdit | undefined): ReferenceLayer {
     const c = this.config;
     const H = c.hiddenSize;
     const d = c.headDim;
@@ -303,12 +316,16 @@ export class ReferenceLlama {
       }
     }
     let attnOut = linear(attn, qDim, w('self_attn.o_proj.weight'), H, bias('self_attn.o_proj.bias', c.oProjBias, H));
+    edit?.('attn_proj', l, attnOut);
     if (gemma) attnOut = rmsnorm(attnOut, H, w('post_attention_layernorm.weight'), c.rmsNormEps, true);
+    edit?.('attn_out', l, attnOut);
     const residMid = add(residPre, attnOut);
 
     const y = rmsnorm(residMid, H, w(gemma ? 'pre_feedforward_layernorm.weight' : 'post_attention_layernorm.weight'), c.rmsNormEps, gemma);
     let mlpOut = c.moe?.sparseLayers[l] ? this.moe(l, y) : this.denseMlp(l, y);
+    edit?.('mlp_proj', l, mlpOut);
     if (gemma) mlpOut = rmsnorm(mlpOut, H, w('post_feedforward_layernorm.weight'), c.rmsNormEps, true);
+    edit?.('mlp_out', l, mlpOut);
     const residPost = add(residMid, mlpOut);
     return { residPre, attnOut, residMid, mlpOut, residPost };
   }
