@@ -272,7 +272,8 @@ async function cutTargets(model: LlamaModel, basis: readonly Float32Array[], alp
 
 /**
  * Removes a subspace from the weights that write into the residual stream: for each selected layer,
- * `o_proj` and `down_proj` (V = BᵀW, then W ← W − α B V), and optionally the embedding
+ * `o_proj` and `down_proj` (V = BᵀW, then W ← W − α B V; in post-normed blocks, Gemma's, W ← W − α L (RᵀW)
+ * with the projection through the norm's scale, `postNormedProjection`), and optionally the embedding
  * (E ← E − α (E B) Bᵀ); in f32, stored back in each weight's dtype with one rounding to nearest even
  * (`recordSubspaceCut`). All on the GPU, in place; streamed weights are uploaded a matrix at a time,
  * cut by the same kernels, and read back into their host overlay.
