@@ -54,8 +54,9 @@ export async function exportModel(model: LlamaModel, target: ModelWriteTarget, o
   const { tensors, weights } = model;
   const modified = (name: string): Promise<Uint8Array> | AsyncIterable<Uint8Array> =>
     isResident(weights) ? readBackParts(model, model.tensorMatrices(name)) : weights.source.read(name);
+  // Under the names of the files (a multimodal checkpoint's text decoder is read under other names).
   const list: TensorToWrite[] = [...tensors.allTensors.values()].map((info) => ({
-    name: info.name,
+    name: tensors.fileName(info.name),
     dtype: info.dtype,
     shape: info.shape,
     bytes: () => (model.isTensorModified(info.name) ? modified(info.name) : tensors.read(info.name)),
@@ -76,7 +77,7 @@ export async function exportModel(model: LlamaModel, target: ModelWriteTarget, o
     options.onProgress?.(++done, total);
   }
   await writeSafetensorsModel(target, list, {
-    weightMap: tensors.sharded ? tensors.weightMap : undefined,
+    weightMap: tensors.sharded ? new Map([...tensors.weightMap].map(([name, file]) => [tensors.fileName(name), file])) : undefined,
     metadata,
     indexMetadata: tensors.sharded ? carriedIndexMetadata(tensors.indexMetadata) : undefined,
     onShard: () => options.onProgress?.(++done, total),

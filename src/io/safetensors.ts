@@ -296,8 +296,31 @@ export class SafetensorsFile {
 }
 
 /**
+ * Where multimodal checkpoints keep their text decoder, as [prefix in the files, prefix the engine
+ * reads] pairs: Gemma 3's Gemma3ForConditionalGeneration as published (`language_model.model.*`,
+ * `language_model.lm_head.*`) and as newer transformers save it (`model.language_model.*`). The
+ * decoder's tensors are read under a causal LM's names (`model.*`, `lm_head.*`); the others (the
+ * vision tower, the projector) keep their names, are not used, and are exported unchanged.
+ */
+const TEXT_DECODER_LAYOUTS: readonly (readonly [file: string, engine: string])[][] = [
+  [
+    ['language_model.model.', 'model.'],
+    ['language_model.lm_head.', 'lm_head.'],
+  ],
+  [['model.language_model.', 'model.']],
+];
+
+/** The layout of a multimodal checkpoint whose text decoder is under a prefix, if the names are one. */
+function textDecoderLayout(names: ReadonlySet<string> | ReadonlyMap<string, unknown>): readonly (readonly [string, string])[] | undefined {
+  if (names.has('model.embed_tokens.weight')) return undefined;
+  return TEXT_DECODER_LAYOUTS.find((layout) => names.has(`${layout[0]![0]}embed_tokens.weight`));
+}
+
+/**
  * The weights of a model folder: `model.safetensors`, or the shards listed by
  * `model.safetensors.index.json`. When both exist the single file is used, as transformers does.
+ * A multimodal checkpoint's text decoder (`TEXT_DECODER_LAYOUTS`) is read under a causal LM's
+ * tensor names; `fileName` gives a tensor's name in the files.
  */
 export class SafetensorsModel {
   /** Each shard file, opened once. */
@@ -310,6 +333,13 @@ export class SafetensorsModel {
   readonly weightMap: ReadonlyMap<string, string>;
   /** Each file's `__metadata__`, by file name. */
   readonly metadata: ReadonlyMap<string, Readonly<Record<string, string>>>;
+  /**
+   * The prefix a multimodal checkpoint keeps its text decoder under in the files (e.g.
+   * `language_model.model.`), or undefined when the names are a causal LM's.
+   */
+  readonly textDecoderPrefix: string | undefined;
+  /** Engine name → name in the files, for the tensors whose names differ. */
+  private readonly fileNames = new Map<string, string>();
 
   private constructor(
     /** The folder's name, for messages. */
@@ -324,13 +354,27 @@ export class SafetensorsModel {
     weightMap: Map<string, string>,
   ) {
     this.shards = shards;
-    this.weightMap = weightMap;
+    const layout = textDecoderLayout(weightMap);
+    this.textDecoderPrefix = layout?.[0]![0];
+    const engineName = (name: string) => {
+      const match = layout?.find(([file]) => name.startsWith(file));
+      return match ? match[1] + name.slice(match[0].length) : name;
+    };
     const all = new Map<string, StoredTensorInfo>();
+    const renamed = new Map<string, string>();
     for (const file of files) {
       for (const info of shards.get(file)!.allTensors.values()) {
-        if (weightMap.get(info.name) === file) all.set(info.name, info);
+        if (weightMap.get(info.name) !== file) continue;
+        const name = engineName(info.name);
+        if (name !== info.name) {
+          if (weightMap.has(name)) throw new SafetensorsError('tensor-entry', file, `${folder}: tensors ${JSON.stringify(info.name)} and ${JSON.stringify(name)} would both be the text decoder's ${JSON.stringify(name)}`, name);
+          this.fileNames.set(name, info.name);
+        }
+        all.set(name, name === info.name ? info : Object.freeze({ ...info, name }));
       }
     }
+    for (const [name, file] of weightMap) renamed.set(engineName(name), file);
+    this.weightMap = renamed;
     this.allTensors = all;
     this.tensors = new Map([...all].filter((entry): entry is [string, TensorInfo] => isSupportedDtype(entry[1].dtype)));
     this.metadata = new Map(files.map((file) => [file, shards.get(file)!.metadata]));
@@ -402,6 +446,11 @@ export class SafetensorsModel {
     return this.indexFile !== undefined;
   }
 
+  /** The tensor's name in the files (differs from the engine's for a multimodal checkpoint's text decoder). */
+  fileName(name: string): string {
+    return this.fileNames.get(name) ?? name;
+  }
+
   has(name: string): boolean {
     return this.allTensors.has(name);
   }
@@ -413,12 +462,12 @@ export class SafetensorsModel {
 
   async read(name: string): Promise<Uint8Array> {
     this.stored(name);
-    return this.shards.get(this.weightMap.get(name)!)!.read(name);
+    return this.shards.get(this.weightMap.get(name)!)!.read(this.fileName(name));
   }
 
   async readRange(name: string, byteStart: number, byteLength: number): Promise<Uint8Array> {
     this.stored(name);
-    return this.shards.get(this.weightMap.get(name)!)!.readRange(name, byteStart, byteLength);
+    return this.shards.get(this.weightMap.get(name)!)!.readRange(this.fileName(name), byteStart, byteLength);
   }
 
   private stored(name: string): StoredTensorInfo {

@@ -309,18 +309,23 @@ export function parseModelConfig(json: unknown, source = 'config.json'): ModelCo
 }
 
 /**
- * A `gemma3` config (Gemma3ForConditionalGeneration) describes a vision tower and a text decoder;
- * without a vision tower its `text_config` is the model. Vision towers are refused.
+ * A `gemma3` config (Gemma3ForConditionalGeneration) describes a vision tower (`vision_config`) and a
+ * text decoder (`text_config`): the decoder is the model; the vision tower is not run (its weights
+ * stay in the files and are exported unchanged; `SafetensorsModel` reads the decoder's tensors from
+ * under their prefix). Published text_configs hold only what differs from Gemma3TextConfig's
+ * defaults, so those fill the fields the schema requires; the dtype and the special tokens are on the
+ * outer config.
  */
 function gemma3TextPart(json: Record<string, unknown>, fail: (message: string) => never): Record<string, unknown> {
   if (json.model_type !== 'gemma3') return json;
-  if (json.vision_config != null) {
-    fail('model_type "gemma3" with a vision_config (Gemma3ForConditionalGeneration) has a vision tower, and vision towers are not supported; the text-only Gemma 3 models (model_type "gemma3_text", Gemma3ForCausalLM) are');
-  }
   const text = json.text_config;
   if (typeof text !== 'object' || text === null || Array.isArray(text)) fail('model_type "gemma3" needs a text_config object (the text decoder)');
-  return { ...(text as Record<string, unknown>), model_type: 'gemma3_text', architectures: ['Gemma3ForCausalLM'] };
+  const outer = Object.fromEntries(['torch_dtype', 'dtype', 'bos_token_id', 'eos_token_id', 'pad_token_id'].filter((key) => json[key] !== undefined).map((key) => [key, json[key]]));
+  return { ...GEMMA3_TEXT_DEFAULTS, ...outer, ...(text as Record<string, unknown>), model_type: 'gemma3_text', architectures: ['Gemma3ForCausalLM'] };
 }
+
+/** Gemma3TextConfig's defaults for the fields the schema requires (transformers' configuration_gemma3.py). */
+const GEMMA3_TEXT_DEFAULTS = { vocab_size: 262_208, hidden_size: 2304, intermediate_size: 9216, num_hidden_layers: 26, num_attention_heads: 8, num_key_value_heads: 4, head_dim: 256 };
 
 function detectArchitecture(json: Record<string, unknown>, fail: (message: string) => never): Architecture {
   const modelType = json.model_type;

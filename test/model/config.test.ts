@@ -443,7 +443,7 @@ describe('families beyond Llama', () => {
     expect(errorOf({ ...base, model_type: 'gemma2', hidden_activation: 'relu' })).toContain('hidden_activation "relu" is not supported');
   });
 
-  it('gemma3_text: q/k norms, every sliding_window_pattern-th layer global, layer_types, local RoPE base; a vision tower is refused', () => {
+  it('gemma3_text: q/k norms, every sliding_window_pattern-th layer global, layer_types, local RoPE base; a multimodal config is its text_config', () => {
     const config = parseModelConfig({ ...base, num_hidden_layers: 7, model_type: 'gemma3_text', sliding_window: 512 });
     expect(config.block).toMatchObject({ qkNorm: true, normPlusOne: true, sandwichNorms: true });
     expect(config).toMatchObject({ ropeTheta: 1_000_000, ropeLocalTheta: 10000, slidingWindow: 512, slidingLayers: [true, true, true, true, true, false, true] });
@@ -453,7 +453,17 @@ describe('families beyond Llama', () => {
     expect(errorOf({ ...base, model_type: 'gemma3_text', layer_types: ['full_attention'] })).toContain('layer_types has 1 entries, but the model has 4 layers');
     const text = parseModelConfig({ model_type: 'gemma3', architectures: ['Gemma3ForConditionalGeneration'], text_config: { ...base, rope_local_base_freq: 500 } });
     expect(text).toMatchObject({ architecture: 'gemma3_text', ropeLocalTheta: 500 });
-    expect(errorOf({ model_type: 'gemma3', text_config: base, vision_config: { hidden_size: 1152 } })).toContain('vision towers are not supported');
+    // gemma-3-4b-it's config: the text_config holds only what differs from Gemma3TextConfig's defaults.
+    const multimodal = parseModelConfig({
+      model_type: 'gemma3',
+      architectures: ['Gemma3ForConditionalGeneration'],
+      torch_dtype: 'bfloat16',
+      eos_token_id: [1, 106],
+      text_config: { hidden_size: 2560, intermediate_size: 10240, model_type: 'gemma3_text', num_hidden_layers: 34, rope_scaling: { factor: 8.0, rope_type: 'linear' }, sliding_window: 1024 },
+      vision_config: { hidden_size: 1152, model_type: 'siglip_vision_model' },
+    });
+    expect(multimodal).toMatchObject({ architecture: 'gemma3_text', vocabSize: 262_208, numHeads: 8, numKvHeads: 4, headDim: 256, torchDtype: 'bfloat16', eosTokenIds: [1, 106], ropeTheta: 1_000_000, slidingWindow: 1024 });
+    expect(errorOf({ model_type: 'gemma3', vision_config: { hidden_size: 1152 } })).toContain('needs a text_config object');
   });
 
   it('mixtral: top-k of num_local_experts, renormalised; experts under block_sparse_moe', () => {
