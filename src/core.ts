@@ -66,6 +66,7 @@ export {
   verdictOf,
   weighEvidence,
   type DetectOptions,
+  type DetectStage,
   type HardeningDetection,
   type HardeningEvidence,
   type HardeningRecommendation,

@@ -88,6 +88,8 @@ const WEIGHTS: Record<HardeningSignal, number> = {
   hdd_red_distance: 0.15,
 };
 
+export type DetectStage = 'measure' | 'evaluate before' | 'test cut' | 'evaluate after';
+
 export interface DetectOptions {
   /** Singular vectors measured per point (the spectrum the effective rank is taken over); default 8. */
   topK?: number;
@@ -98,7 +100,8 @@ export interface DetectOptions {
   metric?: SelectionMetric;
   /** The best points (by score) whose spectra are averaged; default 3. */
   bestPoints?: number;
-  onStage?: (stage: 'measure' | 'evaluate before' | 'test cut' | 'evaluate after') => void;
+  onStage?: (stage: DetectStage) => void;
+  /** Progress within the measurement and each evaluation. */
   onProgress?: (done: number, total: number) => void;
   signal?: AbortSignal;
 }
@@ -131,7 +134,7 @@ export async function detectHardening(
   const hddPoint = rankPoints({ points: measurement.points, scores: hdd.scores }, selection)[0]!.point;
 
   const prompts = new ChatPrompts(model, sets.testHarmful, 'harmful test');
-  const run = { batchSize: options.batchSize, maxNewTokens: options.maxNewTokens, markers: options.markers, signal: options.signal };
+  const run = { batchSize: options.batchSize, maxNewTokens: options.maxNewTokens, markers: options.markers, signal: options.signal, onProgress: options.onProgress };
   options.onStage?.('evaluate before');
   const before = await evaluateRefusals(model, prompts, run);
   options.onStage?.('test cut');

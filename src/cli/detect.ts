@@ -1,8 +1,8 @@
 import type { Command } from 'commander';
-import { detectHardening, HARDENING_THRESHOLDS, type HardeningDetection } from '../abliterate/detect.ts';
+import { detectHardening, HARDENING_THRESHOLDS, type DetectStage, type HardeningDetection } from '../abliterate/detect.ts';
 import { samplePrompts } from '../abliterate/sampling.ts';
 import { abliterationSettings } from '../abliterate/settings.ts';
-import { printJson, status, withModel } from './common.ts';
+import { printJson, progressBar, status, withModel, type Progress } from './common.ts';
 import { addSettingOptions, commandValues, type CommandSettings } from './options.ts';
 import { BUNDLED, loadPrompts } from './settings.ts';
 
@@ -40,13 +40,20 @@ export function registerDetect(program: Command): void {
     const harmful = samplePrompts(await loadPrompts(config.harmful ?? BUNDLED.harmful, config.column, config.limit), settings.measurePrompts);
     const harmless = samplePrompts(await loadPrompts(config.harmless ?? BUNDLED.harmless, config.column, config.limit), settings.measurePrompts);
     const testHarmful = await loadPrompts(config['eval-harmful'] ?? BUNDLED['eval-harmful'], config.column, config.limit);
+    // One progress bar per stage on a terminal; a status line per stage otherwise.
+    let progress: Progress | undefined;
+    const onStage = (stage: DetectStage) => {
+      progress?.stop();
+      if (!process.stderr.isTTY) status(`${stage}…`);
+      progress = progressBar(stage, 1);
+    };
     const detection = await withModel(dir, { adapter: config.adapter }, (model) =>
       detectHardening(
         model,
         { harmful, harmless, testHarmful },
-        { topK: config['top-k'], batchSize: settings.batchSize, maxNewTokens: settings.maxNewTokens, markers: settings.markers, window: settings.window, metric: settings.metric, onStage: (stage) => status(`${stage}…`) },
+        { topK: config['top-k'], batchSize: settings.batchSize, maxNewTokens: settings.maxNewTokens, markers: settings.markers, window: settings.window, metric: settings.metric, onStage, onProgress: (done, total) => progress?.update(done, total) },
       ),
-    );
+    ).finally(() => progress?.stop());
     if (config.json) {
       const { measurement: _, ...rest } = detection;
       printJson({ ...rest, thresholds: HARDENING_THRESHOLDS });

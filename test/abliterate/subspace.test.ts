@@ -250,8 +250,9 @@ describe('directions file with a subspace', () => {
       };
       const bytes = await bytesOf(m);
       const read = await readDirections(new MemorySource(bytes, 'sub.safetensors'));
+      // A subspace of last-token residuals is version 3 (version 4 only adds the instruction position).
       expect(read.version).toBe(3);
-      expect(DIRECTIONS_VERSION).toBe(3);
+      expect(DIRECTIONS_VERSION).toBe(4);
       expect(read.subspaces).toHaveLength(m.points);
       read.subspaces!.forEach((s, p) => expect(s).toEqual(m.subspaces![p]));
       const { subspaces: _, ...meanOnly } = m;
@@ -259,7 +260,7 @@ describe('directions file with a subspace', () => {
       expect(meanRead.version).toBe(2);
       expect(meanRead.subspaces).toBeUndefined();
       const read2 = (changed: Uint8Array) => readDirections(new MemorySource(changed, 'dir.safetensors'));
-      await expect(read2(await withMetadata(bytes, { version: '4' }))).rejects.toThrow('dir.safetensors: written by a newer abliterate (directions format 4); this version reads formats up to 3: update abliterate');
+      await expect(read2(await withMetadata(bytes, { version: '5' }))).rejects.toThrow('dir.safetensors: written by a newer abliterate (directions format 5); this version reads formats up to 4: update abliterate');
       const spectra = JSON.parse((await SafetensorsFile.open(new MemorySource(bytes, 'x'))).metadata.subspace!) as Record<string, unknown>[];
       await expect(read2(await withMetadata(bytes, { subspace: undefined }))).rejects.toThrow(/metadata "subspace" is not JSON/);
       await expect(read2(await withMetadata(bytes, { subspace: JSON.stringify(spectra.slice(1)) }))).rejects.toThrow(new RegExp(`not a list of ${m.points} spectra`));
