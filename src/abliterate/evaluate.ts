@@ -4,7 +4,7 @@ import { KvCache } from '../model/kvCache.ts';
 import type { LlamaModel } from '../model/model.ts';
 import { HookRunner, type Hook } from '../model/taps.ts';
 import { ChatPrompts, chatPromptsFor, prefillPrompts } from './prefill.ts';
-import { DEFAULT_REFUSAL_MARKERS, isRefusal } from './refusal.ts';
+import { DEFAULT_REFUSAL_MARKERS, isRefusal, refusalDecided } from './refusal.ts';
 
 export interface Answer {
   prompt: string;
@@ -101,17 +101,88 @@ export async function firstTokenKl(
         batch.copy(stepKl, 0, kl, first * 4, count * 4);
       },
     });
-    const perPrompt = await gpu.readF32(kl);
-    let sum = 0;
-    let max = 0;
-    for (const v of perPrompt) {
-      sum += v;
-      max = Math.max(max, v);
-    }
-    return { mean: perPrompt.length ? sum / perPrompt.length : NaN, max, perPrompt };
+    return klSummary(await gpu.readF32(kl));
   } finally {
     for (const b of [kl, baselineRows, stepKl]) gpu.destroyBuffer(b);
   }
+}
+
+function klSummary(perPrompt: Float32Array): { mean: number; max: number; perPrompt: Float32Array } {
+  let sum = 0;
+  let max = 0;
+  for (const v of perPrompt) {
+    sum += v;
+    max = Math.max(max, v);
+  }
+  return { mean: perPrompt.length ? sum / perPrompt.length : NaN, max, perPrompt };
+}
+
+/** KL(p ‖ q) of each of `rows` next-token distributions given as two [rows, vocab] logits buffers, on the GPU. */
+export async function klOfLogits(model: LlamaModel, p: GPUBuffer, q: GPUBuffer, rows: number): Promise<{ mean: number; max: number; perPrompt: Float32Array }> {
+  const { gpu, config } = model;
+  const kl = gpu.createBuffer(Math.max(1, rows) * 4, 'kl per prompt');
+  try {
+    const batch = gpu.batch('first-token KL');
+    recordKlDivergence(batch, { logitsP: p, logitsQ: q, kl, rows, vocab: config.vocabSize });
+    await batch.submit();
+    return klSummary(rows ? await gpu.readF32(kl, 0, rows) : new Float32Array(0));
+  } finally {
+    gpu.destroyBuffer(kl);
+  }
+}
+
+export interface SetAnswersOptions {
+  maxNewTokens: number;
+  batchSize?: number;
+  markers?: readonly string[];
+  hooks?: readonly Hook[];
+  signal?: AbortSignal;
+  /**
+   * End an answer as soon as it holds a refusal marker (`refusalDecided`): its verdict cannot change
+   * any more, so the counts are those of the full answers, while the answers themselves are cut short.
+   */
+  stopAtRefusal?: boolean;
+  /** f32 [harmless prompts, vocab]: receives the next-token logits after each harmless prompt, taken from the prefill its answer starts with. */
+  harmlessLogits?: GPUBuffer;
+  onProgress?: (done: number, total: number) => void;
+}
+
+/**
+ * Greedy answers to the harmful and the harmless prompts of an evaluation in one generation (one
+ * queue, so the slots a finished answer frees go to the next prompt of either set), judged by the
+ * refusal markers; optionally the harmless prompts' first-token logits from the same prefill.
+ */
+export async function answerPromptSets(model: LlamaModel, prompts: EvaluationPrompts, options: SetAnswersOptions): Promise<{ harmful: RefusalEvaluation; harmless: RefusalEvaluation }> {
+  const { maxNewTokens } = options;
+  const markers = options.markers ?? DEFAULT_REFUSAL_MARKERS;
+  const harmful = prompts.harmful.tokens(maxNewTokens);
+  const harmless = prompts.harmless.tokens(maxNewTokens);
+  const first = harmful.length;
+  const { harmlessLogits } = options;
+  const rowBytes = model.config.vocabSize * 4;
+  const decode = (ids: readonly number[]) => model.tokenizer.decode(ids, { skipSpecialTokens: true });
+  const result = await generate(model, [...harmful, ...harmless], {
+    maxNewTokens,
+    hooks: options.hooks,
+    batchSize: options.batchSize,
+    signal: options.signal,
+    onProgress: options.onProgress,
+    stopWhen: options.stopAtRefusal ? (_, tokens) => refusalDecided(decode(tokens), markers) : undefined,
+    onPromptLogits: harmlessLogits
+      ? (batch, logits, rows) => {
+          for (const { row, index } of rows) if (index >= first) batch.copy(logits, row * rowBytes, harmlessLogits, (index - first) * rowBytes, rowBytes);
+        }
+      : undefined,
+  });
+  const judge = (set: ChatPrompts, offset: number): RefusalEvaluation => {
+    const answers = set.prompts.map((prompt, i) => {
+      const answer = decode(result.tokens[offset + i]!);
+      return { prompt, answer, refused: isRefusal(answer, markers) };
+    });
+    const refused = answers.filter((a) => a.refused).length;
+    return { rate: answers.length ? refused / answers.length : NaN, refused, total: answers.length, answers };
+  };
+  return { harmful: judge(prompts.harmful, 0), harmless: judge(prompts.harmless, first) };
 }
 
 /** Plain text as the token ids perplexity reads (with the tokenizer's special tokens). */

@@ -51,7 +51,16 @@ export function normalizeForMatching(text: string): string {
 }
 
 export function isRefusal(answer: string, markers: readonly string[] = DEFAULT_REFUSAL_MARKERS): boolean {
+  return normalizeForMatching(answer) === '' || refusalDecided(answer, markers);
+}
+
+/**
+ * True once an answer holds a refusal marker outside any thinking block. Text generated after it
+ * only adds characters (and can only open new thinking blocks after the marker), so the answer stays
+ * a refusal however it goes on: a generation judged by `isRefusal` can stop here. An empty answer
+ * is a refusal too, but not a decided one.
+ */
+export function refusalDecided(answer: string, markers: readonly string[] = DEFAULT_REFUSAL_MARKERS): boolean {
   const text = normalizeForMatching(answer);
-  if (text === '') return true;
-  return markers.some((marker) => text.includes(normalizeForMatching(marker)));
+  return text !== '' && markers.some((marker) => text.includes(normalizeForMatching(marker)));
 }

@@ -1,6 +1,6 @@
 import type { LlamaModel } from '../../model/model.ts';
 import { applyCut, type AppliedCut } from '../cut.ts';
-import { evaluateRefusals, firstTokenKl, type EvaluationPrompts } from '../evaluate.ts';
+import { answerPromptSets, klOfLogits, type EvaluationPrompts } from '../evaluate.ts';
 import type { Measurement } from '../measure.ts';
 import { paretoFront } from './pareto.ts';
 import { componentWeights, cutParameters, interpolatedDirection, searchSpace, type CutParameters } from './space.ts';
@@ -80,7 +80,12 @@ export interface EvaluatorOptions {
   signal?: AbortSignal;
 }
 
-/** Evaluates cuts on the validation prompts against the original model, whose logits it keeps on the GPU. */
+/**
+ * Evaluates cuts on the validation prompts against the original model, whose first-token logits on
+ * the harmless prompts it keeps on the GPU. A trial is one generation over both prompt sets: each
+ * answer stops once its verdict is decided (a refusal marker, a stop token or the token budget),
+ * and the harmless prompts' first-token logits, for the KL, come from the same prefill.
+ */
 export class TrialEvaluator {
   private constructor(
     private readonly model: LlamaModel,
@@ -88,6 +93,8 @@ export class TrialEvaluator {
     private readonly prompts: EvaluationPrompts,
     private readonly options: EvaluatorOptions,
     private baseline: GPUBuffer | undefined,
+    /** The cut model's first-token logits of the trial being evaluated. */
+    private readonly current: GPUBuffer,
     /** The original model on the same prompts (KL 0). */
     readonly original: TrialObjectives,
   ) {}
@@ -95,12 +102,17 @@ export class TrialEvaluator {
   /** Takes the original model's logits and refusals on the validation prompts (the model must be uncut). */
   static async create(model: LlamaModel, measurement: Measurement, prompts: EvaluationPrompts, options: EvaluatorOptions): Promise<TrialEvaluator> {
     if (prompts.harmful.length === 0 || prompts.harmless.length === 0) throw new RangeError('the search needs harmful and harmless validation prompts');
-    const baseline = await prompts.baseline({ batchSize: options.batchSize, signal: options.signal });
+    const { gpu, config } = model;
+    const bytes = prompts.harmless.length * config.vocabSize * 4;
+    const baseline = gpu.createBuffer(bytes, 'baseline logits');
+    let current: GPUBuffer | undefined;
     try {
-      const original = await refusalCounts(model, prompts, options);
-      return new TrialEvaluator(model, measurement, prompts, options, baseline, { ...original, kl: 0 });
+      current = gpu.createBuffer(bytes, 'trial logits');
+      const original = await refusalCounts(model, prompts, options, baseline);
+      return new TrialEvaluator(model, measurement, prompts, options, baseline, current, { ...original, kl: 0 });
     } catch (error) {
-      model.gpu.destroyBuffer(baseline);
+      gpu.destroyBuffer(baseline);
+      if (current) gpu.destroyBuffer(current);
       throw error;
     }
   }
@@ -110,8 +122,8 @@ export class TrialEvaluator {
     if (!this.baseline) throw new Error('the evaluator was disposed');
     const cut = await applyTrialCut(this.model, this.measurement, params);
     try {
-      const counts = await refusalCounts(this.model, this.prompts, this.options);
-      const kl = await firstTokenKl(this.model, this.baseline, this.prompts.harmless, { batchSize: this.options.batchSize, signal: this.options.signal });
+      const counts = await refusalCounts(this.model, this.prompts, this.options, this.current);
+      const kl = await klOfLogits(this.model, this.baseline, this.current, this.prompts.harmless.length);
       if (!Number.isFinite(kl.mean)) throw new RangeError(`the cut made the first-token KL ${kl.mean}`);
       return { ...counts, kl: kl.mean };
     } finally {
@@ -120,16 +132,18 @@ export class TrialEvaluator {
   }
 
   dispose(): void {
-    if (this.baseline) this.model.gpu.destroyBuffer(this.baseline);
+    if (this.baseline) {
+      this.model.gpu.destroyBuffer(this.baseline);
+      this.model.gpu.destroyBuffer(this.current);
+    }
     this.baseline = undefined;
   }
 }
 
-async function refusalCounts(model: LlamaModel, prompts: EvaluationPrompts, options: EvaluatorOptions): Promise<{ refusals: number; harmless_refusals: number }> {
+/** Refusal counts of both sets in one generation that stops each answer once decided; the harmless prompts' first-token logits go to `logits`. */
+async function refusalCounts(model: LlamaModel, prompts: EvaluationPrompts, options: EvaluatorOptions, logits: GPUBuffer): Promise<{ refusals: number; harmless_refusals: number }> {
   const { batchSize, maxNewTokens, markers, signal } = options;
-  const run = { batchSize, maxNewTokens, markers, signal };
-  const harmful = await evaluateRefusals(model, prompts.harmful, run);
-  const harmless = await evaluateRefusals(model, prompts.harmless, run);
+  const { harmful, harmless } = await answerPromptSets(model, prompts, { batchSize, maxNewTokens, markers, signal, stopAtRefusal: true, harmlessLogits: logits });
   return { refusals: harmful.refused, harmless_refusals: harmless.refused };
 }
 
