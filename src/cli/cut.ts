@@ -47,12 +47,13 @@ export function registerCut(program: Command): void {
     let basis: Float32Array[];
     let stored: Float32Array[] | undefined;
     let source: Pick<CutParameters, 'point' | 'points' | 'rank' | 'target' | 'projected'>;
-    if (target === undefined && !options.projected) {
+    // The file's own directions (a refusal-execution one, by point, points or stored subspace), unless another target or projection is asked for.
+    if ((target === undefined || (target === 'red' && directions.position === 'last')) && !options.projected) {
       const chosen = (options.points ?? [options.point]).map((point) => pointOf(directions, point, options.direction!));
       stored = topK === undefined ? undefined : storedSubspace(directions, chosen[0]!.point, topK, options.direction!);
       basis = stored ?? chosen.map((c) => c.direction);
       // What was cut: a point's direction, its stored top-K subspace (--top-k), or (--points) the subspace of several.
-      source = options.points ? { points: options.points, rank: options.points.length } : { point: chosen[0]!.point, ...(stored && { rank: stored.length }) };
+      source = { ...(options.points ? { points: options.points, rank: options.points.length } : { point: chosen[0]!.point, ...(stored && { rank: stored.length }) }), ...(target && { target }) };
     } else {
       const picked = targetDirections(directions, options.direction!, target, options.points ?? (options.point === undefined ? undefined : [options.point]), options.projected);
       basis = picked.basis;

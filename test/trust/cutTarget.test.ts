@@ -7,7 +7,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { applyCut, orthonormalize, readMatrixBytes } from '../../src/abliterate/cut.ts';
-import { writeDirections } from '../../src/abliterate/directionsFile.ts';
+import { readDirections, writeDirections } from '../../src/abliterate/directionsFile.ts';
 import { projectedDirection } from '../../src/abliterate/hygiene.ts';
 import type { Measurement } from '../../src/abliterate/measure.ts';
 import type { Gpu } from '../../src/gpu/gpu.ts';
@@ -98,6 +98,19 @@ describe('cut --target', () => {
     expect(Math.abs(projected.reduce((s, x, i) => s + x * hdd.harmlessMeans[2]![i]!, 0))).toBeLessThan(1e-5);
     expect(Math.abs(projected.reduce((s, x, i) => s + x * hdd.directions[2]![i]!, 0))).toBeLessThan(0.999);
     await expectLibraryCut(out, summary.tensors, [projected]);
+  });
+
+  it('red --top-k: the stored subspace of the refusal-execution direction, as without --target', async () => {
+    const subspaceFile = join(work.path, 'subspace.safetensors');
+    await writeDirectionsFile(subspaceFile, HIDDEN, POINTS, 3);
+    const out = join(work.path, 'out-red-top-k');
+    const result = await runCli(['cut', model.dir, '--direction', subspaceFile, '--target', 'red', '--point', '1', '--top-k', '2', '--out', out, '--json'], { timeoutMs: 120_000 });
+    expect(result.code, result.stderr).toBe(0);
+    const summary = JSON.parse(result.stdout) as { point: number; rank: number; target: string; tensors: string[] };
+    expect(summary).toMatchObject({ point: 1, rank: 2, target: 'red' });
+    const source = await new NodeFolder(work.path).open('subspace.safetensors');
+    const { subspaces } = await readDirections({ name: 'subspace', size: source.size, read: (o, l) => source.read(o, l) });
+    await expectLibraryCut(out, summary.tensors, subspaces![1]!.basis.slice(0, 2));
   });
 
   it('refuses a target the file does not hold, and --top-k with a harm-detection target, writing nothing', async () => {
