@@ -4,10 +4,12 @@
  * (ARCHITECTURE.md, "Hardening detection", says why each threshold is where it is).
  */
 import type { LlamaModel } from '../model/model.ts';
+import { TokenizerError } from '../model/tokenizer.ts';
 import { applyCut } from './cut.ts';
 import { compareDirections, type CutTarget } from './dbdi.ts';
 import { evaluateRefusals } from './evaluate.ts';
 import { measure, type Measurement } from './measure.ts';
+import { templateSuffix } from './instruction.ts';
 import { ChatPrompts, chatTokens } from './prefill.ts';
 import { rankPoints, type SelectionMetric } from './select.ts';
 
@@ -46,9 +48,9 @@ export interface HardeningDetection {
   /** Weighted share of the applicable evidence that agrees with the verdict, in [0, 1]. */
   confidence: number;
   evidence: HardeningEvidence[];
-  /** The refusal-execution direction's chosen point, and the harm-detection direction's. */
+  /** The refusal-execution direction's chosen point, and the harm-detection direction's (absent when the template has no instruction-final token). */
   point: number;
-  hddPoint: number;
+  hddPoint?: number;
   /** Harmful refusal rate of the test prompts before and after the default rank-1 cut of the refusal-execution direction at `point`. */
   refusal: { before: number; after: number; prompts: number };
   /** The spectrum at the best points (by score): each point's effective rank and explained variance of the top K. */
@@ -119,8 +121,16 @@ export async function detectHardening(
   const topK = options.topK ?? 8;
   const t0 = performance.now();
   options.onStage?.('measure');
+  // A template without a fixed suffix after the message has no instruction-final token: detect goes on without the HDD.
+  let noInstruction: string | undefined;
+  try {
+    templateSuffix(model.tokenizer);
+  } catch (error) {
+    if (!(error instanceof TokenizerError)) throw error;
+    noInstruction = error.message;
+  }
   const measurement = await measure(model, chatTokens(model, sets.harmful, { set: 'harmful' }), chatTokens(model, sets.harmless, { set: 'harmless' }), {
-    position: 'both',
+    position: noInstruction === undefined ? 'both' : 'last',
     topK: Math.min(topK, model.config.hiddenSize),
     batchSize: options.batchSize,
     onProgress: options.onProgress,
@@ -130,8 +140,8 @@ export async function detectHardening(
   const selection = { window: options.window, metric: options.metric };
   const ranked = rankPoints(measurement, selection);
   const point = ranked[0]!.point;
-  const hdd = measurement.harmDetection!;
-  const hddPoint = rankPoints({ points: measurement.points, scores: hdd.scores }, selection)[0]!.point;
+  const hdd = measurement.harmDetection;
+  const hddPoint = hdd && rankPoints({ points: measurement.points, scores: hdd.scores }, selection)[0]!.point;
 
   const prompts = new ChatPrompts(model, sets.testHarmful, 'harmful test');
   const run = { batchSize: options.batchSize, maxNewTokens: options.maxNewTokens, markers: options.markers, signal: options.signal, onProgress: options.onProgress };
@@ -153,7 +163,7 @@ export async function detectHardening(
     const s = measurement.subspaces![p]!;
     return { point: p, effectiveRank: topEffectiveRank(s.explainedVariance), explainedVariance: s.explainedVariance };
   });
-  const evidence = weighEvidence(measurement, { point, hddPoint, before: before.rate, after: after.rate, prompts: prompts.length, spectra, topK: measurement.subspaces![point]!.basis.length });
+  const evidence = weighEvidence(measurement, { point, hddPoint, noInstruction, before: before.rate, after: after.rate, prompts: prompts.length, spectra, topK: measurement.subspaces![point]!.basis.length });
   const { verdict, score, confidence } = verdictOf(evidence);
   const recommendation = recommend(verdict, evidence, spectra.find((s) => s.point === point)!, point);
   return {
@@ -162,7 +172,7 @@ export async function detectHardening(
     confidence,
     evidence,
     point,
-    hddPoint,
+    ...(hddPoint !== undefined && { hddPoint }),
     refusal: { before: before.rate, after: after.rate, prompts: prompts.length },
     spectra,
     recommendation,
@@ -188,7 +198,7 @@ export function topEffectiveRank(explainedVariance: readonly number[]): number {
 /** The signals, each with its threshold and weight (thresholds: HARDENING_THRESHOLDS). */
 export function weighEvidence(
   measurement: Pick<Measurement, 'scores' | 'directions' | 'harmDetection'>,
-  figures: { point: number; hddPoint: number; before: number; after: number; prompts: number; spectra: { effectiveRank: number }[]; topK: number },
+  figures: { point: number; hddPoint?: number | undefined; noInstruction?: string | undefined; before: number; after: number; prompts: number; spectra: { effectiveRank: number }[]; topK: number },
 ): HardeningEvidence[] {
   const T = HARDENING_THRESHOLDS;
   const evidence: HardeningEvidence[] = [];
@@ -205,7 +215,7 @@ export function weighEvidence(
   const concentration = Math.max(...effects) / (effects.reduce((s, x) => s + x, 0) / effects.length);
   add('score_concentration', concentration, T.concentration, concentration < T.concentration, 'max / mean of the per-point effect sizes (fires below the threshold: no point stands out)');
   const hdd = measurement.harmDetection;
-  const hddEffect = hdd?.scores[figures.hddPoint]?.effectSize ?? 0;
+  const hddEffect = (figures.hddPoint !== undefined && hdd?.scores[figures.hddPoint]?.effectSize) || 0;
   const comparison = hdd ? compareDirections(measurement.directions, hdd.directions).find((c) => c.point === figures.point) : undefined;
   const distance = comparison?.grassmann ?? NaN;
   const applies = comparison !== undefined && hddEffect >= T.hddMinimumEffect;
@@ -216,7 +226,9 @@ export function weighEvidence(
     distance > T.hddRedDistance,
     applies
       ? `Grassmann distance of HDD and RED at point ${figures.point}`
-      : `not weighed: the harm-detection direction barely separates the prompts (best effect size ${hddEffect.toFixed(2)} < ${T.hddMinimumEffect}), so its angle to RED is that of noise`,
+      : !hdd
+        ? `not weighed: no harm-detection direction (${figures.noInstruction ?? 'not measured'})`
+        : `not weighed: the harm-detection direction barely separates the prompts (best effect size ${hddEffect.toFixed(2)} < ${T.hddMinimumEffect}), so its angle to RED is that of noise`,
     applies,
   );
   return evidence;

@@ -70,7 +70,7 @@ export function formatDetection(d: HardeningDetection): string {
     const comparison = e.signal === 'score_concentration' ? `< ${e.threshold}` : `> ${e.threshold}`;
     lines.push(`${e.signal.padEnd(22)}${value.padEnd(10)}${comparison.padEnd(11)}${(e.weight === 0 ? '–' : e.fires ? 'yes' : 'no').padEnd(7)}${e.weight.toFixed(2).padEnd(8)}${e.note}`);
   }
-  lines.push('', `refusal-execution point ${d.point}, harm-detection point ${d.hddPoint}`);
+  lines.push('', `refusal-execution point ${d.point}${d.hddPoint === undefined ? '' : `, harm-detection point ${d.hddPoint}`}`);
   lines.push(`${'point'.padEnd(7)}${'eff.rank'.padEnd(10)}explained variance of the top ${d.spectra[0]?.explainedVariance.length ?? 0}`);
   for (const s of d.spectra) lines.push(`${String(s.point).padEnd(7)}${s.effectiveRank.toFixed(2).padEnd(10)}${s.explainedVariance.map((x) => x.toFixed(3)).join(' ')}`);
   lines.push('', `next: ${d.recommendation.reason}`, ...d.recommendation.commands.map((c) => `  ${c}`));

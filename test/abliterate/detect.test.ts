@@ -8,11 +8,14 @@ import { readMatrixBytes } from '../../src/abliterate/cut.ts';
 import { detectHardening, HARDENING_THRESHOLDS, topEffectiveRank, verdictOf, weighEvidence, type HardeningEvidence } from '../../src/abliterate/detect.ts';
 import type { Measurement } from '../../src/abliterate/measure.ts';
 import type { Gpu } from '../../src/gpu/gpu.ts';
+import { readFile } from 'node:fs/promises';
+import { BlobFolder } from '../../src/io/byteSource.ts';
 import { NodeFolder } from '../../src/io/nodeFolder.ts';
 import { LlamaModel } from '../../src/model/model.ts';
 import { formatDetection } from '../../src/cli/detect.ts';
 import { loadPrompts } from '../../src/cli/settings.ts';
 import { testGpu } from '../helpers/gpu.ts';
+import { randomModel, toSafetensors } from '../reference/randomModel.ts';
 
 /** A measurement with these effect sizes and, at point 1, directions at this angle (radians) and a harm-detection effect size. */
 function figures(effects: number[], angle: number, hddEffect: number): Pick<Measurement, 'scores' | 'directions' | 'harmDetection'> {
@@ -68,6 +71,44 @@ describe('the evidence and the verdict', () => {
     const small = weighEvidence(figures([0, 1, 2, 9, 3], 0.1, 3), { point: 1, hddPoint: 1, before: 0.1, after: 0.14, prompts: 40, spectra: [{ effectiveRank: 1 }], topK: 8 });
     expect(byName(small).cut_raised_refusal!.fires).toBe(false);
     expect(HARDENING_THRESHOLDS.hardened).toBeGreaterThan(HARDENING_THRESHOLDS.notHardened);
+  });
+});
+
+describe('detect on a template with no instruction-final token', () => {
+  let gpu: Gpu;
+  beforeAll(async () => {
+    gpu = await testGpu();
+  });
+  afterAll(() => gpu?.dispose());
+
+  it('goes on at the last token alone and leaves the HDD/RED distance out, saying why', async () => {
+    const random = randomModel({ hiddenSize: 64, intermediateSize: 128, numLayers: 3, vocabSize: 1024, dtype: 'F32' });
+    const config = JSON.parse(await readFile('models/tiny-chat/tokenizer_config.json', 'utf8')) as Record<string, unknown>;
+    // The message is the end of the prompt: nothing fixed follows it.
+    const template = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}";
+    const folder = new BlobFolder(
+      'no-suffix',
+      new Map([
+        ['config.json', new Blob([JSON.stringify(random.configJson)])],
+        ['model.safetensors', new Blob([toSafetensors(random.tensors) as Uint8Array<ArrayBuffer>])],
+        ['tokenizer.json', new Blob([await readFile('models/tiny-chat/tokenizer.json')])],
+        ['tokenizer_config.json', new Blob([JSON.stringify({ ...config, chat_template: template })])],
+      ]),
+    );
+    const model = await LlamaModel.load(gpu, folder);
+    try {
+      const prompts = (await loadPrompts('data/harmful_train.txt')).slice(0, 6);
+      const benign = (await loadPrompts('data/harmless_train.txt')).slice(0, 6);
+      const d = await detectHardening(model, { harmful: prompts, harmless: benign, testHarmful: prompts.slice(0, 3) }, { maxNewTokens: 3, topK: 3 });
+      expect(d.hddPoint).toBeUndefined();
+      expect(d.measurement.harmDetection).toBeUndefined();
+      const distance = byName(d.evidence).hdd_red_distance!;
+      expect([distance.weight, distance.fires]).toEqual([0, false]);
+      expect(distance.note).toMatch(/^not weighed: no harm-detection direction \(cannot find the instruction-final token/);
+      expect(formatDetection(d)).toMatch(/refusal-execution point \d+\n/);
+    } finally {
+      model.dispose();
+    }
   });
 });
 
