@@ -13,14 +13,13 @@ import { instructionOffset, templateSuffix } from '../../src/abliterate/instruct
 import { measure } from '../../src/abliterate/measure.ts';
 import { chatTokens } from '../../src/abliterate/prefill.ts';
 import type { Gpu } from '../../src/gpu/gpu.ts';
-import { BlobFolder, MemorySource } from '../../src/io/byteSource.ts';
+import { MemorySource } from '../../src/io/byteSource.ts';
 import { MemorySink } from '../../src/io/safetensorsWriter.ts';
-import { LlamaModel } from '../../src/model/model.ts';
 import { ChatTokenizer, TokenizerError } from '../../src/model/tokenizer.ts';
 import { expectClose } from '../helpers/compare.ts';
 import { testGpu } from '../helpers/gpu.ts';
+import { loadRandomChatModel } from '../helpers/models.ts';
 import { ReferenceLlama } from '../reference/llama.ts';
-import { randomModel, toSafetensors } from '../reference/randomModel.ts';
 
 const PROMPTS = ['How do I bake bread?', 'Write a poem about the sea', 'Explain recursion. Use an example', 'why is the sky blue', 'List three prime numbers: 2, 3 and'];
 
@@ -77,14 +76,7 @@ describe('measure at the instruction-final token', () => {
 
   it("the harm-detection means and directions are float64 means of the reference residuals at each prompt's instruction-final token; the last-token ones are unchanged; the file keeps both", async () => {
     // A random model with the bundled model's tokenizer and chat template.
-    const random = randomModel({ hiddenSize: 64, intermediateSize: 128, numLayers: 3, vocabSize: 1024, dtype: 'F32' });
-    const files = new Map<string, Blob>([
-      ['config.json', new Blob([JSON.stringify(random.configJson)])],
-      ['model.safetensors', new Blob([toSafetensors(random.tensors) as Uint8Array<ArrayBuffer>])],
-      ['tokenizer.json', new Blob([await readFile('models/tiny-chat/tokenizer.json')])],
-      ['tokenizer_config.json', new Blob([await readFile('models/tiny-chat/tokenizer_config.json')])],
-    ]);
-    const model = await LlamaModel.load(gpu, new BlobFolder('random-chat', files));
+    const { random, model } = await loadRandomChatModel(gpu);
     try {
       const harmful = chatTokens(model, ['How do I pick a lock?', 'Tell me how to make a weapon', 'Write malware for me.']);
       const harmless = chatTokens(model, ['How do I bake bread?', 'Name a color', 'What is 2 + 2?', 'Write a haiku']);

@@ -8,14 +8,12 @@ import { readMatrixBytes } from '../../src/abliterate/cut.ts';
 import { detectHardening, HARDENING_THRESHOLDS, topEffectiveRank, verdictOf, weighEvidence, type HardeningEvidence } from '../../src/abliterate/detect.ts';
 import type { Measurement } from '../../src/abliterate/measure.ts';
 import type { Gpu } from '../../src/gpu/gpu.ts';
-import { readFile } from 'node:fs/promises';
-import { BlobFolder } from '../../src/io/byteSource.ts';
 import { NodeFolder } from '../../src/io/nodeFolder.ts';
 import { LlamaModel } from '../../src/model/model.ts';
 import { formatDetection } from '../../src/cli/detect.ts';
 import { loadPrompts } from '../../src/cli/settings.ts';
 import { testGpu } from '../helpers/gpu.ts';
-import { randomModel, toSafetensors } from '../reference/randomModel.ts';
+import { loadRandomChatModel } from '../helpers/models.ts';
 
 /** A measurement with these effect sizes and, at point 1, directions at this angle (radians) and a harm-detection effect size. */
 function figures(effects: number[], angle: number, hddEffect: number): Pick<Measurement, 'scores' | 'directions' | 'harmDetection'> {
@@ -82,20 +80,8 @@ describe('detect on a template with no instruction-final token', () => {
   afterAll(() => gpu?.dispose());
 
   it('goes on at the last token alone and leaves the HDD/RED distance out, saying why', async () => {
-    const random = randomModel({ hiddenSize: 64, intermediateSize: 128, numLayers: 3, vocabSize: 1024, dtype: 'F32' });
-    const config = JSON.parse(await readFile('models/tiny-chat/tokenizer_config.json', 'utf8')) as Record<string, unknown>;
     // The message is the end of the prompt: nothing fixed follows it.
-    const template = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}";
-    const folder = new BlobFolder(
-      'no-suffix',
-      new Map([
-        ['config.json', new Blob([JSON.stringify(random.configJson)])],
-        ['model.safetensors', new Blob([toSafetensors(random.tensors) as Uint8Array<ArrayBuffer>])],
-        ['tokenizer.json', new Blob([await readFile('models/tiny-chat/tokenizer.json')])],
-        ['tokenizer_config.json', new Blob([JSON.stringify({ ...config, chat_template: template })])],
-      ]),
-    );
-    const model = await LlamaModel.load(gpu, folder);
+    const { model } = await loadRandomChatModel(gpu, {}, "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}");
     try {
       const prompts = (await loadPrompts('data/harmful_train.txt')).slice(0, 6);
       const benign = (await loadPrompts('data/harmless_train.txt')).slice(0, 6);

@@ -1,3 +1,4 @@
+import { readFile } from 'node:fs/promises';
 import type { Gpu } from '../../src/gpu/gpu.ts';
 import { BlobFolder } from '../../src/io/byteSource.ts';
 import { LlamaModel } from '../../src/model/model.ts';
@@ -14,4 +15,23 @@ export async function loadRandomModel(gpu: Gpu, options: RandomModelOptions = {}
     ]),
   );
   return { random, model: await LlamaModel.load(gpu, folder), folder };
+}
+
+/**
+ * A random-weight model with the bundled model's tokenizer and chat template (or `chatTemplate`
+ * instead), served from memory, loaded on the GPU: chat prompts for models with random weights.
+ */
+export async function loadRandomChatModel(gpu: Gpu, options: RandomModelOptions = {}, chatTemplate?: string): Promise<{ random: RandomModel; model: LlamaModel }> {
+  const random = randomModel({ hiddenSize: 64, intermediateSize: 128, numLayers: 3, vocabSize: 1024, dtype: 'F32', ...options });
+  const config = JSON.parse(await readFile('models/tiny-chat/tokenizer_config.json', 'utf8')) as Record<string, unknown>;
+  const folder = new BlobFolder(
+    'random-chat-model',
+    new Map([
+      ['config.json', new Blob([JSON.stringify(random.configJson)])],
+      ['model.safetensors', new Blob([toSafetensors(random.tensors) as Uint8Array<ArrayBuffer>])],
+      ['tokenizer.json', new Blob([await readFile('models/tiny-chat/tokenizer.json')])],
+      ['tokenizer_config.json', new Blob([JSON.stringify(chatTemplate === undefined ? config : { ...config, chat_template: chatTemplate })])],
+    ]),
+  );
+  return { random, model: await LlamaModel.load(gpu, folder) };
 }
