@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { detectHardening, HARDENING_THRESHOLDS, type DetectStage, type HardeningDetection } from '../abliterate/detect.ts';
 import { samplePrompts } from '../abliterate/sampling.ts';
 import { abliterationSettings } from '../abliterate/settings.ts';
-import { printJson, progressBar, status, withModel, type Progress } from './common.ts';
+import { printJson, progressBar, status, UsageError, withModel, type Progress } from './common.ts';
 import { addSettingOptions, commandValues, type CommandSettings } from './options.ts';
 import { BUNDLED, loadPrompts } from './settings.ts';
 
@@ -37,6 +37,7 @@ export function registerDetect(program: Command): void {
   ).action(async (dir: string, _o: unknown, command: Command) => {
     const config = await commandValues(command, DETECT_SETTINGS);
     const settings = abliterationSettings(config);
+    if (config['top-k'] < 2) throw new UsageError('--top-k must be at least 2: the effective rank is that of the top-K spectrum');
     const harmful = samplePrompts(await loadPrompts(config.harmful ?? BUNDLED.harmful, config.column, config.limit), settings.measurePrompts);
     const harmless = samplePrompts(await loadPrompts(config.harmless ?? BUNDLED.harmless, config.column, config.limit), settings.measurePrompts);
     const testHarmful = await loadPrompts(config['eval-harmful'] ?? BUNDLED['eval-harmful'], config.column, config.limit);

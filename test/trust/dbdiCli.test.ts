@@ -69,5 +69,6 @@ describe('detect through the CLI', () => {
     expect(text.stdout).toMatch(new RegExp(`^verdict: ${d.verdict} \\(score ${d.score.toFixed(2)}, confidence ${d.confidence.toFixed(2)}\\)`));
     expect(text.stdout).toMatch(/\nsignal\s+value\s+threshold\s+fires\s+weight\s+note\n/);
     expect(text.stdout).toMatch(/\nnext: /);
+    expectCliError(await runCli(['detect', model.dir, '--top-k', '1']), '--top-k must be at least 2: the effective rank is that of the top-K spectrum');
   });
 });
