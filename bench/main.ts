@@ -9,10 +9,11 @@ import { loadavg } from 'node:os';
 import { dirname } from 'node:path';
 import { Command } from 'commander';
 import { createNodeGpu, parseAdapterChoice } from '../src/gpu/node.ts';
-import { measureCeilings } from './lib/ceilings.ts';
-import { benchEndToEnd } from './lib/e2e.ts';
+import { checkCeilings, describeCheck, measureCeilings } from './lib/ceilings.ts';
+import { benchEndToEnd, endToEndText } from './lib/e2e.ts';
 import { benchAccumulateRows, benchAttention, benchMatmuls, benchRank1, benchRmsNorm, bundledShapes, LLAMA_1B_ATTENTION, LLAMA_1B_SHAPES } from './lib/kernels.ts';
 import { Bench } from './lib/runner.ts';
+import { benchSearchTrials, searchTrialText } from './lib/searchTrial.ts';
 import { runSweep } from './lib/sweep.ts';
 import { applyCeilings, kernelTable } from './lib/table.ts';
 
@@ -22,7 +23,8 @@ const program = new Command('bench')
   .option('--quick', 'fewer shapes and repetitions (about a minute on lavapipe)')
   .option('--json <file>', 'where to write the JSON results (default bench/results/<adapter>-<date>.json)')
   .option('--sweep', 'time the matmul variant grid and write src/kernels/tuning/<adapter>.json')
-  .option('--sections <list>', 'comma-separated: kernels, e2e (default both; ceilings always run)', 'kernels,e2e')
+  .option('--sections <list>', 'comma-separated: kernels, e2e, trial (default all three; ceilings always run, at the start and again at the end)', 'kernels,e2e,trial')
+  .option('--trial-models <list>', 'models of the search-trial case: bundled, smollm2-135m, llama-1b, tiny (a small random one for dry runs); default: bundled and smollm2-135m with --quick, the first three without')
   .option('--adapter <name>', 'auto, hardware, lavapipe or swiftshader (default ABLITERATE_ADAPTER, then auto)')
   .option('--e2e-model <name>', 'random model shapes for the end-to-end part: smollm2-135m, llama-1b, or tiny (a small one for dry runs)', 'smollm2-135m')
   .option('--decode-tokens <n>', 'new tokens per decode measurement', (v) => Number.parseInt(v, 10))
@@ -37,6 +39,7 @@ const opts = program.opts<{
   adapter?: string;
   e2eModel: string;
   decodeTokens?: number;
+  trialModels?: string;
 }>();
 
 const sections = new Set(opts.sections.split(',').map((s) => s.trim()));
@@ -52,7 +55,7 @@ log(`adapter: ${gpu.adapter.name} (${gpu.adapter.description || gpu.adapter.vend
 if (bench.loadBefore > 1) log(`note: the machine's load average is ${bench.loadBefore.toFixed(2)} before the run; other processes share the cores and slow the figures`);
 
 const ceilings = await measureCeilings(bench);
-log(`ceilings: copyBufferToBuffer ${ceilings.copyBufferGBs.toFixed(2)} GB/s, copy kernel ${ceilings.copyKernelGBs.toFixed(2)} GB/s, read kernel ${ceilings.readKernelGBs.toFixed(2)} GB/s, FMA ${ceilings.fmaGflops.toFixed(2)} GFLOP/s`);
+log(`ceilings: copyBufferToBuffer ${ceilings.copyBufferGBs.toFixed(2)} GB/s, copy kernel ${ceilings.copyKernelGBs.toFixed(2)} GB/s, read kernel ${ceilings.readKernelGBs.toFixed(2)} GB/s (${ceilings.readOrder}), FMA ${ceilings.fmaGflops.toFixed(2)} GFLOP/s`);
 
 if (opts.sweep) await runSweep(bench, ceilings);
 
@@ -80,6 +83,7 @@ if (sections.has('kernels')) {
     await benchRank1(bench, { name: '1B o_proj', n: 2048, k: 2048 }, 'BF16');
     await benchRank1(bench, { name: '1B down_proj', n: 2048, k: 8192 }, 'BF16');
     if (!quick) await benchRank1(bench, { name: '1B down_proj', n: 2048, k: 8192 }, 'F32');
+    if (!quick) await benchRank1(bench, { name: '1B down_proj', n: 2048, k: 8192 }, 'BF16', 4);
   } else {
     bench.note('src/kernels/lowRank.ts is absent: rank1_update and column_dot are skipped');
   }
@@ -88,26 +92,37 @@ if (sections.has('kernels')) {
 // The best matmul of the run is an arithmetic ceiling too, when it beats the FMA kernel.
 const bestMatmul = Math.max(0, ...bench.rows.filter((r) => r.kernel === 'matmul' || r.kernel === 'matvec').map((r) => r.gflops ?? 0));
 ceilings.gflops = Math.max(ceilings.fmaGflops, bestMatmul);
-applyCeilings(bench.rows, ceilings);
 
 const e2e = sections.has('e2e') ? await benchEndToEnd(bench, ceilings, { model: opts.e2eModel, decodeTokens: opts.decodeTokens }) : undefined;
+const trialModels = (opts.trialModels ?? (quick ? 'bundled,smollm2-135m' : 'bundled,smollm2-135m,llama-1b')).split(',').map((m) => m.trim());
+const trials = sections.has('trial') ? await benchSearchTrials(bench, trialModels) : undefined;
+
+// The ceilings again, after everything they judge: if the machine's load changed the run, they disagree.
+const check = await checkCeilings(bench, ceilings);
+log(describeCheck(check));
+applyCeilings(bench.rows, ceilings, !check.steady);
+const loadAtEnd = loadavg();
+const loads = (l: readonly number[]) => l.map((x) => x.toFixed(2)).join(' / ');
 
 const tableRows = bench.rows.filter((r) => r.section !== 'e2e' && r.section !== 'sweep');
 const timing = gpu.features.timestampQuery ? 'GPU timestamp queries (ts), checked against CPU wall time per submit (cpu ms)' : 'CPU wall time from submit to onSubmittedWorkDone (no timestamp-query)';
 const date = new Date().toISOString();
 console.log(`\nabliterate bench — adapter ${gpu.adapter.name}, commit ${commit}, ${date.slice(0, 16).replace('T', ' ')} UTC${quick ? ', --quick' : ''}`);
+console.log(`load average (1 / 5 / 15 min): ${loads(bench.loadAtStart)} at the start, ${loads(loadAtEnd)} at the end`);
 console.log(`timing: ${timing}; median of the timed runs after warm-up`);
 console.log(
-  `ceilings: bandwidth ${ceilings.bandwidthGBs.toFixed(2)} GB/s (copyBufferToBuffer ${ceilings.copyBufferGBs.toFixed(2)}, copy kernel ${ceilings.copyKernelGBs.toFixed(2)}, read kernel ${ceilings.readKernelGBs.toFixed(2)}; bytes read + written), ` +
-    `arithmetic ${ceilings.gflops.toFixed(2)} GFLOP/s (FMA kernel ${ceilings.fmaGflops.toFixed(2)}, best matmul ${bestMatmul.toFixed(2)})\n`,
+  `ceilings: streaming ${ceilings.bandwidthGBs.toFixed(2)} GB/s (best read kernel, ${ceilings.readOrder}: %BW), driver copy ${ceilings.copyBufferGBs.toFixed(2)} GB/s (copyBufferToBuffer: %copy), copy kernel ${ceilings.copyKernelGBs.toFixed(2)}; bytes read + written; ` +
+    `arithmetic ${ceilings.gflops.toFixed(2)} GFLOP/s (FMA kernel ${ceilings.fmaGflops.toFixed(2)}, best matmul ${bestMatmul.toFixed(2)}: %FLOP)`,
 );
+console.log(`${describeCheck(check)}\n`);
 console.log(kernelTable(tableRows));
 const agreement = timestampAgreement();
 if (agreement) console.log(`\ntimestamps vs CPU wall time: ${agreement}`);
-if (e2e) console.log(`\n${e2e.text}`);
+if (e2e) console.log(`\n${endToEndText(gpu.adapter.name, ceilings, e2e, !check.steady)}`);
+if (trials?.length) console.log(`\n${searchTrialText(gpu.adapter.name, trials)}`);
 for (const note of bench.notes) console.log(`note: ${note}`);
 const seconds = (performance.now() - started) / 1000;
-console.log(`\n${seconds.toFixed(0)} s; load average ${bench.loadBefore.toFixed(2)} before, ${loadavg()[0]!.toFixed(2)} after`);
+console.log(`\n${seconds.toFixed(0)} s; load average ${loads(bench.loadAtStart)} before, ${loads(loadAtEnd)} after`);
 
 const adapterSlug = gpu.adapter.name.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-|-$/g, '');
 const jsonPath = opts.json ?? `bench/results/${adapterSlug}-${date.slice(0, 10)}${quick ? '-quick' : ''}.json`;
@@ -122,11 +137,14 @@ writeFileSync(
       date,
       options: { quick, only: opts.only, sweep: opts.sweep ?? false, sections: [...sections] },
       timing,
-      loadAverage: { before: bench.loadBefore, after: loadavg()[0] },
+      loadAverage: { before: bench.loadBefore, after: loadAtEnd[0], beforeAll: bench.loadAtStart, afterAll: loadAtEnd },
       seconds,
       ceilings,
+      ceilingCheck: check,
+      ratiosWithheld: !check.steady,
       rows: bench.rows,
-      endToEnd: e2e?.json,
+      endToEnd: e2e,
+      searchTrial: trials,
       notes: bench.notes,
     },
     null,
@@ -135,7 +153,6 @@ writeFileSync(
 );
 log(`wrote ${jsonPath}`);
 gpu.dispose();
-if (e2e?.failed) process.exitCode = 1;
 
 function gitCommit(): string {
   try {

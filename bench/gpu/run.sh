@@ -2,7 +2,7 @@
 # Runs the bench on this machine's GPU through Dawn's Vulkan backend, from the unpacked archive of
 # pack.sh (no network, no installed Node needed). Prints the kernel table, the end-to-end figures and
 # the decode speed of a Llama-3.2-1B-shaped random bf16 model against the memory-bandwidth limit
-# (weight bytes per token / the copy bandwidth measured in the same run), and writes the JSON results
+# (weight bytes per token / the streaming ceiling, the best read kernel, measured in the same run), and writes the JSON results
 # (and, with --sweep, the tuned matmul variants) into the output folder.
 #
 # Usage: ./run.sh [--out DIR] [--model llama-1b|smollm2-135m|tiny] [--adapter hardware|lavapipe|swiftshader]

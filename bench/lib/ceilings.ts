@@ -5,8 +5,11 @@ import type { Bench, Measured } from './runner.ts';
 
 /**
  * Ceilings of the adapter, measured in the same run as the kernels they judge:
- * - bandwidth: a large copyBufferToBuffer, a trivial copy kernel (16-byte loads and stores), and a
- *   read-only kernel; bytes moved = bytes read + bytes written; the ceiling is the best of the three;
+ * - bandwidth, two ceilings: the driver's copyBufferToBuffer (a memcpy on CPU drivers, which no
+ *   shader can match there), and the streaming rate of the best read kernel (the roof of anything a
+ *   kernel does, matvec first); a trivial copy kernel is measured too. Bytes moved = bytes read +
+ *   bytes written. Kernel ratios (%BW) and the decode bandwidth limit use the streaming ceiling;
+ *   %copy is against the driver's copy;
  * - arithmetic: an FMA kernel with eight independent vec4 chains per invocation (no memory traffic);
  *   the best matmul of the run may beat it and then becomes the ceiling.
  */
@@ -16,12 +19,33 @@ export interface Ceilings {
   /** A kernel that only reads (sums 16-byte words into one value per invocation): the roof of matvec. */
   readKernelGBs: number;
   fmaGflops: number;
-  /** max(copyBufferGBs, copyKernelGBs, readKernelGBs). */
+  /** The streaming ceiling every %BW is a fraction of: the best read kernel (readKernelGBs). */
   bandwidthGBs: number;
   /** max(fmaGflops, best matmul) — completed after the kernels ran. */
   gflops: number;
   copyBytes: number;
+  /** Which access order of the read kernel was the faster. */
+  readOrder: 'contiguous' | 'strided';
 }
+
+/** The same ceilings measured again at the end of the run, and whether ratios can be trusted. */
+export interface CeilingCheck {
+  before: { copyBufferGBs: number; readKernelGBs: number; fmaGflops: number };
+  after: { copyBufferGBs: number; readKernelGBs: number; fmaGflops: number };
+  /** |after / before − 1| of each ceiling. */
+  drift: { copyBufferGBs: number; readKernelGBs: number; fmaGflops: number };
+  /** The largest drift allowed. */
+  margin: number;
+  /** false when a ceiling moved by more than the margin: the machine's load changed, ratios are withheld. */
+  steady: boolean;
+}
+
+/**
+ * How far a ceiling may move between the start and the end of a run before its ratios are withheld.
+ * On a quiet machine repeated ceilings agree within a few percent; under a changing load they move
+ * by 2× and more, and a ratio to either measurement would mean nothing.
+ */
+export const CEILING_MARGIN = 0.2;
 
 // Each invocation reads PER 16-byte words: spaced by the grid (CONTIGUOUS = false: neighbouring
 // invocations read neighbouring words, the coalesced order of GPUs) or consecutive ones (CONTIGUOUS =
@@ -85,64 +109,107 @@ function benchKernel(gpu: Gpu, name: string, source: string): Kernel {
   return new Kernel(gpu.device, name, {}, source);
 }
 
-export async function measureCeilings(bench: Bench): Promise<Ceilings> {
+/** Times copyBufferToBuffer of the two buffers; records the row. */
+async function timeCopyBuffer(bench: Bench, src: GPUBuffer, dst: GPUBuffer, bytes: number, when: string): Promise<number> {
+  const copy = bench.gpu.batch('copyBufferToBuffer');
+  copy.copy(src, 0, dst, 0, bytes);
+  const measured = await bench.time(copy, undefined, { timestamps: false });
+  bench.record({ section: 'ceiling', kernel: `copyBufferToBuffer${when}`, shape: mib(bytes), dtype: '-', bytes: 2 * bytes, flops: 0, measured });
+  return rate(2 * bytes, measured);
+}
+
+/** Times the copy or read kernel in one access order; records the row; returns GB/s. */
+async function timeStream(bench: Bench, kind: 'copy' | 'read', contiguous: boolean, src: GPUBuffer, dst: GPUBuffer, bytes: number, when: string): Promise<number> {
   const { gpu } = bench;
-  const quick = bench.options.quick;
+  const count = bytes / 16;
+  const stride = Math.ceil(count / PER);
+  const kernel = benchKernel(gpu, `bench ${kind}${contiguous ? ' contiguous' : ''}`, streamSource(kind === 'copy', contiguous));
+  const batch = gpu.batch(`${kind} kernel`);
+  batch.dispatch(kernel, { params: { count, stride }, src, dst }, workgroups1D(stride, 64), mib(bytes));
+  const measured = await bench.time(batch);
+  const moved = kind === 'copy' ? 2 * bytes : bytes;
+  bench.record({ section: 'ceiling', kernel: `${kind} kernel${when}`, shape: mib(bytes), dtype: contiguous ? 'contiguous' : 'strided', bytes: moved, flops: 0, measured });
+  return rate(moved, measured);
+}
+
+/** Times the FMA kernel; records the row; returns GFLOP/s. */
+async function timeFma(bench: Bench, when: string): Promise<number> {
+  const { gpu } = bench;
+  const fma = benchKernel(gpu, 'bench fma', FMA_SOURCE);
+  const invocations = 64 * 1024;
+  const iterations = bench.options.quick ? 256 : 1024;
+  const out = gpu.createBuffer(invocations * 4, 'fma out');
+  try {
+    const fb = gpu.batch('fma');
+    fb.dispatch(fma, { params: { iterations, a: 0.999, b: 1e-3 }, out }, workgroups1D(invocations, 64), `${invocations}×${iterations}`);
+    const measured = await bench.time(fb);
+    const flops = invocations * iterations * FMA_FLOPS_PER_ITERATION;
+    bench.record({ section: 'ceiling', kernel: `fma${when}`, shape: `${invocations} inv × ${iterations} it`, dtype: 'f32', bytes: 0, flops, measured });
+    return rate(flops, measured);
+  } finally {
+    gpu.destroyBuffer(out);
+  }
+}
+
+/** Runs `body` with the two large buffers the bandwidth ceilings stream. */
+async function withStreamBuffers<T>(bench: Bench, body: (src: GPUBuffer, dst: GPUBuffer, bytes: number) => Promise<T>): Promise<T> {
+  const { gpu } = bench;
   const limit = Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize);
-  const bytes = Math.min(quick ? 64 * 2 ** 20 : 256 * 2 ** 20, Math.floor(limit / 16) * 16);
+  const bytes = Math.min(bench.options.quick ? 64 * 2 ** 20 : 256 * 2 ** 20, Math.floor(limit / 16) * 16);
   const src = gpu.createBuffer(bytes, 'ceiling source');
   const dst = gpu.createBuffer(bytes, 'ceiling destination');
   try {
-    const copy = gpu.batch('copyBufferToBuffer');
-    copy.copy(src, 0, dst, 0, bytes);
-    const copyBuffer = await bench.time(copy, undefined, { timestamps: false });
-    bench.record({ section: 'ceiling', kernel: 'copyBufferToBuffer', shape: mib(bytes), dtype: '-', bytes: 2 * bytes, flops: 0, measured: copyBuffer });
-
-    const count = bytes / 16;
-    const stride = Math.ceil(count / PER);
-    const best: Record<'copy' | 'read', Measured | undefined> = { copy: undefined, read: undefined };
-    for (const kind of ['copy', 'read'] as const) {
-      for (const contiguous of [false, true]) {
-        const kernel = benchKernel(gpu, `bench ${kind}${contiguous ? ' contiguous' : ''}`, streamSource(kind === 'copy', contiguous));
-        const batch = gpu.batch(`${kind} kernel`);
-        batch.dispatch(kernel, { params: { count, stride }, src, dst }, workgroups1D(stride, 64), mib(bytes));
-        const measured = await bench.time(batch);
-        const moved = kind === 'copy' ? 2 * bytes : bytes;
-        bench.record({ section: 'ceiling', kernel: `${kind} kernel`, shape: mib(bytes), dtype: contiguous ? 'contiguous' : 'strided', bytes: moved, flops: 0, measured });
-        if (!best[kind] || measured.ms < best[kind].ms) best[kind] = measured;
-      }
-    }
-    const copyKernelTime = best.copy!;
-    const readKernelTime = best.read!;
-
-    const fma = benchKernel(gpu, 'bench fma', FMA_SOURCE);
-    const invocations = 64 * 1024;
-    const iterations = quick ? 256 : 1024;
-    const out = gpu.createBuffer(invocations * 4, 'fma out');
-    const fb = gpu.batch('fma');
-    fb.dispatch(fma, { params: { iterations, a: 0.999, b: 1e-3 }, out }, workgroups1D(invocations, 64), `${invocations}×${iterations}`);
-    const fmaTime = await bench.time(fb);
-    const flops = invocations * iterations * FMA_FLOPS_PER_ITERATION;
-    bench.record({ section: 'ceiling', kernel: 'fma', shape: `${invocations} inv × ${iterations} it`, dtype: 'f32', bytes: 0, flops, measured: fmaTime });
-    gpu.destroyBuffer(out);
-
-    const copyBufferGBs = rate(2 * bytes, copyBuffer);
-    const copyKernelGBs = rate(2 * bytes, copyKernelTime);
-    const readKernelGBs = rate(bytes, readKernelTime);
-    const fmaGflops = rate(flops, fmaTime);
-    return {
-      copyBufferGBs,
-      copyKernelGBs,
-      readKernelGBs,
-      fmaGflops,
-      bandwidthGBs: Math.max(copyBufferGBs, copyKernelGBs, readKernelGBs),
-      gflops: fmaGflops,
-      copyBytes: bytes,
-    };
+    return await body(src, dst, bytes);
   } finally {
     gpu.destroyBuffer(src);
     gpu.destroyBuffer(dst);
   }
+}
+
+export async function measureCeilings(bench: Bench): Promise<Ceilings> {
+  return withStreamBuffers(bench, async (src, dst, bytes) => {
+    const copyBufferGBs = await timeCopyBuffer(bench, src, dst, bytes, '');
+    let copyKernelGBs = 0;
+    let readKernelGBs = 0;
+    let readOrder: Ceilings['readOrder'] = 'contiguous';
+    for (const contiguous of [false, true]) copyKernelGBs = Math.max(copyKernelGBs, await timeStream(bench, 'copy', contiguous, src, dst, bytes, ''));
+    for (const contiguous of [false, true]) {
+      const gbs = await timeStream(bench, 'read', contiguous, src, dst, bytes, '');
+      if (gbs > readKernelGBs) {
+        readKernelGBs = gbs;
+        readOrder = contiguous ? 'contiguous' : 'strided';
+      }
+    }
+    const fmaGflops = await timeFma(bench, '');
+    return { copyBufferGBs, copyKernelGBs, readKernelGBs, fmaGflops, bandwidthGBs: readKernelGBs, gflops: fmaGflops, copyBytes: bytes, readOrder };
+  });
+}
+
+/**
+ * Measures the driver's copy, the read kernel (in the order that won) and the FMA kernel again,
+ * after the cases they judge, and compares them with the first measurement.
+ */
+export async function checkCeilings(bench: Bench, first: Ceilings, margin = CEILING_MARGIN): Promise<CeilingCheck> {
+  const after = await withStreamBuffers(bench, async (src, dst, bytes) => ({
+    copyBufferGBs: await timeCopyBuffer(bench, src, dst, bytes, ' (end)'),
+    readKernelGBs: await timeStream(bench, 'read', first.readOrder === 'contiguous', src, dst, bytes, ' (end)'),
+    fmaGflops: await timeFma(bench, ' (end)'),
+  }));
+  const before = { copyBufferGBs: first.copyBufferGBs, readKernelGBs: first.readKernelGBs, fmaGflops: first.fmaGflops };
+  const move = (k: keyof typeof before) => Math.abs(after[k] / before[k] - 1);
+  const drift = { copyBufferGBs: move('copyBufferGBs'), readKernelGBs: move('readKernelGBs'), fmaGflops: move('fmaGflops') };
+  return { before, after, drift, margin, steady: Math.max(drift.copyBufferGBs, drift.readKernelGBs, drift.fmaGflops) <= margin };
+}
+
+/** One line saying how the ceilings held, for the printed report. */
+export function describeCheck(check: CeilingCheck): string {
+  const pct = (x: number) => `${(100 * x).toFixed(0)}%`;
+  const one = (name: string, k: keyof CeilingCheck['before'], unit: string) =>
+    `${name} ${check.before[k].toFixed(2)} → ${check.after[k].toFixed(2)} ${unit} (${pct(check.drift[k])})`;
+  const parts = [one('copyBufferToBuffer', 'copyBufferGBs', 'GB/s'), one('read kernel', 'readKernelGBs', 'GB/s'), one('FMA', 'fmaGflops', 'GFLOP/s')].join(', ');
+  return check.steady
+    ? `ceilings at the start and the end of the run agree within ±${pct(check.margin)}: ${parts}`
+    : `RATIOS WITHHELD: a ceiling moved by more than ±${pct(check.margin)} between the start and the end of the run (the machine's load changed): ${parts}`;
 }
 
 /** Units per nanosecond = G units per second. */

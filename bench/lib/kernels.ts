@@ -228,9 +228,10 @@ export async function benchAccumulateRows(bench: Bench, tokens: number, count: n
 }
 
 /** column_dot (v = dᵀW) and rank1_update (low_rank_update with K = 1: W −= α d vᵀ), the two halves of the rank-1 cut, on one matrix. */
-export async function benchRank1(bench: Bench, shape: MatrixShape, dtype: Dtype): Promise<void> {
-  const wantDot = bench.wants('kernel', 'column_dot', shape.name, dtype);
-  const wantUpdate = bench.wants('kernel', 'rank1_update', shape.name, dtype);
+export async function benchRank1(bench: Bench, shape: MatrixShape, dtype: Dtype, rank = 1): Promise<void> {
+  const updateName = rank === 1 ? 'rank1_update' : `rank${rank}_update`;
+  const wantDot = rank === 1 && bench.wants('kernel', 'column_dot', shape.name, dtype);
+  const wantUpdate = bench.wants('kernel', updateName, shape.name, dtype);
   if (!wantDot && !wantUpdate) return;
   const { gpu } = bench;
   const rank1 = await import('../../src/kernels/lowRank.ts');
@@ -239,6 +240,10 @@ export async function benchRank1(bench: Bench, shape: MatrixShape, dtype: Dtype)
   const unit = randomFloats(rows, 1, 9);
   const norm = Math.hypot(...unit);
   const d = gpu.upload(unit.map((v) => v / norm), 'direction');
+  // The update's factors: K vectors a (rows) and b (cols) of typical sizes; every element takes the
+  // general path of the exact update (a zero factor would take its short cut).
+  const a = gpu.upload(randomFloats(rank * rows, 1 / Math.sqrt(rows), 10), 'a');
+  const b = gpu.upload(randomFloats(rank * cols, 1e-2, 11), 'b');
   const v = gpu.createBuffer(cols * 4, 'v');
   const weightBytes = rows * cols * bytesPerElement(dtype);
   try {
@@ -249,15 +254,14 @@ export async function benchRank1(bench: Bench, shape: MatrixShape, dtype: Dtype)
       bench.record({ section: 'kernel', kernel: 'column_dot', shape: `${shape.name} ${rows}×${cols}`, dtype, bytes: weightBytes + 4 * (rows + cols), flops: 2 * rows * cols, measured });
     }
     if (wantUpdate) {
-      const batch = gpu.batch('rank1_update');
-      // alpha 0 leaves the values as they are; the kernel does the same work.
-      rank1.recordLowRankUpdate(batch, { matrix, a: d, b: v, alpha: 0 });
+      const batch = gpu.batch(updateName);
+      // Each timed run changes the weights a little more: the same work every time.
+      rank1.recordLowRankUpdate(batch, { matrix, a, b, rank, alpha: 1 });
       const measured = await bench.time(batch);
-      bench.record({ section: 'kernel', kernel: 'rank1_update', shape: `${shape.name} ${rows}×${cols}`, dtype, bytes: 2 * weightBytes + 4 * (rows + cols), flops: 2 * rows * cols, measured });
+      bench.record({ section: 'kernel', kernel: updateName, shape: `${shape.name} ${rows}×${cols}`, dtype, bytes: 2 * weightBytes + 4 * rank * (rows + cols), flops: 2 * rank * rows * cols, measured });
     }
   } finally {
     destroyMatrix(gpu, matrix);
-    gpu.destroyBuffer(d);
-    gpu.destroyBuffer(v);
+    for (const buffer of [d, a, b, v]) gpu.destroyBuffer(buffer);
   }
 }

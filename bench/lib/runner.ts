@@ -35,7 +35,10 @@ export interface Row {
   gbs?: number;
   /** Fractions of the measured ceilings, filled in at the end. */
   flopFraction?: number;
+  /** Of the streaming ceiling (best read kernel). */
   bandwidthFraction?: number;
+  /** Of the driver's copyBufferToBuffer. */
+  copyFraction?: number;
 }
 
 /**
@@ -47,7 +50,9 @@ export class Bench {
   readonly notes: string[] = [];
   readonly timer: GpuTimer | undefined;
   readonly startedAt = Date.now();
-  readonly loadBefore = loadavg()[0]!;
+  /** The 1-, 5- and 15-minute load averages when the run started. */
+  readonly loadAtStart = loadavg();
+  readonly loadBefore = this.loadAtStart[0]!;
 
   constructor(
     readonly gpu: Gpu,

@@ -1,12 +1,17 @@
 import type { Ceilings } from './ceilings.ts';
 import type { Row } from './runner.ts';
 
-/** Fills each row's fractions of the ceilings. */
-export function applyCeilings(rows: Row[], ceilings: Ceilings): void {
+/**
+ * Fills each row's fractions of the ceilings: %FLOP of the arithmetic ceiling, %BW of the streaming
+ * ceiling (the best read kernel), %copy of the driver's copyBufferToBuffer. With `withheld` (the
+ * ceilings moved during the run) every fraction is left out.
+ */
+export function applyCeilings(rows: Row[], ceilings: Ceilings, withheld = false): void {
   for (const r of rows) {
     if (r.section === 'e2e') continue;
-    r.flopFraction = r.gflops !== undefined ? r.gflops / ceilings.gflops : undefined;
-    r.bandwidthFraction = r.gbs !== undefined ? r.gbs / ceilings.bandwidthGBs : undefined;
+    r.flopFraction = !withheld && r.gflops !== undefined ? r.gflops / ceilings.gflops : undefined;
+    r.bandwidthFraction = !withheld && r.gbs !== undefined ? r.gbs / ceilings.bandwidthGBs : undefined;
+    r.copyFraction = !withheld && r.gbs !== undefined ? r.gbs / ceilings.copyBufferGBs : undefined;
   }
 }
 
@@ -33,7 +38,7 @@ export function renderTable(headers: string[], lines: string[][]): string {
 export function kernelTable(rows: Row[]): string {
   const timerMark = (r: Row) => (r.measured.method === 'timestamp-query' ? 'ts' : 'cpu');
   return renderTable(
-    ['kernel', 'shape', 'dtype', 'variant', 'ms', 'GFLOP/s', 'GB/s', '%FLOP', '%BW', 'timer', 'cpu ms', 'reps'],
+    ['kernel', 'shape', 'dtype', 'variant', 'ms', 'GFLOP/s', 'GB/s', '%FLOP', '%BW', '%copy', 'timer', 'cpu ms', 'reps'],
     rows.map((r) => [
       r.kernel,
       r.shape,
@@ -44,6 +49,7 @@ export function kernelTable(rows: Row[]): string {
       fixed(r.gbs, 2),
       percent(r.flopFraction),
       percent(r.bandwidthFraction),
+      percent(r.copyFraction),
       timerMark(r),
       formatMs(r.measured.cpuMs),
       String(r.measured.reps),
