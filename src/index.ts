@@ -12,6 +12,7 @@
 export * from './core.ts';
 export { createBrowserGpu } from './gpu/browser.ts';
 export { ADAPTER_CHOICES, createNodeGpu, MEMORY_BUDGET_ENV, parseMemoryBudget, type AdapterChoice, type NodeGpuOptions } from './gpu/node.ts';
-export { NodeFolder } from './io/nodeFolder.ts';
+export { NodeFolder, readTextFile } from './io/nodeFolder.ts';
+export { createOutputFile, writeFileAtomic, type OutputFile, type OutputFileOptions } from './io/outputFile.ts';
 export { createOutputFolder, NodeFileSink, OutputFolderError, OutputWriteError, type OutputFolder, type OutputFolderErrorKind, type OutputFolderOptions } from './io/outputFolder.ts';
 export type { OutputPathErrorKind } from './io/outputPaths.ts';

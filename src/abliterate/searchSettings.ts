@@ -67,7 +67,7 @@ export const OPTIMIZE_SCHEMA = v.strictObject({
     v.metadata({ key: 'direction-window', group: 'search', kind: 'window', label: 'Direction window', help: 'depth window (fractions) the direction index ranges over; 0,1 for the whole depth', valueName: 'from,to' } as SettingMeta),
   ),
   'val-tokens': numericSetting('integer', { key: 'val-tokens', group: 'search', label: 'Tokens per validation answer', help: 'new tokens per validation answer in a trial', min: 1 }, OPTIMIZE_DEFAULTS.valTokens),
-  optimize: booleanSetting({ key: 'optimize', group: 'search', label: 'Search the cut', help: 'search the cut', offHelp: 'skip the search: choose the layer and cut as --select, --alpha, --layers and --strength-profile say' } as SettingMeta, true),
+  optimize: booleanSetting({ key: 'optimize', group: 'search', label: 'Search the cut', help: 'search the cut', offHelp: 'skip the search: choose the point and cut as --point, --select, --alpha, --layers and --strength-profile say' } as SettingMeta, true),
 });
 
 export const OPTIMIZE_KEYS = ['trials', 'startup-trials', 'timeout', 'seed', 'study', 'trial', 'pin', 'direction-window', 'val-tokens'] as const;

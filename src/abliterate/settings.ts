@@ -131,10 +131,10 @@ export function formatStrengthProfile(profile: StrengthProfile): string {
 // --- The schema ------------------------------------------------------------------------------
 
 /** What a setting's definition states; kind, range and choices come from the helper that defines it. */
-export type Meta = Omit<SettingMeta, 'kind' | 'min' | 'max' | 'choices'>;
+export type SettingDefinition = Omit<SettingMeta, 'kind' | 'min' | 'max' | 'choices'>;
 
 /** A number setting; `fallback` is its default. */
-export function numericSetting<const D extends number | undefined = undefined>(kind: 'integer' | 'number', meta: Meta & { min?: number; max?: number }, fallback?: D) {
+export function numericSetting<const D extends number | undefined = undefined>(kind: 'integer' | 'number', meta: SettingDefinition & { min?: number; max?: number }, fallback?: D) {
   const full: SettingMeta = { ...meta, kind, valueName: meta.valueName ?? (kind === 'integer' ? 'n' : 'x') };
   const value = v.pipe(
     v.number(`must be ${describeRange(full)}`),
@@ -143,21 +143,21 @@ export function numericSetting<const D extends number | undefined = undefined>(k
   return v.pipe(v.optional(value, fallback as D), v.metadata(full));
 }
 
-export function booleanSetting(meta: Meta, fallback: boolean) {
+export function booleanSetting(meta: SettingDefinition, fallback: boolean) {
   return v.pipe(v.optional(v.boolean('must be true or false'), fallback), v.metadata({ ...meta, kind: 'boolean' } as SettingMeta));
 }
 
-export function choiceSetting<const T extends readonly [string, ...string[]], const D extends T[number] | undefined = undefined>(meta: Meta, choices: T, fallback?: D) {
+export function choiceSetting<const T extends readonly [string, ...string[]], const D extends T[number] | undefined = undefined>(meta: SettingDefinition, choices: T, fallback?: D) {
   const value = v.picklist(choices, `must be one of ${choices.join(', ')}`);
   return v.pipe(v.optional(value, fallback as D), v.metadata({ ...meta, kind: 'choice', choices, valueName: meta.valueName ?? 'name' } as SettingMeta));
 }
 
-export function fileSetting(meta: Meta) {
+export function fileSetting(meta: SettingDefinition) {
   return v.pipe(v.optional(v.pipe(v.string('must be a path'), v.minLength(1, 'must be a path'))), v.metadata({ ...meta, kind: 'file', valueName: meta.valueName ?? 'file' } as SettingMeta));
 }
 
 /** A text setting whose syntax `parse` checks (it throws a SettingError saying what is wrong). */
-export function textSetting<const D extends string | undefined = undefined>(meta: Meta, fallback?: D, parse?: (text: string) => unknown) {
+export function textSetting<const D extends string | undefined = undefined>(meta: SettingDefinition, fallback?: D, parse?: (text: string) => unknown) {
   const value = v.pipe(
     v.string('must be a string'),
     v.rawCheck(({ dataset, addIssue }) => {

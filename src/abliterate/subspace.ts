@@ -6,6 +6,7 @@
  */
 import { EigenvalueDecomposition, Matrix, SingularValueDecomposition } from 'ml-matrix';
 
+/** The top singular vectors of a difference matrix and its spectrum ({@link topSingularVectors}). */
 export interface Subspace {
   /** The top-K right singular vectors, unit, mutually orthogonal (each f32 [dim]). */
   basis: Float32Array[];

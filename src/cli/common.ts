@@ -1,8 +1,5 @@
 import { SingleBar, Presets } from 'cli-progress';
-import type { Gpu } from '../gpu/gpu.ts';
-import { createNodeGpu, type AdapterChoice } from '../gpu/node.ts';
-import { NodeFolder } from '../io/nodeFolder.ts';
-import { LlamaModel, openModelFiles, type ModelFiles } from '../model/model.ts';
+import { type AdapterChoice, createNodeGpu, type Gpu, LlamaModel, type ModelFiles, NodeFolder, openModelFiles } from '../index.ts';
 
 /** An error whose message is all a CLI user needs: printed as one line, exit code 1. */
 export class UsageError extends Error {

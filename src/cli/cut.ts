@@ -1,11 +1,7 @@
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
-import { applyCut, layerStrengths } from '../abliterate/cut.ts';
-import { exportModel } from '../abliterate/export.ts';
-import type { CutParameters } from '../abliterate/report.ts';
-import { abliterationSettings, settingsInGroups } from '../abliterate/settings.ts';
+import { abliterationSettings, applyCut, type CutParameters, type CutTarget, exportModel, layerStrengths, settingsInGroups } from '../index.ts';
 import { bar, printJson, UsageError, withModel } from './common.ts';
-import type { CutTarget } from '../abliterate/dbdi.ts';
 import { fitDirections, openDirections, pointOf, storedSubspace, targetDirections } from './directions.ts';
 import { addSettingOptions, commandValues, type CommandSettings } from './options.ts';
 import { noteSkippedFiles, withOutputFolder } from './output.ts';

@@ -1,7 +1,5 @@
 import type { Command } from 'commander';
-import { detectHardening, HARDENING_THRESHOLDS, type DetectStage, type HardeningDetection } from '../abliterate/detect.ts';
-import { samplePrompts } from '../abliterate/sampling.ts';
-import { abliterationSettings } from '../abliterate/settings.ts';
+import { abliterationSettings, detectHardening, HARDENING_THRESHOLDS, samplePrompts, type DetectStage, type HardeningDetection } from '../index.ts';
 import { printJson, progressBar, status, UsageError, withModel, type Progress } from './common.ts';
 import { addSettingOptions, commandValues, type CommandSettings } from './options.ts';
 import { BUNDLED, loadPrompts } from './settings.ts';

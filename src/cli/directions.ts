@@ -1,10 +1,5 @@
 import { basename, dirname, resolve } from 'node:path';
-import { storedTargets, type CutTarget } from '../abliterate/dbdi.ts';
-import { directionProblem, readDirections, type Directions } from '../abliterate/directionsFile.ts';
-import { projectedDirection } from '../abliterate/hygiene.ts';
-import type { ModelConfig } from '../model/config.ts';
-import { FileMissingError, NotRegularFileError } from '../io/byteSource.ts';
-import { NodeFolder } from '../io/nodeFolder.ts';
+import { type CutTarget, directionProblem, type Directions, FileMissingError, type ModelConfig, NodeFolder, NotRegularFileError, projectedDirection, readDirections, storedTargets } from '../index.ts';
 import { UsageError } from './common.ts';
 
 export async function openDirections(file: string): Promise<Directions> {

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { evaluateModel, EvaluationPrompts, firstTokenLogits } from '../abliterate/evaluate.ts';
+import { evaluateModel, EvaluationPrompts, firstTokenLogits } from '../index.ts';
 import { bar, checkModelFolder, loadModel, openGpu, printJson } from './common.ts';
 import { addSettingOptions, commandValues, type CommandSettings } from './options.ts';
 import { BUNDLED, loadPrompts, MAX_PLAIN_TEXT_BYTES, readTextInput } from './settings.ts';

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { generate } from '../model/generate.ts';
+import { generate } from '../index.ts';
 import { printJson, withModel } from './common.ts';
 import { addSettingOptions, commandValues, type CommandSettings } from './options.ts';
 

@@ -1,7 +1,5 @@
 import type { Command } from 'commander';
-import { SUPPORTED_ARCHITECTURES } from '../model/config.ts';
-import { detectExpertStorage, inactiveExpertParameters } from '../model/layout.ts';
-import { formatBytes } from '../gpu/errors.ts';
+import { detectExpertStorage, formatBytes, inactiveExpertParameters, SUPPORTED_ARCHITECTURES } from '../index.ts';
 import { checkModelFolder, openGpu, printJson } from './common.ts';
 import { addSettingOptions, commandValues, type CommandSettings } from './options.ts';
 

@@ -1,6 +1,5 @@
 import { Command, CommanderError } from 'commander';
-import { GpuOutOfMemoryError } from '../gpu/errors.ts';
-import { MEMORY_BUDGET_ENV } from '../gpu/node.ts';
+import { GpuOutOfMemoryError, MEMORY_BUDGET_ENV } from '../index.ts';
 import { registerCut } from './cut.ts';
 import { registerDetect } from './detect.ts';
 import { registerEval } from './eval.ts';

@@ -1,12 +1,5 @@
 import type { Command } from 'commander';
-import { writeDirections } from '../abliterate/directionsFile.ts';
-import { compareDirections } from '../abliterate/dbdi.ts';
-import { measure, type MeasurePosition, type PointScore } from '../abliterate/measure.ts';
-import { samplePrompts } from '../abliterate/sampling.ts';
-import { chatTokens } from '../abliterate/prefill.ts';
-import { rankPoints } from '../abliterate/select.ts';
-import { MemorySink } from '../io/safetensorsWriter.ts';
-import { abliterationSettings, choiceSetting, settingsInGroups } from '../abliterate/settings.ts';
+import { abliterationSettings, chatTokens, choiceSetting, compareDirections, measure, type MeasurePosition, MemorySink, type PointScore, rankPoints, samplePrompts, settingsInGroups, writeDirections } from '../index.ts';
 import { bar, printJson, UsageError, withModel } from './common.ts';
 import { addSettingOptions, commandValues, type CommandSettings } from './options.ts';
 import { withOutputFile } from './output.ts';

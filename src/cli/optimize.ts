@@ -1,13 +1,6 @@
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
-import { measure } from '../abliterate/measure.ts';
-import { EvaluationPrompts } from '../abliterate/evaluate.ts';
-import { optimizeCut } from '../abliterate/optimize/search.ts';
-import type { AbliterationSettings } from '../abliterate/pipeline.ts';
-import { chatTokens } from '../abliterate/prefill.ts';
-import { searchReport } from '../abliterate/report.ts';
-import { samplePrompts } from '../abliterate/sampling.ts';
-import { abliterationSettings, settingsInGroups } from '../abliterate/settings.ts';
+import { abliterationSettings, chatTokens, EvaluationPrompts, measure, optimizeCut, type RunSettings as AbliterationSettings, samplePrompts, searchReport, settingsInGroups } from '../index.ts';
 import { printJson, progressBar, status, UsageError, withModel, type Progress } from './common.ts';
 import { addSettingOptions, commandValues, type CommandSettings } from './options.ts';
 import { OPTIMIZE_KEYS, optimizeSettingsFrom, type OptimizeValues } from './optimizeOptions.ts';

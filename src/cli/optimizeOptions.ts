@@ -1,2 +1,2 @@
 // The search's settings are the library's (the page's search form uses them too).
-export { OPTIMIZE_DEFAULTS, OPTIMIZE_KEYS, OPTIMIZE_SCHEMA, optimizeSettingsFrom, pinsFrom, type OptimizeValues } from '../abliterate/searchSettings.ts';
+export { OPTIMIZE_DEFAULTS, OPTIMIZE_KEYS, OPTIMIZE_SCHEMA, optimizeSettingsFrom, pinsFrom, type OptimizeValues } from '../index.ts';

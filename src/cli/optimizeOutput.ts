@@ -2,9 +2,7 @@ import { createHash } from 'node:crypto';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { stringify as toToml } from 'smol-toml';
-import { DAMAGE_KL, type SearchResult, type TrialRecord } from '../abliterate/optimize/search.ts';
-import { PARAMETER_NAMES, type CutParameters } from '../abliterate/optimize/space.ts';
-import { CHOICE_RULE } from '../abliterate/report.ts';
+import { CHOICE_RULE, DAMAGE_KL, PARAMETER_NAMES, type SearchCutParameters as CutParameters, type SearchResult, type TrialRecord } from '../index.ts';
 import { status } from './common.ts';
 import { BUNDLED, type CommandValues } from './settings.ts';
 

@@ -2,7 +2,7 @@ import { dirname, resolve } from 'node:path';
 import { Option, type Command } from 'commander';
 import { parse as parseToml } from 'smol-toml';
 import type * as v from 'valibot';
-import { checkSetting, describeRange, fieldOf, parseSettingText, type SettingField } from '../abliterate/settings.ts';
+import { checkSetting, describeRange, fieldOf, parseSettingText, type SettingField } from '../index.ts';
 import { UsageError } from './common.ts';
 import { ALL_SETTINGS, MAX_CONFIG_BYTES, readTextInput, type CommandValues } from './settings.ts';
 

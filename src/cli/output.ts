@@ -1,11 +1,5 @@
-import type { AbliterationResult } from '../abliterate/pipeline.ts';
-import { writeDirections } from '../abliterate/directionsFile.ts';
-import { exportModel, type ExportFiles } from '../abliterate/export.ts';
+import { type AbliterationReport, type AbliterationResult, createOutputFile, createOutputFolder, type CutParameters, DIRECTIONS_FILE, type ExportFiles, exportModel, type LlamaModel, type OutputFile, type OutputFolder, OutputWriteError, REPORT_FILE, reportOf, writeDirections } from '../index.ts';
 import { status } from './common.ts';
-import { createOutputFile, type OutputFile } from '../io/outputFile.ts';
-import { createOutputFolder, OutputWriteError, type OutputFolder } from '../io/outputFolder.ts';
-import type { LlamaModel } from '../model/model.ts';
-import { DIRECTIONS_FILE, REPORT_FILE, reportOf, type AbliterationReport, type CutParameters } from '../abliterate/report.ts';
 
 // The report is built by browser-safe code that the page shares.
 export { DIRECTIONS_FILE, REPORT_FILE, reportOf };

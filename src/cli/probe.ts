@@ -1,7 +1,5 @@
 import type { Command } from 'commander';
-import { evaluateRefusals } from '../abliterate/evaluate.ts';
-import { chatTokens } from '../abliterate/prefill.ts';
-import { probe } from '../abliterate/probe.ts';
+import { chatTokens, evaluateRefusals, probe } from '../index.ts';
 import { bar, printJson, UsageError, withModel } from './common.ts';
 import { addSettingOptions, commandValues, type CommandSettings } from './options.ts';
 import { fitDirections, openDirections } from './directions.ts';

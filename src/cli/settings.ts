@@ -1,13 +1,7 @@
 import { basename, dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as v from 'valibot';
-import type { PromptSets } from '../abliterate/pipeline.ts';
-import { booleanSetting, choiceSetting, fieldOf, fileSetting, numericSetting, SETTINGS_SCHEMA, SettingError, textSetting, type SettingField, type SettingValues } from '../abliterate/settings.ts';
-import { ADAPTER_CHOICES, type AdapterChoice } from '../gpu/node.ts';
-import { FileMissingError, FileTooLargeError, formatSize, NotRegularFileError, type ByteSource } from '../io/byteSource.ts';
-import { NodeFolder, readTextFile } from '../io/nodeFolder.ts';
-import { readPrompts } from '../io/prompts.ts';
-import { TAP_POINTS, type PositionSelector } from '../model/taps.ts';
+import { ADAPTER_CHOICES, type AdapterChoice, booleanSetting, type ByteSource, choiceSetting, fieldOf, FileMissingError, fileSetting, FileTooLargeError, formatSize, NodeFolder, NotRegularFileError, numericSetting, type PositionSelector, type PromptSets, readPrompts, readTextFile, SettingError, type SettingField, SETTINGS_SCHEMA, type SettingValues, TAP_POINTS, textSetting } from '../index.ts';
 import { status, UsageError } from './common.ts';
 import { OPTIMIZE_SCHEMA } from './optimizeOptions.ts';
 

@@ -1,6 +1,5 @@
 import type { Command } from 'commander';
-import { steeringHooks, type Steering } from '../abliterate/steer.ts';
-import { generate } from '../model/generate.ts';
+import { generate, type Steering, steeringHooks } from '../index.ts';
 import { printJson, withModel } from './common.ts';
 import { addSettingOptions, commandValues, type CommandSettings } from './options.ts';
 import { fitDirections, openDirections, pointOf } from './directions.ts';

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { link, open, readFile, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import type { TrialObjectives, TrialRecord } from '../abliterate/optimize/search.ts';
+import type { TrialObjectives, TrialRecord } from '../index.ts';
 import { checkStudySettings, headerLine, parseStudy, trialLine } from '../abliterate/optimize/study.ts';
 import { UsageError } from './common.ts';
 

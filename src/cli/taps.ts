@@ -1,6 +1,5 @@
 import type { Command } from 'commander';
-import { KvCache } from '../model/kvCache.ts';
-import { HookRunner, LAYER_POINTS, TAP_POINTS, selectRows, type TapPoint } from '../model/taps.ts';
+import { HookRunner, KvCache, LAYER_POINTS, selectRows, TAP_POINTS, type TapPoint } from '../index.ts';
 import { printJson, UsageError, withModel } from './common.ts';
 import { addSettingOptions, commandValues, type CommandSettings } from './options.ts';
 import { parsePositions } from './settings.ts';

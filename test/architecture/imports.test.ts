@@ -83,6 +83,15 @@ describe('imports in src/', () => {
     );
     expect(violations).toEqual([]);
   });
+
+  it('in src/cli/ reach the library through its public entry (src/index.ts) only: the command line is a client of the API', () => {
+    // The one exception: the study file, the search's resumable log of trials, is a format of the
+    // command line (optimize --study), not part of the library's API.
+    const allowed = new Set(['src/index.ts', 'src/abliterate/optimize/study.ts']);
+    const deep = [...graph].flatMap(([file, targets]) => (file.startsWith('src/cli/') ? targets.filter((t) => !t.startsWith('src/cli/') && !allowed.has(t)).map((t) => `${file} → ${t}`) : []));
+    expect(deep).toEqual([]);
+    expect([...graph.keys()].filter((file) => file.startsWith('src/cli/')).length).toBeGreaterThan(10);
+  });
 });
 
 describe('imports in web/src/', () => {
