@@ -10,7 +10,6 @@ import type { Gpu } from '../../src/gpu/gpu.ts';
 import { ablationHooks, uploadBasis } from '../../src/abliterate/ablation.ts';
 import { applyCut, orthonormalize, postNormedProjection } from '../../src/abliterate/cut.ts';
 import { exportModel } from '../../src/abliterate/export.ts';
-import { BlobFolder } from '../../src/io/byteSource.ts';
 import { MemoryTarget } from '../../src/io/safetensorsWriter.ts';
 import { LlamaModel } from '../../src/model/model.ts';
 import type { TapPoint } from '../../src/model/taps.ts';
@@ -18,7 +17,7 @@ import { ReferenceLlama, type ReferenceEdit } from '../reference/llama.ts';
 import { randomModel, type RandomModel, type RandomModelOptions } from '../reference/randomModel.ts';
 import { relativeError } from '../helpers/compare.ts';
 import { testGpu } from '../helpers/gpu.ts';
-import { loadRandomModel } from '../helpers/models.ts';
+import { exportedFolder, loadRandomModel } from '../helpers/models.ts';
 import { Random } from '../helpers/random.ts';
 import { tapEverything } from '../helpers/taps.ts';
 
@@ -212,11 +211,6 @@ function worstProjection(taps: Map<TapPoint, Float32Array>, basis: readonly Floa
   return worst;
 }
 
-async function exported(model: LlamaModel): Promise<BlobFolder> {
-  const target = new MemoryTarget();
-  await exportModel(model, target, { parameters: {} });
-  return new BlobFolder('exported', target.blobs());
-}
 
 describe('the weight cut of Gemma models', () => {
   it.each(VARIANTS)('%s: every residual point ⟂ B, equal to the writers ablated by the projection at run time, writes parallel to ablation, export round trip', async (name, options, rank) => {
@@ -274,7 +268,7 @@ describe('the weight cut of Gemma models', () => {
       cut.release();
 
       // 4. The exported model is the cut one.
-      const reloaded = await LlamaModel.load(gpu, await exported(model));
+      const reloaded = await LlamaModel.load(gpu, await exportedFolder(model));
       try {
         const again = await tapEverything(gpu, reloaded, prompts);
         expect(again.logits).toEqual(after.logits);

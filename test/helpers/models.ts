@@ -1,6 +1,8 @@
 import { readFile } from 'node:fs/promises';
 import type { Gpu } from '../../src/gpu/gpu.ts';
+import { exportModel } from '../../src/abliterate/export.ts';
 import { BlobFolder } from '../../src/io/byteSource.ts';
+import { MemoryTarget } from '../../src/io/safetensorsWriter.ts';
 import { LlamaModel } from '../../src/model/model.ts';
 import { randomModel, toSafetensors, type RandomModel, type RandomModelOptions } from '../reference/randomModel.ts';
 
@@ -34,4 +36,11 @@ export async function loadRandomChatModel(gpu: Gpu, options: RandomModelOptions 
     ]),
   );
   return { random, model: await LlamaModel.load(gpu, folder) };
+}
+
+/** The model as `exportModel` writes it now, as a folder in memory. */
+export async function exportedFolder(model: LlamaModel): Promise<BlobFolder> {
+  const target = new MemoryTarget();
+  await exportModel(model, target, { parameters: {} });
+  return new BlobFolder('exported', target.blobs());
 }

@@ -7,13 +7,12 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Gpu } from '../../src/gpu/gpu.ts';
 import { applyCut, orthonormalize } from '../../src/abliterate/cut.ts';
-import { exportModel } from '../../src/abliterate/export.ts';
 import { BlobFolder } from '../../src/io/byteSource.ts';
 import { SafetensorsModel } from '../../src/io/safetensors.ts';
-import { MemoryTarget } from '../../src/io/safetensorsWriter.ts';
 import { LlamaModel } from '../../src/model/model.ts';
 import { encode, randomModel, toSafetensors, type RandomTensor } from '../reference/randomModel.ts';
 import { testGpu } from '../helpers/gpu.ts';
+import { exportedFolder } from '../helpers/models.ts';
 import { Random } from '../helpers/random.ts';
 import { tapEverything } from '../helpers/taps.ts';
 
@@ -32,11 +31,6 @@ function folder(name: string, files: Record<string, Uint8Array | string>): BlobF
   return new BlobFolder(name, new Map(Object.entries(files).map(([file, content]) => [file, new Blob([content as Uint8Array<ArrayBuffer>])])));
 }
 
-async function exported(model: LlamaModel): Promise<BlobFolder> {
-  const target = new MemoryTarget();
-  await exportModel(model, target, { parameters: {} });
-  return new BlobFolder('exported', target.blobs());
-}
 
 describe("Gemma 3's multimodal checkpoints", () => {
   it.each(LAYOUTS)('%s: the text decoder runs as the causal LM, is cut, and is exported under the files’ names with the vision tower unchanged', async (_, layout) => {
@@ -66,7 +60,7 @@ describe("Gemma 3's multimodal checkpoints", () => {
       await applyCut(model, { basis: direction, embedding: true });
       const cut = (await tapEverything(gpu, model, prompts)).logits;
       expect(cut).not.toEqual(logits);
-      const out = await exported(model);
+      const out = await exportedFolder(model);
       const files = await SafetensorsModel.open(out);
       const input = await SafetensorsModel.open(multimodal);
       expect(files.textDecoderPrefix).toBe(layout.decoder);
