@@ -10,7 +10,7 @@ import { dirname } from 'node:path';
 import { Command } from 'commander';
 import { createNodeGpu, parseAdapterChoice } from '../src/gpu/node.ts';
 import { checkCeilings, describeCheck, measureCeilings } from './lib/ceilings.ts';
-import { benchEndToEnd, endToEndText } from './lib/e2e.ts';
+import { benchEndToEnd, endToEndText, FAMILY_SHAPES } from './lib/e2e.ts';
 import { benchAccumulateRows, benchAttention, benchMatmuls, benchRank1, benchRmsNorm, bundledShapes, LLAMA_1B_ATTENTION, LLAMA_1B_SHAPES } from './lib/kernels.ts';
 import { Bench } from './lib/runner.ts';
 import { benchSearchTrials, searchTrialText } from './lib/searchTrial.ts';
@@ -27,6 +27,7 @@ const program = new Command('bench')
   .option('--trial-models <list>', 'models of the search-trial case: bundled, smollm2-135m, llama-1b, tiny (a small random one for dry runs); default: bundled and smollm2-135m with --quick, the first three without')
   .option('--adapter <name>', 'auto, hardware, lavapipe or swiftshader (default ABLITERATE_ADAPTER, then auto)')
   .option('--e2e-model <name>', 'random model shapes for the end-to-end part: smollm2-135m, llama-1b, or tiny (a small one for dry runs)', 'smollm2-135m')
+  .option('--e2e-families <list>', `family cases of the end-to-end part, comma-separated (${FAMILY_SHAPES.map((f) => f.name).join(', ')}; "none" for none); with --quick each keeps 4 of its layers`, FAMILY_SHAPES.map((f) => f.name).join(','))
   .option('--decode-tokens <n>', 'new tokens per decode measurement', (v) => Number.parseInt(v, 10))
   .parse();
 
@@ -38,6 +39,7 @@ const opts = program.opts<{
   sections: string;
   adapter?: string;
   e2eModel: string;
+  e2eFamilies: string;
   decodeTokens?: number;
   trialModels?: string;
 }>();
@@ -93,7 +95,7 @@ if (sections.has('kernels')) {
 const bestMatmul = Math.max(0, ...bench.rows.filter((r) => r.kernel === 'matmul' || r.kernel === 'matvec').map((r) => r.gflops ?? 0));
 ceilings.gflops = Math.max(ceilings.fmaGflops, bestMatmul);
 
-const e2e = sections.has('e2e') ? await benchEndToEnd(bench, ceilings, { model: opts.e2eModel, decodeTokens: opts.decodeTokens }) : undefined;
+const e2e = sections.has('e2e') ? await benchEndToEnd(bench, ceilings, { model: opts.e2eModel, decodeTokens: opts.decodeTokens, families: opts.e2eFamilies === 'none' ? [] : opts.e2eFamilies.split(',').map((f) => f.trim()).filter(Boolean) }) : undefined;
 const trialModels = (opts.trialModels ?? (quick ? 'bundled,smollm2-135m' : 'bundled,smollm2-135m,llama-1b')).split(',').map((m) => m.trim());
 const trials = sections.has('trial') ? await benchSearchTrials(bench, trialModels) : undefined;
 

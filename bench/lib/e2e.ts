@@ -8,7 +8,12 @@ import { NodeFolder } from '../../src/io/nodeFolder.ts';
 import type { FileFolder } from '../../src/io/byteSource.ts';
 import type { Ceilings } from './ceilings.ts';
 import type { Bench } from './runner.ts';
-import { decodeWeightBytes, SHAPES, syntheticModelFolder, type SyntheticShape } from './syntheticModel.ts';
+import { decodeWeightBytes, GEMMA3_1B, QWEN3_0_6B, SHAPES, syntheticModelFolder, withLayers, type SyntheticShape } from './syntheticModel.ts';
+
+/** The families' cases run besides --e2e-model by default: their real widths, heads and vocabularies. */
+export const FAMILY_SHAPES = [QWEN3_0_6B, GEMMA3_1B];
+/** Layers of a family case under --quick: the per-layer work and the vocabulary are the real ones. */
+const QUICK_FAMILY_LAYERS = 4;
 import { renderTable } from './table.ts';
 
 export interface EndToEndOptions {
@@ -17,6 +22,8 @@ export interface EndToEndOptions {
   decodeTokens?: number | undefined;
   /** Also the bundled model when present (default true). */
   bundled?: boolean;
+  /** Names of family shapes (FAMILY_SHAPES) to run as well; default all of them. */
+  families?: readonly string[];
 }
 
 export interface ModelFigures {
@@ -169,12 +176,16 @@ export async function benchEndToEnd(bench: Bench, ceilings: Ceilings, options: E
   else if (!bundled) bench.note('models/tiny-chat has no weights yet: end-to-end figures for the bundled model are skipped');
   const shape = SHAPES[options.model];
   if (!shape) throw new Error(`unknown --e2e-model ${options.model}; choose one of ${Object.keys(SHAPES).join(', ')}`);
-  const name = `random ${shape.name} bf16`;
-  if (bench.wants('e2e', name)) {
+  const families = options.families ?? FAMILY_SHAPES.map((f) => f.name);
+  for (const name of families) if (!FAMILY_SHAPES.some((f) => f.name === name)) throw new Error(`unknown family case ${name}; choose among ${FAMILY_SHAPES.map((f) => f.name).join(', ')}`);
+  const shapes = [shape, ...FAMILY_SHAPES.filter((f) => families.includes(f.name) && f.name !== shape.name).map((f) => (bench.options.quick ? withLayers(f, QUICK_FAMILY_LAYERS) : f))];
+  for (const s of shapes) {
+    const name = `random ${s.name} bf16`;
+    if (!bench.wants('e2e', name)) continue;
     const start = performance.now();
-    const { folder } = syntheticModelFolder(shape);
+    const { folder } = syntheticModelFolder(s);
     process.stderr.write(`e2e ${name}: generated in ${((performance.now() - start) / 1000).toFixed(1)} s\n`);
-    figures.push(await benchModel(bench, ceilings, name, folder, shape, options));
+    figures.push(await benchModel(bench, ceilings, name, folder, s, options));
   }
   for (const f of figures) {
     bench.record({
