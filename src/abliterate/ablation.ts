@@ -7,7 +7,9 @@ import type { Hook } from '../model/taps.ts';
  * embedding, each attention output and each MLP output (Arditi et al.'s directional ablation).
  * This is what cutting the embedding, `o_proj` and `down_proj` does to the weights; for tied
  * embeddings the cut also changes the output projection, which equals ablating the final norm's
- * output, so that point is included when the embeddings are tied.
+ * output, so that point is included when the embeddings are tied. In post-normed blocks (Gemma) the
+ * cut's writes point where these hooks' do, with a length changed by the norm (ARCHITECTURE.md,
+ * "Post-normed blocks").
  */
 export function ablationHooks(config: Pick<ModelConfig, 'tieWordEmbeddings'>, basis: GPUBuffer, directions = 1, alpha = 1, options: { embedding?: boolean } = {}): Hook[] {
   const action = { kind: 'project_out', basis, directions, alpha } as const;
