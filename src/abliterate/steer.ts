@@ -7,7 +7,7 @@ import { checkDirection } from './directionsFile.ts';
 export type Steering =
   /** Remove the direction from every write into the residual stream (α = 1: the same as the cut). */
   | { kind: 'ablate'; alpha: number; threshold?: number | undefined }
-  /** Add scale · d̂ to the residual stream entering the direction's layer, at every position. */
+  /** Add scale · d̂ to the residual stream at the direction's point (entering decoder layer `point`), at every position. */
   | { kind: 'add'; scale: number; threshold?: number | undefined };
 
 /**

@@ -1,5 +1,4 @@
 import { existsSync } from 'node:fs';
-import { create, globals } from 'webgpu';
 import { GpuError, NoAdapterError } from './errors.ts';
 import { Gpu, type GpuRestrictions } from './gpu.ts';
 import { summarizeAdapter } from './adapter.ts';
@@ -28,7 +27,8 @@ export const MEMORY_BUDGET_ENV = 'ABLITERATE_MEMORY_BUDGET';
  * finds one, and otherwise falls back to lavapipe, then SwiftShader.
  */
 export async function createNodeGpu(options: NodeGpuOptions = {}): Promise<Gpu> {
-  Object.assign(globalThis, globals);
+  const dawn = await loadDawn();
+  Object.assign(globalThis, dawn.globals);
   const choice = options.adapter ?? parseAdapterChoice(process.env.ABLITERATE_ADAPTER) ?? 'auto';
   const memoryBudget = options.memoryBudget ?? parseMemoryBudget(process.env[MEMORY_BUDGET_ENV]);
   const userIcd = process.env.VK_ICD_FILENAMES;
@@ -45,7 +45,7 @@ export async function createNodeGpu(options: NodeGpuOptions = {}): Promise<Gpu> 
   // Dawn and the Vulkan drivers print notices while adapters are probed (unless ABLITERATE_DEBUG is set, they are not shown).
   const gpu = await quietNativeOutput(async () => {
     for (const candidate of candidates) {
-      const found = await requestAdapter(candidate.icd);
+      const found = await requestAdapter(dawn.create, candidate.icd);
       if (!found) {
         tried.push(`${candidate.label}: no adapter`);
         continue;
@@ -75,7 +75,24 @@ export async function createNodeGpu(options: NodeGpuOptions = {}): Promise<Gpu> 
   );
 }
 
-async function requestAdapter(icd: string | undefined): Promise<{ adapter: GPUAdapter; instance: GPU } | null> {
+type Dawn = typeof import('webgpu');
+
+/**
+ * The Dawn binding, loaded on first use: `webgpu` is an optional dependency (a browser app has no
+ * use for it and may install without it), so the Node entry imports without it and only opening a
+ * device needs it.
+ */
+async function loadDawn(): Promise<Dawn> {
+  try {
+    return await import('webgpu');
+  } catch (error) {
+    const { code, message } = error as { code?: string; message?: string };
+    if (code !== 'ERR_MODULE_NOT_FOUND' || !message?.includes("'webgpu'")) throw error;
+    throw new NoAdapterError('the Node WebGPU binding is not installed (the optional dependency "webgpu", Dawn): install it with npm install webgpu');
+  }
+}
+
+async function requestAdapter(create: Dawn['create'], icd: string | undefined): Promise<{ adapter: GPUAdapter; instance: GPU } | null> {
   // The Vulkan loader reads the driver list when each Dawn instance is created.
   if (icd === undefined) delete process.env.VK_ICD_FILENAMES;
   else process.env.VK_ICD_FILENAMES = icd;

@@ -40,12 +40,12 @@ async function npm(cwd: string, args: string[]): Promise<string> {
   return stdout;
 }
 
-/** A new project with the packed tarball (and `extra` packages) installed. */
-async function project(name: string, extra: string[] = []): Promise<string> {
+/** A new project with the packed tarball (and `extra` packages) installed, with `flags` for npm install. */
+async function project(name: string, extra: string[] = [], flags: string[] = []): Promise<string> {
   const dir = join(work, name);
   await mkdir(dir);
   await writeFile(join(dir, 'package.json'), JSON.stringify({ name: `abliterate-${name}-check`, private: true, type: 'module' }));
-  await npm(dir, [...NPM_INSTALL, tarball, ...extra]);
+  await npm(dir, [...NPM_INSTALL, ...flags, tarball, ...extra]);
   return dir;
 }
 
@@ -151,6 +151,21 @@ describe('the package in a Node project', () => {
     const result = await run(process.execPath, [join(REPO_ROOT, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.json'], { cwd: dir }).catch((error: { stdout: string }) => error);
     expect(result.stdout).toBe('');
   }, 120_000);
+});
+
+describe('the package in a Node project installed without optional dependencies', () => {
+  it('imports without Dawn (webgpu); opening a device says what to install', async () => {
+    const dir = await project('no-optional', [], ['--omit=optional']);
+    await expect(readdir(join(dir, 'node_modules/webgpu'))).rejects.toThrow();
+    const check = [
+      "import { createNodeGpu, NoAdapterError, SETTINGS_SCHEMA } from 'abliterate';",
+      'console.log(Object.keys(SETTINGS_SCHEMA.entries).length > 0);',
+      'await createNodeGpu().catch((error) => console.log(error instanceof NoAdapterError, error.message));',
+    ];
+    await writeFile(join(dir, 'check.js'), check.join('\n'));
+    const { stdout } = await run(process.execPath, ['check.js'], { cwd: dir });
+    expect(stdout).toBe('true\ntrue the Node WebGPU binding is not installed (the optional dependency "webgpu", Dawn): install it with npm install webgpu\n');
+  }, 300_000);
 });
 
 describe('the package in a Vite app', () => {
