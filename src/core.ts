@@ -40,7 +40,7 @@ export { WeightError, type LayerWeights, type LlamaWeights, type StreamedWeights
 export type { ForwardStep, LlamaForward, SequenceStep } from './model/forward.ts';
 export { KvCache } from './model/kvCache.ts';
 export { NonFiniteError } from './model/finiteCheck.ts';
-export { generate, type GenerateOptions, type Generation, type SamplingOptions } from './model/generate.ts';
+export { generate, type GenerateOptions, type Generation, type PromptRow, type SamplingOptions } from './model/generate.ts';
 export { LAYER_POINTS, selectRows, TAP_POINTS, type Hook, type HookAction, HookRunner, type PositionSelector, type StepSequence, type TapPoint } from './model/taps.ts';
 
 // Abliteration: measure, select, cut, evaluate, steer, probe, export, or all of it at once.
