@@ -14,7 +14,7 @@ import { createHash } from 'node:crypto';
 import { promisify } from 'node:util';
 import type { Browser, BrowserContext, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { randomModel, toSafetensors } from '../reference/randomModel.ts';
+import { randomModel, toSafetensors, type RandomModelOptions } from '../reference/randomModel.ts';
 import { buildPage, compareTensors, launchChromium, readSafetensorsBytes, readTar, REPO_ROOT, serveStatic, type StaticServer, type StoredTensor } from './harness.ts';
 
 const run = promisify(execFile);
@@ -34,14 +34,18 @@ const trained = existsSync(join(TRAINED_MODEL, 'model.safetensors')) || existsSy
  * shapes as a tiny chat model); the refusal bounds are then not asserted, only the structure.
  */
 async function standInModel(dir: string): Promise<string> {
+  return randomModelFolder(join(dir, 'tiny-chat-stand-in'), { seed: 5, hiddenSize: 64, intermediateSize: 160, numLayers: 4, numHeads: 4, numKvHeads: 2, vocabSize: 1024, dtype: 'BF16' });
+}
+
+/** A random-weight model of any family with the bundled model's tokenizer (vocabulary ≤ 1024), written to `out`. */
+async function randomModelFolder(out: string, options: RandomModelOptions): Promise<string> {
   for (const file of ['tokenizer.json', 'tokenizer_config.json']) {
     if (!existsSync(join(TRAINED_MODEL, file))) throw new Error(`${TRAINED_MODEL}/${file} is missing: the browser test needs the bundled model's tokenizer`);
   }
-  const model = randomModel({ seed: 5, hiddenSize: 64, intermediateSize: 160, numLayers: 4, numHeads: 4, numKvHeads: 2, vocabSize: 1024, dtype: 'BF16' });
+  const model = randomModel(options);
   const tokenizer = JSON.parse(await readFile(join(TRAINED_MODEL, 'tokenizer.json'), 'utf8')) as { added_tokens: { id: number; content: string }[] };
   const id = (content: string) => tokenizer.added_tokens.find((t) => t.content === content)?.id;
   const config = { ...model.configJson, bos_token_id: id('<|begin_of_text|>') ?? 1, eos_token_id: id('<|end|>') ?? 2 };
-  const out = join(dir, 'tiny-chat-stand-in');
   await mkdir(out, { recursive: true });
   await writeFile(join(out, 'config.json'), JSON.stringify(config));
   await writeFile(join(out, 'model.safetensors'), toSafetensors(model.tensors));
@@ -472,6 +476,45 @@ describe('the web page in headless Chromium with WebGPU', () => {
     expect(await memory()).toEqual({ bytes: 0, buffers: 0 });
     expect(await page.isHidden('#results')).toBe(true);
   });
+
+  it('loads a Qwen3 model folder (q/k norms, head_dim apart from the hidden size) and abliterates it', async () => {
+    const dir = await randomModelFolder(join(work, 'tiny-qwen3'), {
+      architecture: 'qwen3',
+      seed: 7,
+      hiddenSize: 64,
+      intermediateSize: 128,
+      numLayers: 2,
+      numHeads: 4,
+      numKvHeads: 2,
+      headDim: 32,
+      vocabSize: 1024,
+      tieWordEmbeddings: true,
+      dtype: 'BF16',
+    });
+    await load(() => page.setInputFiles('#folder-input', dir), 'the Qwen3 folder');
+    expect(await page.textContent('#model-summary dd[data-field="architecture"]')).toBe('qwen3, tied embeddings');
+    expect(await page.textContent('#model-summary dd[data-field="attention heads"]')).toBe('4 query, 2 key/value, 32 per head');
+    expect((await memory()).bytes).toBeGreaterThan(0);
+    await page.fill('#setting-limit', '4');
+    await page.fill('#setting-max-tokens', '4');
+    await page.selectOption('#setting-layer', 'auto');
+    const start = Date.now();
+    await page.click('#run');
+    await page.waitForSelector('#results[data-state=done], #message[data-kind=error]', { timeout: 600_000 });
+    if (await page.locator('#message[data-kind=error]').count()) throw new Error(`the run failed in the page: ${await page.textContent('#message')}`);
+    const kl = await cellValue('kl', 'after');
+    console.log(`page run on a random Qwen3 model: ${((Date.now() - start) / 1000).toFixed(1)} s; first-token KL after the cut ${kl}`);
+    // Random weights: the cut changes the model (the KL is positive); the refusal rates are only rates.
+    expect(kl).toBeGreaterThan(0);
+    for (const metric of ['harmful_refusal_rate', 'harmless_refusal_rate']) {
+      const value = await cellValue(metric, 'after');
+      expect(value >= 0 && value <= 1).toBe(true);
+    }
+    expect(await page.locator('#score-chart rect.bar').count()).toBe(2 + 1);
+    await page.click('#close-model');
+    expect(await memory()).toEqual({ bytes: 0, buffers: 0 });
+    expect(pageErrors).toEqual([]);
+  }, 660_000);
 
   it('made no request outside its own origin', () => {
     const origin = new URL(server.url).origin;
