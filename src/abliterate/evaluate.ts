@@ -249,13 +249,20 @@ export async function perplexity(
 export class EvaluationPrompts {
   readonly harmful: ChatPrompts;
   readonly harmless: ChatPrompts;
+  /** Benign prompts in the words of harmful ones (over-refusal); skipped when absent. */
+  readonly borderline: ChatPrompts | undefined;
   /** Token ids of the perplexity text; perplexity is skipped without one. */
   readonly plainText: readonly number[] | undefined;
 
   /** `kind` names the sets in warnings ("evaluation": "harmful evaluation prompts cut to …"). */
-  constructor(model: LlamaModel, sets: { harmful: readonly string[]; harmless: readonly string[]; plainText?: string | undefined }, kind = 'evaluation') {
+  constructor(
+    model: LlamaModel,
+    sets: { harmful: readonly string[]; harmless: readonly string[]; borderline?: readonly string[] | undefined; plainText?: string | undefined },
+    kind = 'evaluation',
+  ) {
     this.harmful = new ChatPrompts(model, sets.harmful, `harmful ${kind}`);
     this.harmless = new ChatPrompts(model, sets.harmless, `harmless ${kind}`);
+    this.borderline = sets.borderline?.length ? new ChatPrompts(model, sets.borderline, `borderline ${kind}`) : undefined;
     this.plainText = sets.plainText === undefined ? undefined : plainTextTokens(model, sets.plainText);
   }
 
@@ -269,11 +276,14 @@ export class EvaluationPrompts {
 export interface ModelEvaluation {
   harmful_refusal_rate: number;
   harmless_refusal_rate: number;
+  /** Refusal rate on the borderline-benign prompts (null without them). */
+  borderline_refusal_rate: number | null;
   /** Mean first-token KL(baseline ‖ this) over the harmless prompts; 0 without a baseline. */
   kl: number;
   perplexity: number | null;
   harmful_answers: Answer[];
   harmless_answers: Answer[];
+  borderline_answers: Answer[];
 }
 
 export interface ModelEvaluationOptions {
@@ -294,7 +304,7 @@ export interface ModelEvaluationOptions {
 }
 
 /** The sub-steps of `evaluateModel`, in order. */
-export type EvaluationStep = 'harmful refusals' | 'harmless refusals' | 'first-token KL' | 'perplexity';
+export type EvaluationStep = 'harmful refusals' | 'harmless refusals' | 'borderline refusals' | 'first-token KL' | 'perplexity';
 
 /**
  * Evaluates the model as it is now (weights, plus any hooks) on prepared prompts: greedy answers to
@@ -325,6 +335,9 @@ export async function evaluateModel(model: LlamaModel, prompts: EvaluationPrompt
       options.onProgress?.(prompts.harmful.length + done, total);
     },
   });
+  const borderline = prompts.borderline
+    ? await evaluateRefusals(model, prompts.borderline, { ...run, onProgress: step('borderline refusals', prompts.borderline.length) })
+    : undefined;
   const kl = baseline ? (await firstTokenKl(model, baseline, prompts.harmless, { hooks, batchSize, signal, onProgress: step('first-token KL', prompts.harmless.length) })).mean : 0;
   const ppl =
     prompts.plainText && options.perplexity !== false
@@ -333,9 +346,11 @@ export async function evaluateModel(model: LlamaModel, prompts: EvaluationPrompt
   return {
     harmful_refusal_rate: harmful.rate,
     harmless_refusal_rate: harmless.rate,
+    borderline_refusal_rate: borderline?.rate ?? null,
     kl,
     perplexity: ppl,
     harmful_answers: harmful.answers,
     harmless_answers: harmless.answers,
+    borderline_answers: borderline?.answers ?? [],
   };
 }

@@ -20,6 +20,8 @@ export interface PromptSets {
   /** Held-out prompts for the before/after evaluation. */
   evalHarmful: readonly string[];
   evalHarmless: readonly string[];
+  /** Benign prompts in the words of harmful ones: their refusal rate before and after shows over-refusal. */
+  evalBorderline?: readonly string[];
   /** A small split for `select: 'ablation'`; defaults to the first prompts of the evaluation sets. */
   validationHarmful?: readonly string[];
   validationHarmless?: readonly string[];
@@ -149,7 +151,7 @@ export async function runAbliteration(model: LlamaModel, sets: PromptSets, setti
   const strengths = plan?.attention ?? layerStrengths(model.config.numLayers, settings.layers, settings.strengthProfile, scorePerLayer);
 
   // Formatted and tokenised once, for the evaluations before and after the cut.
-  const evaluation = new EvaluationPrompts(model, { harmful: sets.evalHarmful, harmless: sets.evalHarmless, plainText: sets.plainText });
+  const evaluation = new EvaluationPrompts(model, { harmful: sets.evalHarmful, harmless: sets.evalHarmless, borderline: sets.evalBorderline, plainText: sets.plainText });
   const evaluate = { batchSize, maxNewTokens: settings.maxNewTokens, markers: settings.markers, signal };
   let baseline: GPUBuffer | undefined;
   try {

@@ -79,6 +79,8 @@ export function cutParameters(result: AbliterationResult, settings: Abliteration
 export interface EvaluationReport {
   harmful_refusal_rate: number;
   harmless_refusal_rate: number;
+  /** On the borderline-benign prompts (null when none were evaluated). */
+  borderline_refusal_rate: number | null;
   kl: number;
   perplexity: number | null;
   samples: { harmful: Answer[]; harmless: Answer[] };
@@ -130,6 +132,7 @@ export function reportOf(result: AbliterationResult, model: LlamaModel, paramete
   const evaluation = (e: AbliterationResult['before']): EvaluationReport => ({
     harmful_refusal_rate: e.harmful_refusal_rate,
     harmless_refusal_rate: e.harmless_refusal_rate,
+    borderline_refusal_rate: e.borderline_refusal_rate,
     kl: e.kl,
     perplexity: e.perplexity,
     samples: {

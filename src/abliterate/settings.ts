@@ -192,6 +192,12 @@ export const SETTINGS_SCHEMA = v.strictObject({
   limit: numericSetting('integer', { key: 'limit', group: 'prompts', label: 'Prompts per set (0 = all)', help: 'use at most n prompts of each file (0: all)', min: 0 }, 0),
   'eval-harmful': fileSetting({ key: 'eval-harmful', group: 'evaluation prompts', label: 'Harmful prompts to evaluate', help: 'held-out harmful prompts for the evaluation; default: the bundled test split' }),
   'eval-harmless': fileSetting({ key: 'eval-harmless', group: 'evaluation prompts', label: 'Harmless prompts to evaluate', help: 'held-out harmless prompts for the evaluation; default: the bundled test split' }),
+  'eval-borderline': fileSetting({
+    key: 'eval-borderline',
+    group: 'evaluation prompts',
+    label: 'Borderline prompts to evaluate',
+    help: 'benign prompts in the words of harmful ones, whose refusal rate shows over-refusal; default: the bundled set',
+  }),
   'plain-text': fileSetting({ key: 'plain-text', group: 'evaluation prompts', label: 'Plain text', help: 'plain text for perplexity; default: the bundled sample' }),
   'val-harmful': fileSetting({ key: 'val-harmful', group: 'validation prompts', label: 'Harmful validation prompts', help: 'harmful validation prompts for --select ablation; default: the bundled validation split' }),
   'val-harmless': fileSetting({ key: 'val-harmless', group: 'validation prompts', label: 'Harmless validation prompts', help: 'harmless validation prompts for --select ablation; default: the bundled validation split' }),

@@ -8,7 +8,7 @@ import { BUNDLED, type CommandValues } from './settings.ts';
 
 export const MANIFEST_FILE = 'reproduce.toml';
 
-const PROMPT_KEYS = ['harmful', 'harmless', 'eval-harmful', 'eval-harmless', 'val-harmful', 'val-harmless', 'plain-text'] as const;
+const PROMPT_KEYS = ['harmful', 'harmless', 'eval-harmful', 'eval-harmless', 'eval-borderline', 'val-harmful', 'val-harmless', 'plain-text'] as const;
 
 function fmt(x: number, digits = 3): string {
   return Number.isFinite(x) ? x.toFixed(digits) : '-';

@@ -97,6 +97,7 @@ export function summaryTable(report: AbliterationReport): string {
   const rows: [string, string, string][] = [
     ['harmful refusal', fmt(report.before.harmful_refusal_rate, 2), fmt(report.after.harmful_refusal_rate, 2)],
     ['harmless refusal', fmt(report.before.harmless_refusal_rate, 2), fmt(report.after.harmless_refusal_rate, 2)],
+    ['borderline refusal', fmt(report.before.borderline_refusal_rate, 2), fmt(report.after.borderline_refusal_rate, 2)],
     ['first-token KL', fmt(0), fmt(report.kl)],
     ['perplexity', fmt(report.before.perplexity, 2), fmt(report.after.perplexity, 2)],
   ];

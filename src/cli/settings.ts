@@ -7,11 +7,12 @@ import { OPTIMIZE_SCHEMA } from './optimizeOptions.ts';
 
 /** The bundled prompt sets, written by this project (data/README.md). */
 export const BUNDLED_DATA = resolve(dirname(fileURLToPath(import.meta.url)), '../../data');
-export const BUNDLED: Record<'harmful' | 'harmless' | 'eval-harmful' | 'eval-harmless' | 'val-harmful' | 'val-harmless' | 'plain-text', string> = {
+export const BUNDLED: Record<'harmful' | 'harmless' | 'eval-harmful' | 'eval-harmless' | 'eval-borderline' | 'val-harmful' | 'val-harmless' | 'plain-text', string> = {
   harmful: `${BUNDLED_DATA}/harmful_train.txt`,
   harmless: `${BUNDLED_DATA}/harmless_train.txt`,
   'eval-harmful': `${BUNDLED_DATA}/harmful_test.txt`,
   'eval-harmless': `${BUNDLED_DATA}/harmless_test.txt`,
+  'eval-borderline': `${BUNDLED_DATA}/borderline_benign.txt`,
   'val-harmful': `${BUNDLED_DATA}/harmful_val.txt`,
   'val-harmless': `${BUNDLED_DATA}/harmless_val.txt`,
   'plain-text': `${BUNDLED_DATA}/plain_text.txt`,
@@ -122,6 +123,7 @@ export async function loadPromptSets(config: Partial<CommandValues>, needed: { p
     harmless: await loadPrompts(file('harmless'), column, limit),
     evalHarmful: await loadPrompts(file('eval-harmful'), column, limit),
     evalHarmless: await loadPrompts(file('eval-harmless'), column, limit),
+    evalBorderline: await loadPrompts(file('eval-borderline'), column, limit),
   };
   if (needed.validation) {
     sets.validationHarmful = await loadPrompts(file('val-harmful'), column, limit);

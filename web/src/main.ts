@@ -380,6 +380,7 @@ function renderStages(active: Stage | undefined, timings: Record<string, number>
 const STEP_UNITS: Record<EvaluationStep, string> = {
   'harmful refusals': 'answers to harmful prompts',
   'harmless refusals': 'answers to harmless prompts',
+  'borderline refusals': 'answers to borderline prompts',
   'first-token KL': 'prompts compared with the original',
   perplexity: 'windows of plain text',
 };
