@@ -34,13 +34,18 @@ describe('evaluation sub-steps: progress and cancelling', () => {
   });
 
   it('reports every sub-step in order, each from 0 to its total', async () => {
-    const prompts = new EvaluationPrompts(model, { harmful, harmless, plainText });
+    const borderline = harmful.slice(0, 3);
+    const prompts = new EvaluationPrompts(model, { harmful, harmless, borderline, plainText });
     const baseline = await prompts.baseline({ batchSize: 2 });
     try {
       const events: [EvaluationStep, number, number][] = [];
-      await evaluateModel(model, prompts, { baseline, batchSize: 2, maxNewTokens: 3, onStep: (step, done, total) => events.push([step, done, total]) });
+      const result = await evaluateModel(model, prompts, { baseline, batchSize: 2, maxNewTokens: 3, onStep: (step, done, total) => events.push([step, done, total]) });
       const steps = [...new Set(events.map(([step]) => step))];
-      expect(steps).toEqual(['harmful refusals', 'harmless refusals', 'first-token KL', 'perplexity']);
+      expect(steps).toEqual(['harmful refusals', 'harmless refusals', 'borderline refusals', 'first-token KL', 'perplexity']);
+      // The borderline prompts are judged like the others: here the first harmful ones, so their answers match.
+      expect(result.borderline_answers.map((a) => a.prompt)).toEqual(borderline);
+      expect(result.borderline_answers).toEqual(result.harmful_answers.slice(0, 3));
+      expect(result.borderline_refusal_rate).toBe(result.borderline_answers.filter((a) => a.refused).length / 3);
       for (const step of steps) {
         const own = events.filter(([s]) => s === step);
         expect(own[0]![1], step).toBe(0);
