@@ -77,7 +77,8 @@ if (sections.has('kernels')) {
   });
   for (const context of quick ? [128, 1024] : [128, 512, 2048]) await benchAttention(bench, LLAMA_1B_ATTENTION, 'decode', context);
   if (!quick) await benchAttention(bench, LLAMA_1B_ATTENTION, 'decode', 512, 16);
-  for (const context of quick ? [64] : [64, 256, 512]) await benchAttention(bench, LLAMA_1B_ATTENTION, 'prefill', context);
+  // Prefill with both kernels side by side (the engine picks one per adapter, src/kernels/tuning.ts).
+  for (const context of quick ? [64, 256] : [64, 256, 512]) for (const variant of ['rows', 'tiled'] as const) await benchAttention(bench, LLAMA_1B_ATTENTION, 'prefill', context, 1, variant);
   for (const rows of quick ? [1, 512] : [1, 64, 512]) await benchRmsNorm(bench, rows, 2048);
   await benchAccumulateRows(bench, 512, 16, 2048);
   if (!quick) await benchAccumulateRows(bench, 4096, 256, 2048);

@@ -1,11 +1,11 @@
 import { existsSync, readFileSync } from 'node:fs';
 import type { Gpu } from '../../src/gpu/gpu.ts';
 import { bytesPerElement, type Dtype } from '../../src/io/dtype.ts';
-import { recordAttention } from '../../src/kernels/attention.ts';
+import { recordAttention, type AttentionVariant } from '../../src/kernels/attention.ts';
 import { isMatvecTiling, matmulTiling, recordMatmul, type MatmulVariant } from '../../src/kernels/matmul.ts';
 import { recordRmsNorm } from '../../src/kernels/rmsnorm.ts';
 import { recordAccumulateRows } from '../../src/kernels/rows.ts';
-import { tunedMatmulVariant } from '../../src/kernels/tuning.ts';
+import { attentionTiling, tunedMatmulVariant } from '../../src/kernels/tuning.ts';
 import { uploadMatrix, type PackedMatrix } from '../../src/gpu/packedMatrix.ts';
 import { randomFloats, randomWeights } from './fill.ts';
 import type { Bench } from './runner.ts';
@@ -150,9 +150,9 @@ export const LLAMA_1B_ATTENTION: AttentionShape = { name: '1B', heads: 32, kvHea
  * Attention over a KV cache: decode (`sequences` queries, each at the last of `context` positions of
  * its own slot) or prefill (one sequence of `context` tokens, causal).
  */
-export async function benchAttention(bench: Bench, shape: AttentionShape, mode: 'decode' | 'prefill', context: number, sequences = 1): Promise<void> {
+export async function benchAttention(bench: Bench, shape: AttentionShape, mode: 'decode' | 'prefill', context: number, sequences = 1, variant?: AttentionVariant): Promise<void> {
   const label = `${shape.name} ${mode} ctx=${context}${mode === 'decode' ? ` seqs=${sequences}` : ''}`;
-  if (!bench.wants('kernel', 'attention', label)) return;
+  if (!bench.wants('kernel', 'attention', label, variant ?? 'tuned')) return;
   const { gpu } = bench;
   const { heads, kvHeads, headDim } = shape;
   const slots = mode === 'decode' ? sequences : 1;
@@ -166,7 +166,7 @@ export async function benchAttention(bench: Bench, shape: AttentionShape, mode: 
   const slotIds = gpu.upload(Uint32Array.from({ length: tokens }, (_, t) => (mode === 'decode' ? t : 0)), 'slots');
   try {
     const batch = gpu.batch(`attention ${label}`);
-    recordAttention(batch, { q, kCache, vCache, positions, slots: slotIds, out, tokens, heads, kvHeads, headDim, maxLen: context });
+    recordAttention(batch, { q, kCache, vCache, positions, slots: slotIds, out, tokens, heads, kvHeads, headDim, maxLen: context, sequences: slots, variant });
     const measured = await bench.time(batch);
     // Keys seen: each decode query sees `context`; prefill token t sees t + 1.
     const keysSeen = mode === 'decode' ? sequences * context : (context * (context + 1)) / 2;
@@ -177,6 +177,7 @@ export async function benchAttention(bench: Bench, shape: AttentionShape, mode: 
       kernel: 'attention',
       shape: `${label} h=${heads}/${kvHeads}×${headDim}`,
       dtype: 'F32',
+      variant: variant ?? (attentionTiling(gpu, heads / kvHeads, headDim, tokens / slots) ? 'tiled (tuned)' : 'rows (tuned)'),
       bytes: kvBytes + 2 * tokens * heads * headDim * 4,
       flops: 4 * keysSeen * heads * headDim,
       measured,

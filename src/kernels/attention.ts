@@ -1,6 +1,9 @@
 import type { BufferBinding, ComputeBatch } from '../gpu/gpu.ts';
 import { workgroups1D } from '../gpu/dispatch.ts';
 import { GpuError } from '../gpu/errors.ts';
+import { attentionTiling, TILED_MAX_HEAD_DIM, type AttentionTiling, type AttentionVariant } from './tuning.ts';
+
+export type { AttentionTiling, AttentionVariant } from './tuning.ts';
 
 const WG = 64;
 const CHUNK = 64;
@@ -35,6 +38,16 @@ export interface AttentionArgs {
   window?: number;
   /** Attention logit soft-capping (Gemma 2): scores s become softCap · tanh(s / softCap); undefined for none. */
   softCap?: number;
+  /**
+   * How many sequences the step's tokens belong to (prefill: the prompts packed; decode: one token each).
+   * With many tokens per sequence the tiled kernel (attention_tiled.wgsl) is used where it was measured to
+   * win; default `tokens` (each token its own sequence: attention.wgsl).
+   */
+  sequences?: number;
+  /** Force a kernel: 'tiled' (attention_tiled.wgsl), 'rows' (attention.wgsl); default: the tuned choice. */
+  variant?: AttentionVariant;
+  /** The tiled kernel's shape when it runs (default: the adapter's, src/kernels/tuning.ts); for sweeps. */
+  tiling?: AttentionTiling;
 }
 
 /**
@@ -58,6 +71,35 @@ export function recordAttention(batch: ComputeBatch, args: AttentionArgs): void 
   if (tokens === 0) return;
   const group = heads / kvHeads;
   const vec4 = headDim % 4 === 0 && qStride % 4 === 0 && qOffset % 4 === 0 && outStride % 4 === 0;
+  const label = `T=${tokens} heads=${heads} kvHeads=${kvHeads} dim=${headDim} maxLen=${maxLen}${window ? ` window=${window}` : ''}${softCap ? ` softCap=${softCap}` : ''}`;
+  const sequences = args.sequences ?? tokens;
+  if (!(Number.isSafeInteger(sequences) && sequences >= 1)) throw new GpuError(`attention: bad sequences ${sequences}`);
+  const tiling = args.variant === 'rows' ? undefined : args.variant === 'tiled' ? attentionTiling(batch.gpu, group, headDim, Infinity) : attentionTiling(batch.gpu, group, headDim, tokens / sequences);
+  if (tiling && args.tiling) {
+    const { BQ, BK } = args.tiling;
+    if (!(Number.isInteger(BQ) && Number.isInteger(BK) && BQ >= 1 && BK >= 1 && BQ * group <= batch.gpu.limits.maxComputeInvocationsPerWorkgroup)) throw new GpuError(`attention: bad tiling BQ=${BQ} BK=${BK} for a group of ${group}`);
+    tiling.BQ = BQ;
+    tiling.BK = BK;
+  }
+  if (args.variant === 'tiled' && !tiling) throw new GpuError(`attention: the tiled kernel takes head_dim up to ${TILED_MAX_HEAD_DIM}, not ${headDim}`);
+  if (tiling) {
+    const tiles = Math.ceil(tokens / tiling.BQ);
+    batch.dispatch(
+      batch.gpu.kernel('attention_tiled.wgsl', { BQ: tiling.BQ, BK: tiling.BK, WG: tiling.BQ * group, HEAD_DIM: headDim, GROUP: group, VEC4: vec4, SOFT_CAP: softCap !== undefined }),
+      {
+        params: { tokens, kvHeads, maxLen, qStride, qOffset, outStride, scale, window, softCap: softCap ?? 1, headUnits: vec4 ? headDim / 4 : headDim },
+        q,
+        kCache,
+        vCache,
+        positions,
+        slots,
+        out,
+      },
+      workgroups1D(tiles * kvHeads, 1),
+      `${label} tiled BQ=${tiling.BQ} BK=${tiling.BK}`,
+    );
+    return;
+  }
   batch.dispatch(
     batch.gpu.kernel('attention.wgsl', { WG, CHUNK, HEAD_DIM: headDim, GROUP: group, VEC4: vec4, SOFT_CAP: softCap !== undefined }),
     {
@@ -70,6 +112,6 @@ export function recordAttention(batch: ComputeBatch, args: AttentionArgs): void 
       out,
     },
     workgroups1D(tokens * kvHeads, 1),
-    `T=${tokens} heads=${heads} kvHeads=${kvHeads} dim=${headDim} maxLen=${maxLen}${window ? ` window=${window}` : ''}${softCap ? ` softCap=${softCap}` : ''}`,
+    label,
   );
 }

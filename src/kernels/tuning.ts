@@ -91,3 +91,50 @@ export function tunedMatmulVariant(gpu: Gpu, tokens: number, dtype: Dtype): Matm
   if (file) return file.winners[tokenClass(tokens)]?.[dtype];
   return gpu.adapter.software ? undefined : hardwareDefault(tokens);
 }
+
+/** Attention kernels: the tiled one (shaders/attention_tiled.wgsl) or one workgroup per token (shaders/attention.wgsl). */
+export type AttentionVariant = 'tiled' | 'rows';
+
+/** The tiled attention kernel's shape: BQ query tokens per workgroup (times the GQA group), BK keys per block. */
+export interface AttentionTiling {
+  BQ: number;
+  BK: number;
+}
+
+/**
+ * Per adapter: the tiled kernel's invocations per workgroup (BQ · group, rounded), keys per block, and
+ * from how many query tokens per sequence it replaces attention.wgsl. Measured on lavapipe
+ * (bench/RESULTS.md, "Tiled attention"): at 1B shapes, ctx 64 and 256, the tiled kernel ran within the
+ * noise of attention.wgsl (2–3 % of the FMA ceiling both; BK 4 is between the 2 and 8 measured); so attention.wgsl
+ * stays the default everywhere (minQueries Infinity) until a measurement shows the tiled one winning. GPUs
+ * are unmeasured and keep attention.wgsl too. `variant: 'tiled'` runs it on request (tests, bench).
+ */
+interface AttentionRule {
+  lanes: number;
+  BK: number;
+  minQueries: number;
+}
+const ATTENTION_RULES: Record<string, AttentionRule> = {
+  llvmpipe: { lanes: 32, BK: 4, minQueries: Infinity },
+  swiftshader: { lanes: 32, BK: 4, minQueries: Infinity },
+};
+const HARDWARE_ATTENTION: AttentionRule = { lanes: 64, BK: 4, minQueries: Infinity };
+
+/**
+ * The tiled kernel keeps a query row and its accumulators per invocation (2 · head_dim values). Its
+ * first form, with the head-dimension loops unrolled, did not finish compiling on llvmpipe in minutes at
+ * head_dim 128; the present form is untested there, so longer heads use attention.wgsl.
+ */
+export const TILED_MAX_HEAD_DIM = 64;
+
+/**
+ * The tiled attention kernel's shape for this adapter and GQA group when `queriesPerSequence` (tokens of
+ * the step over its sequences) reaches the adapter's threshold, else undefined (attention.wgsl).
+ */
+export function attentionTiling(gpu: Gpu, group: number, headDim: number, queriesPerSequence: number): AttentionTiling | undefined {
+  const rule = ATTENTION_RULES[gpu.adapter.name] ?? HARDWARE_ATTENTION;
+  if (queriesPerSequence < rule.minQueries) return undefined;
+  if (headDim > TILED_MAX_HEAD_DIM) return undefined;
+  const maxBq = Math.max(1, Math.floor(gpu.limits.maxComputeInvocationsPerWorkgroup / group));
+  return { BQ: Math.min(maxBq, Math.max(1, Math.round(rule.lanes / group))), BK: rule.BK };
+}

@@ -257,6 +257,7 @@ export class LlamaForward {
       scale: attentionScale(c),
       window,
       softCap: c.attnLogitSoftcap,
+      sequences: ctx.step.sequences.length,
     });
     if (c.block.sandwichNorms) {
       // Gemma: what the stream receives is the norm of o_proj's output (normed is free once q, k, v are made).

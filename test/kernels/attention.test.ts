@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Gpu } from '../../src/gpu/gpu.ts';
-import { recordAttention } from '../../src/kernels/attention.ts';
+import { recordAttention, type AttentionVariant } from '../../src/kernels/attention.ts';
+import { TILED_MAX_HEAD_DIM } from '../../src/kernels/tuning.ts';
 import { recordKvCacheWrite } from '../../src/kernels/kvCacheWrite.ts';
 import { Random } from '../helpers/random.ts';
 import { expectClose } from '../helpers/compare.ts';
@@ -78,7 +79,7 @@ function attentionReference(shape: Shape, q: Float32Array, kCache: Float32Array,
  * Fills the cache with NaN except the `past` positions of each sequence, writes the step's new keys and
  * values with kv_cache_write, runs attention, and checks both against float64.
  */
-async function checkStep(shape: Shape, bound: number, seed?: number): Promise<{ error: number; ms: number; out: Float32Array; seed: number }> {
+async function checkStep(shape: Shape, bound: number, seed?: number, variant?: AttentionVariant): Promise<{ error: number; ms: number; out: Float32Array; seed: number }> {
   const rng = new Random(seed);
   const { heads, kvHeads, headDim: D, maxLen, numSlots, sequences } = shape;
   const kvDim = kvHeads * D;
@@ -123,7 +124,7 @@ async function checkStep(shape: Shape, bound: number, seed?: number): Promise<{ 
   };
   const batch = gpu.batch('attention step');
   recordKvCacheWrite(batch, { ...buffers, tokens: T, kvHeads, headDim: D, maxLen, numSlots });
-  recordAttention(batch, { ...buffers, tokens: T, heads, kvHeads, headDim: D, maxLen, window: shape.window, softCap: shape.softCap });
+  recordAttention(batch, { ...buffers, tokens: T, heads, kvHeads, headDim: D, maxLen, window: shape.window, softCap: shape.softCap, sequences: sequences.length, variant });
   const started = performance.now();
   await batch.submit();
   const out = await gpu.readF32(buffers.out);
@@ -142,7 +143,7 @@ async function checkStep(shape: Shape, bound: number, seed?: number): Promise<{ 
   expect(sameBits(vAfter, vCache), 'value cache after kv_cache_write').toBe(true);
 
   const expected = attentionReference(shape, q, kCache, vCache, positions, slots);
-  const error = expectClose(out, expected, bound, `attention ${describeShape(shape)}`, rng.seed);
+  const error = expectClose(out, expected, bound, `attention ${variant ?? 'tuned'} ${describeShape(shape)}`, rng.seed);
   return { error, ms, out, seed: rng.seed };
 }
 
@@ -169,9 +170,29 @@ describe('attention', () => {
     ['dim 96, ratio 2, odd lengths', { heads: 10, kvHeads: 5, headDim: 96, maxLen: 200, numSlots: 2, sequences: [{ slot: 1, past: 0, length: 129 }, { slot: 0, past: 70, length: 3 }] }],
   ];
 
-  it.each(shapes)('%s', async (_name, shape) => {
-    const { error, ms } = await checkStep(shape, BOUND);
-    console.log(`attention ${describeShape(shape)}: relative error ${error.toExponential(2)}, ${ms.toFixed(1)} ms on ${gpu.adapter.name}`);
+  const variants: AttentionVariant[] = ['rows', 'tiled'];
+  // The tiled kernel takes head_dim up to TILED_MAX_HEAD_DIM.
+  const cases = (list: [string, Shape][]) =>
+    variants.flatMap((v) => list.filter(([, shape]) => v === 'rows' || shape.headDim <= TILED_MAX_HEAD_DIM).map(([name, shape]) => [`${v}: ${name}`, shape, v] as [string, Shape, AttentionVariant]));
+
+  it.each(cases(shapes))('%s', async (_name, shape, variant) => {
+    const { error, ms } = await checkStep(shape, BOUND, undefined, variant);
+    console.log(`attention ${variant} ${describeShape(shape)}: relative error ${error.toExponential(2)}, ${ms.toFixed(1)} ms on ${gpu.adapter.name}`);
+  });
+
+  // The tiled kernel's edges: prompt lengths 1, 7, 64 and 300 (partial tiles and key blocks, runs of
+  // slots that change inside a tile), odd head counts, GQA ratios 1, 3 and 4.
+  const tiledEdges: [string, Shape][] = [
+    ['lengths 1, 7, 64, 300 packed, ratio 3, 9 heads', { heads: 9, kvHeads: 3, headDim: 64, maxLen: 320, numSlots: 4, sequences: [{ slot: 3, past: 0, length: 1 }, { slot: 1, past: 0, length: 7 }, { slot: 0, past: 0, length: 64 }, { slot: 2, past: 0, length: 300 }] }],
+    ['ratio 1, 5 heads, dim 40, lengths 7 and 64', { heads: 5, kvHeads: 5, headDim: 40, maxLen: 80, numSlots: 2, sequences: [{ slot: 0, past: 0, length: 7 }, { slot: 1, past: 0, length: 64 }] }],
+    ['ratio 4, 12 heads, dim 32, 300 tokens after 20 cached', { heads: 12, kvHeads: 3, headDim: 32, maxLen: 330, numSlots: 1, sequences: [{ slot: 0, past: 20, length: 300 }] }],
+    ['ratio 3, 3 heads, dim 42 (f32 loads), window 5, lengths 1 and 7', { heads: 3, kvHeads: 1, headDim: 42, maxLen: 40, numSlots: 3, window: 5, sequences: [{ slot: 2, past: 3, length: 1 }, { slot: 0, past: 0, length: 7 }, { slot: 1, past: 10, length: 20 }] }],
+    ['ratio 4, window 48 and soft cap over 300 tokens', { heads: 8, kvHeads: 2, headDim: 64, maxLen: 300, numSlots: 1, window: 48, softCap: 4, sequences: [{ slot: 0, past: 0, length: 300 }] }],
+  ];
+
+  it.each(cases(tiledEdges))('%s', async (_name, shape, variant) => {
+    const { error } = await checkStep(shape, BOUND, undefined, variant);
+    console.log(`attention ${variant} ${describeShape(shape)}: relative error ${error.toExponential(2)} on ${gpu.adapter.name}`);
   });
 
   const windowed: [string, Shape][] = [
@@ -182,19 +203,19 @@ describe('attention', () => {
     ['soft-capping and a window together', { heads: 6, kvHeads: 3, headDim: 64, maxLen: 200, numSlots: 1, window: 33, softCap: 2, sequences: [{ slot: 0, past: 0, length: 150 }] }],
   ];
 
-  it.each(windowed)('%s', async (_name, shape) => {
-    const { error } = await checkStep(shape, BOUND);
+  it.each(cases(windowed))('%s', async (_name, shape, variant) => {
+    const { error } = await checkStep(shape, BOUND, undefined, variant);
     console.log(`attention ${describeShape(shape)}: relative error ${error.toExponential(2)} on ${gpu.adapter.name}`);
   });
 
-  it('a window covering every key gives the bits of full causal attention', async () => {
+  it.each(variants)('%s: a window covering every key gives the bits of full causal attention', async (variant) => {
     const shape: Shape = { heads: 8, kvHeads: 2, headDim: 64, maxLen: 300, numSlots: 2, sequences: [{ slot: 0, past: 0, length: 130 }, { slot: 1, past: 200, length: 1 }] };
-    const full = await checkStep(shape, BOUND);
-    const covering = await checkStep({ ...shape, window: 300 }, BOUND, full.seed);
+    const full = await checkStep(shape, BOUND, undefined, variant);
+    const covering = await checkStep({ ...shape, window: 300 }, BOUND, full.seed, variant);
     expect(sameBits(covering.out, full.out)).toBe(true);
   });
 
-  it.each([8, 6])('reads a fused QKV buffer through strides and offsets and writes output rows %i wider', async (extra) => {
+  it.each(variants.flatMap((v) => [8, 6].map((extra) => [v, extra] as const)))('%s: reads a fused QKV buffer through strides and offsets and writes output rows %i wider', async (variant, extra) => {
     // Extra 8: vec4 loads; extra 6: an output stride that is not a multiple of 4 selects f32 loads.
     const rng = new Random();
     const [heads, kvHeads, D, maxLen] = [4, 2, 32, 40];
@@ -216,7 +237,7 @@ describe('attention', () => {
     };
     const batch = gpu.batch('fused');
     recordKvCacheWrite(batch, { ...buffers, k: buffers.qkv, v: buffers.qkv, tokens: T, kvHeads, headDim: D, maxLen, kRowStride: stride, kOffset: qDim, vRowStride: stride, vOffset: qDim + kvDim });
-    recordAttention(batch, { ...buffers, q: buffers.qkv, tokens: T, heads, kvHeads, headDim: D, maxLen, qRowStride: stride, outRowStride: outStride });
+    recordAttention(batch, { ...buffers, q: buffers.qkv, tokens: T, heads, kvHeads, headDim: D, maxLen, qRowStride: stride, outRowStride: outStride, variant });
     await batch.submit();
     const out = await gpu.readF32(buffers.out);
     for (const b of Object.values(buffers)) gpu.destroyBuffer(b);
@@ -236,6 +257,13 @@ describe('attention', () => {
       expect(out.subarray(t * outStride + qDim, (t + 1) * outStride).every(Number.isNaN)).toBe(true);
     }
     expectClose(actual, expected, BOUND, 'attention on fused QKV', rng.seed);
+  });
+
+  it('refuses the tiled kernel for heads longer than it takes', () => {
+    const buffers = { q: poisonedBuffer(gpu, 4, 'q'), kCache: poisonedBuffer(gpu, 4, 'k'), vCache: poisonedBuffer(gpu, 4, 'v'), positions: poisonedBuffer(gpu, 4, 'p'), slots: poisonedBuffer(gpu, 4, 's'), out: poisonedBuffer(gpu, 4, 'o') };
+    const batch = gpu.batch('refused');
+    expect(() => recordAttention(batch, { ...buffers, tokens: 2, heads: 2, kvHeads: 1, headDim: 128, maxLen: 8, variant: 'tiled' })).toThrow(/head_dim up to 64, not 128/);
+    for (const b of Object.values(buffers)) gpu.destroyBuffer(b);
   });
 
   it('skips tokens whose slot or position is outside the cache', async () => {
