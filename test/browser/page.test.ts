@@ -516,6 +516,137 @@ describe('the web page in headless Chromium with WebGPU', () => {
     expect(pageErrors).toEqual([]);
   }, 660_000);
 
+  it('searches the cut (3 trials) with a live scatter and trial table, measures the subspace, uses another trial and saves it', async () => {
+    if (!(await page.locator('#model-summary:not([hidden])').count())) await loadBundled();
+    // The search's fields come from its settings schema (labels and defaults of `abliterate optimize`).
+    expect(await page.textContent('label[for="search-trials"]')).toBe('Trials');
+    expect(await page.inputValue('#search-trials')).toBe('40');
+    expect(await page.inputValue('#search-seed')).toBe('1');
+    expect(await page.textContent('label[for="search-val-tokens"]')).toBe('Tokens per validation answer');
+    await page.fill('#search-trials', '0');
+    await page.click('#search-run');
+    expect(await page.textContent('#message[data-kind=error]')).toMatch(/Trials must be an integer ≥ 1, got "0"/);
+    // Small: 8 prompts per set (the validation splits too), 8 new tokens, 3 trials.
+    await page.fill('#setting-limit', '8');
+    await page.fill('#setting-max-tokens', '8');
+    await page.fill('#setting-subspace-rank', '3');
+    await page.fill('#search-trials', '3');
+    await page.fill('#search-startup-trials', '2');
+    await page.fill('#search-val-tokens', '8');
+    const start = Date.now();
+    await page.click('#search-run');
+    expect(await page.evaluate(() => document.activeElement?.id)).toBe('search-cancel');
+    expect(await page.isDisabled('#search-trials')).toBe(true);
+    // Live: the first trial is drawn while the search goes on.
+    await page.waitForSelector('#search-chart circle.trial', { timeout: 600_000 });
+    expect(await page.getAttribute('#search-card', 'data-state')).toBe('searching');
+    expect(await page.locator('#trial-table tbody tr').count()).toBeLessThan(3);
+    await page.waitForSelector('#results[data-state=done], #message[data-kind=error]', { timeout: 900_000 });
+    if (await page.locator('#message[data-kind=error]').count()) throw new Error(`the search failed in the page: ${await page.textContent('#message')}`);
+    const searchSeconds = (Date.now() - start) / 1000;
+    expect(await page.locator('#search-chart circle.trial').count()).toBe(3);
+    const rows = await page.$$eval('#trial-table tbody tr', (trs) =>
+      trs.map((tr) => {
+        const cells = [...tr.querySelectorAll('td')].map((td) => td.textContent ?? '');
+        const ratio = (text: string) => Number(text.split('/')[0]);
+        const el = tr as HTMLElement;
+        return { trial: Number(el.dataset.trial), refusals: ratio(cells[0]!), harmless: ratio(cells[1]!), kl: Number(cells[2]), front: el.dataset.front === 'true', chosen: el.dataset.chosen === 'true', shown: el.dataset.shown === 'true' };
+      }),
+    );
+    console.log(`page search: 3 trials in ${searchSeconds.toFixed(1)} s (${await page.textContent('#search-status')}); ${JSON.stringify(rows)}`);
+    expect(rows.map((r) => r.trial)).toEqual([0, 1, 2]);
+    const frontRows = rows.filter((r) => r.front);
+    expect(frontRows.length).toBeGreaterThanOrEqual(1);
+    const frontDots = await page.$$eval('#search-chart circle.trial.front', (cs) => cs.map((c) => Number((c as SVGElement).dataset.trial)).sort());
+    expect(frontDots).toEqual(frontRows.map((r) => r.trial).sort());
+    expect(await page.locator('#search-chart .front-line').count()).toBe(1);
+    const chosen = rows.filter((r) => r.chosen);
+    expect(chosen).toHaveLength(1);
+    expect(rows.filter((r) => r.shown).map((r) => r.trial)).toEqual([chosen[0]!.trial]);
+    expect(await page.getAttribute('#search-chart circle.trial.shown', 'data-trial')).toBe(String(chosen[0]!.trial));
+    expect(await page.getAttribute('#result-summary', 'data-trial')).toBe(String(chosen[0]!.trial));
+    const steps = ((await page.getAttribute('#run-progress', 'data-steps')) ?? '').split(',');
+    expect(steps).toContain('search/');
+    expect(await page.textContent('#stages')).toMatch(/search · [\d.]+ s/);
+
+    // The subspace: effective rank per point and the top-3 spectrum, shares of at most 1 in all.
+    const numLayers = Number(await page.textContent('#model-summary dd[data-field="layers"]'));
+    expect(await page.isVisible('#subspace')).toBe(true);
+    expect(await page.locator('#rank-chart rect.bar').count()).toBe(numLayers + 1);
+    const shares = await page.$$eval('#spectrum-chart rect.share', (rects) => rects.map((r) => ({ point: Number((r as SVGElement).dataset.point), component: Number((r as SVGElement).dataset.component) })));
+    expect(shares).toHaveLength((numLayers + 1) * 3);
+    expect(new Set(shares.map((s) => s.component))).toEqual(new Set([1, 2, 3]));
+    const ranks = await page.$$eval('#rank-chart rect.bar title', (titles) => titles.map((t) => Number(t.textContent!.split(': ')[1])));
+    for (const rank of ranks) expect(rank).toBeGreaterThanOrEqual(1);
+
+    // Another trial, picked in the table: evaluated with the search's settings, its answers shown, the chart marks it.
+    const other = rows.find((r) => !r.shown)!.trial;
+    await page.click(`#trial-table tr[data-trial="${other}"] button.use-trial`);
+    await page.waitForSelector(`#result-summary[data-trial="${other}"]`, { timeout: 600_000 });
+    await page.waitForSelector('#results[data-state=done], #message[data-kind=error]', { timeout: 600_000 });
+    if (await page.locator('#message[data-kind=error]').count()) throw new Error(`the picked trial failed: ${await page.textContent('#message')}`);
+    expect(await page.getAttribute('#search-chart circle.trial.shown', 'data-trial')).toBe(String(other));
+    expect(await page.locator('#search-chart circle.trial').count()).toBe(3);
+    expect(await page.getAttribute('#trial-table tr[data-shown]', 'data-trial')).toBe(String(other));
+    expect(await page.textContent('#search-status')).toMatch(new RegExp(`Trial ${other} evaluated`));
+    expect(await page.locator('#generations .pair .answer[data-when="after"]').count()).toBeGreaterThan(0);
+
+    await mkdir(ARTIFACTS, { recursive: true });
+    await page.screenshot({ path: join(ARTIFACTS, 'web-search.png'), fullPage: true });
+
+    // Saved: the report names the trial and carries the search; the model is cut.
+    await page.selectOption('#save-mode', 'download');
+    const [download] = await Promise.all([page.waitForEvent('download', { timeout: 120_000 }), page.click('#save-model')]);
+    const files = readTar(new Uint8Array(await readFile((await download.path())!)));
+    const report = JSON.parse(Buffer.from([...files].find(([name]) => name.endsWith('/abliteration_report.json'))![1]).toString('utf8')) as {
+      parameters: { trial: number; selection: string; cut: Record<string, unknown> };
+      search: { exported_trial: number; chosen_trial: number; front: number[]; original_validation: { harmless_refusals: number }; trials: { number: number; kl: number; refusals: number; harmless_refusals: number }[] };
+    };
+    // The front the page marked, checked against the definition on the trials' exact figures: the trials that refuse no
+    // more harmless prompts than the original (all, if none do) that no other such trial matches or beats in both.
+    const pool = report.search.trials.filter((t) => t.harmless_refusals <= report.search.original_validation.harmless_refusals);
+    const candidates = pool.length ? pool : report.search.trials;
+    const onFront = candidates.filter((t) => !candidates.some((o) => o !== t && o.refusals <= t.refusals && o.kl <= t.kl && (o.refusals < t.refusals || o.kl < t.kl)));
+    expect(frontRows.map((r) => r.trial).sort()).toEqual(onFront.map((t) => t.number).sort());
+    expect(report.parameters.trial).toBe(other);
+    expect(report.parameters.selection).toBe('optimize');
+    expect(report.search.exported_trial).toBe(other);
+    expect(report.search.chosen_trial).toBe(chosen[0]!.trial);
+    expect([...report.search.front].sort()).toEqual(frontRows.map((r) => r.trial).sort());
+    expect(report.search.trials.map((t) => [t.number, t.refusals, Number(t.kl.toFixed(3))])).toEqual(rows.map((r) => [r.trial, r.refusals, r.kl]));
+    const weights = [...files].filter(([name]) => name.endsWith('.safetensors') && !name.endsWith('refusal_direction.safetensors'));
+    const saved = new Map<string, StoredTensor>();
+    for (const [, bytes] of weights) for (const [name, t] of readSafetensorsBytes(bytes).tensors) saved.set(name, t);
+    const original = new Map<string, StoredTensor>();
+    for (const file of await readdir(modelDir)) if (file.endsWith('.safetensors')) for (const [name, t] of readSafetensorsBytes(new Uint8Array(await readFile(join(modelDir, file)))).tensors) original.set(name, t);
+    const changed = [...saved].filter(([name, t]) => Buffer.compare(Buffer.from(t.bytes), Buffer.from(original.get(name)!.bytes)) !== 0).map(([name]) => name);
+    expect(changed.length).toBeGreaterThan(0);
+    for (const name of changed) expect(name).toMatch(/\.(o_proj|down_proj)\.weight$|^model\.embed_tokens\.weight$/);
+    expect(pageErrors).toEqual([]);
+  }, 1_200_000);
+
+  it('shows the whole text of every direction-point option in a 1280 px window', async () => {
+    if (!(await page.locator('#model-summary:not([hidden])').count())) await loadBundled();
+    await page.setViewportSize({ width: 1280, height: 800 });
+    const fit = await page.evaluate(() => {
+      const select = document.getElementById('setting-layer') as HTMLSelectElement;
+      const style = getComputedStyle(select);
+      const probe = document.createElement('span');
+      probe.style.font = style.font;
+      probe.style.whiteSpace = 'pre';
+      document.body.append(probe);
+      const widths = [...select.options].map((o) => {
+        probe.textContent = o.text;
+        return { text: o.text, width: probe.getBoundingClientRect().width };
+      });
+      probe.remove();
+      // The room for text: the box less its padding and the drop-down arrow (about 20 px).
+      return { widths, room: select.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight) - 20 };
+    });
+    expect(fit.widths.map((w) => w.text)).toContain('auto (ablate the best 4)');
+    for (const w of fit.widths) expect(w.width, w.text).toBeLessThanOrEqual(fit.room);
+  });
+
   it('made no request outside its own origin', () => {
     const origin = new URL(server.url).origin;
     const outside = requests.filter((url) => !url.startsWith(`${origin}/`) && !url.startsWith('blob:') && !url.startsWith('data:'));

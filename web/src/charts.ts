@@ -138,3 +138,123 @@ export function drawHistogram(container: HTMLElement, harmful: ArrayLike<number>
   });
   container.replaceChildren(chart);
 }
+
+/** One trial of the search as the scatter shows it. */
+export interface TrialDot {
+  number: number;
+  /** Harmful validation prompts still refused. */
+  refusals: number;
+  kl: number;
+  /** On the Pareto front of refusals against KL. */
+  front: boolean;
+  /** The trial the search's rule chooses. */
+  chosen: boolean;
+  /** The trial whose cut the results show. */
+  shown: boolean;
+  /** Refuses no more harmless prompts than the original (the others are drawn hollow). */
+  feasible: boolean;
+}
+
+/**
+ * The search's trials: harmful refusals against first-token KL, one `circle.trial` per trial with
+ * `data-trial` (and `.front`, `.chosen`, `.shown`, `.infeasible`), the front joined as a staircase,
+ * the original model as a diamond at KL 0. A click on a trial calls `onPick` with its number.
+ */
+export function drawTrialScatter(container: HTMLElement, dots: readonly TrialDot[], options: { originalRefusals: number; harmful: number; onPick?: (trial: number) => void }): void {
+  const { width, height } = chartSize(container);
+  const front = dots.filter((d) => d.front).sort((a, b) => a.kl - b.kl || b.refusals - a.refusals);
+  const original = Number.isFinite(options.originalRefusals) ? [{ kl: 0, refusals: options.originalRefusals }] : [];
+  const klMax = Math.max(0, ...dots.map((d) => d.kl));
+  const chart = Plot.plot({
+    width,
+    height,
+    marginLeft: 56,
+    marginRight: 28,
+    marginTop: 20,
+    marginBottom: 44,
+    ariaLabel: `${dots.length} trial${dots.length === 1 ? '' : 's'} of the search: harmful validation prompts refused against first-token KL; ${front.length} on the Pareto front`,
+    x: { label: 'first-token KL from the original (lower is better)', labelAnchor: 'center', labelArrow: 'none', domain: [0, klMax > 0 ? klMax * 1.08 : 1], ticks: axisTicks(0, klMax > 0 ? klMax * 1.08 : 1, Math.max(3, Math.floor(width / 140))) },
+    y: { label: `harmful refused (of ${options.harmful})`, grid: true, labelArrow: 'none', domain: [0, Math.max(1, options.harmful)] },
+    marks: [
+      Plot.line(front, { x: 'kl', y: 'refusals', curve: 'step-after', className: 'front-line' }),
+      Plot.dot(original, { x: 'kl', y: 'refusals', symbol: 'diamond', r: 6, className: 'original', title: (d: { refusals: number }) => `the original model: ${d.refusals} refused` }),
+      Plot.dot(dots, {
+        x: 'kl',
+        y: 'refusals',
+        r: 5,
+        title: (d: TrialDot) => `trial ${d.number}: ${d.refusals} of ${options.harmful} refused, KL ${d.kl.toFixed(3)}${d.front ? ', on the front' : ''}${d.chosen ? ", the rule's choice" : ''}${d.feasible ? '' : ', refuses more harmless prompts than the original'}`,
+        render: (index, scales, values, dimensions, context, next) => {
+          const group = next!(index, scales, values, dimensions, context)!;
+          group.querySelectorAll('circle').forEach((circle, i) => {
+            const dot = dots[index[i]!]!;
+            circle.classList.add('trial');
+            for (const [name, on] of [['front', dot.front], ['chosen', dot.chosen], ['shown', dot.shown], ['infeasible', !dot.feasible]] as const) if (on) circle.classList.add(name);
+            circle.dataset.trial = String(dot.number);
+            if (options.onPick) circle.addEventListener('click', () => options.onPick!(dot.number));
+          });
+          return group;
+        },
+      }),
+      Plot.text(
+        dots.filter((d) => d.chosen),
+        { x: 'kl', y: 'refusals', text: (d: TrialDot) => `chosen: ${d.number}`, dy: -12, className: 'marker' },
+      ),
+    ],
+  });
+  container.replaceChildren(chart);
+}
+
+/** One component's share of the variance at one point. */
+export interface SpectrumShare {
+  point: number;
+  /** 1 for the strongest direction. */
+  component: number;
+  share: number;
+}
+
+/**
+ * The explained-variance spectrum per point: for each residual-stream point, the shares of the
+ * top-K directions stacked (the strongest at the bottom); each `rect.share` carries `data-point`
+ * and `data-component`.
+ */
+export function drawSpectrumChart(container: HTMLElement, shares: readonly SpectrumShare[], options: { chosen: number; k: number }): void {
+  const { width, height } = chartSize(container);
+  const points = [...new Set(shares.map((s) => s.point))];
+  const every = Math.ceil((points.length * 22) / (width - 70));
+  const chart = Plot.plot({
+    width,
+    height,
+    marginLeft: 56,
+    marginTop: 16,
+    marginBottom: 44,
+    ariaLabel: `Explained variance of the top ${options.k} directions of the harmful − harmless differences at each point of the residual stream`,
+    x: { label: 'point (0 = embedding)', labelAnchor: 'center', labelArrow: 'none', tickFormat: 'd', ticks: points.filter((p, i) => i % every === 0 || p === options.chosen), domain: [Math.min(...points) - 0.5, Math.max(...points) + 0.5] },
+    y: { label: 'share of the variance', grid: true, domain: [0, 1], labelArrow: 'none', tickFormat: '%' },
+    color: { type: 'ordinal', domain: Array.from({ length: options.k }, (_, i) => i + 1), scheme: 'blues', reverse: true, legend: true, tickFormat: (c: number) => `direction ${c}` },
+    marks: [
+      Plot.rectY(
+        shares,
+        Plot.stackY({
+          x1: (s: SpectrumShare) => s.point - 0.35,
+          x2: (s: SpectrumShare) => s.point + 0.35,
+          y: 'share',
+          fill: 'component',
+          order: 'component',
+          title: (s: SpectrumShare) => `point ${s.point}, direction ${s.component}: ${(100 * s.share).toFixed(1)} %`,
+          render: ((index, scales, values, dimensions, context, next) => {
+            const group = next!(index, scales, values, dimensions, context)!;
+            group.querySelectorAll('rect').forEach((rect, i) => {
+              const s = shares[index[i]!]!;
+              rect.classList.add('share');
+              rect.dataset.point = String(s.point);
+              rect.dataset.component = String(s.component);
+            });
+            return group;
+          }) satisfies Plot.RenderFunction,
+        }),
+      ),
+      Plot.ruleY([0]),
+    ],
+  });
+  container.replaceChildren(chart);
+}

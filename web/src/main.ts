@@ -2,12 +2,13 @@
  * The page: pick a local model folder (or the bundled one), run measure → select → evaluate → cut
  * → evaluate on WebGPU with the library's own code, look at the results, download the cut model.
  */
-import { BlobSource, DIRECTIONS_FILE, FileMissingError, formatBytes, MemoryTarget, readPrompts, REPORT_FILE, type FileFolder, type Gpu, type LlamaModel, type PromptSets, type Stage, type EvaluationStep } from 'abliterate';
+import { BlobSource, DIRECTIONS_FILE, FileMissingError, formatBytes, MemoryTarget, optimizeSettingsFrom, parseSettingText, readPrompts, REPORT_FILE, type FileFolder, type Gpu, type LlamaModel, type PromptSets, type Stage, type EvaluationStep } from 'abliterate';
 import { bundledManifest, bundledModel, bundledPromptFile, directoryPicker, fetchBundled, folderFromDrop, folderFromHandle, folderFromInput, type BundledManifest } from './folders.ts';
-import { renderGenerations, renderHistogram, renderScoreChart, renderTable, selectionMetricKey, type ScoreKey } from './results.ts';
+import { hasSubspace, renderGenerations, renderHistogram, renderScoreChart, renderSubspace, renderTable, selectionMetricKey, type ScoreKey } from './results.ts';
 import { abortableTarget, createSubfolder, DirectoryTarget, DownloadLinks, tarBlob } from './saving.ts';
-import { readSettingsForm, renderSettingsForm } from './settingsForm.ts';
-import { Workbench, type PageSettings, type Run } from './workbench.ts';
+import { drawSearch, renderTrialTable, trialSettings, type SearchState } from './search.ts';
+import { readSearchForm, readSettingsForm, renderSearchForm, renderSettingsForm } from './settingsForm.ts';
+import { Workbench, type PageSettings, type Run, type RunExtras } from './workbench.ts';
 
 function $<T extends HTMLElement = HTMLElement>(id: string): T {
   const element = document.getElementById(id);
@@ -69,8 +70,22 @@ const ui = {
   exportProgressBar: $<HTMLProgressElement>('export-progress-bar'),
   downloadLinks: $<HTMLUListElement>('download-links'),
   gpuMemory: $<HTMLOutputElement>('gpu-memory'),
+  subspaceRank: $<HTMLInputElement>('setting-subspace-rank'),
+  subspace: $('subspace'),
+  rankChart: $('rank-chart'),
+  spectrumChart: $('spectrum-chart'),
+  spectrumCaption: $('spectrum-caption'),
+  searchCard: $('search-card'),
+  searchSettings: $<HTMLFormElement>('search-settings'),
+  searchRun: $<HTMLButtonElement>('search-run'),
+  searchCancel: $<HTMLButtonElement>('search-cancel'),
+  searchStatus: $('search-status'),
+  searchResults: $('search-results'),
+  searchChart: $('search-chart'),
+  trialBody: $<HTMLTableElement>('trial-table').tBodies[0]!,
 };
 renderSettingsForm(ui.settings);
+renderSearchForm(ui.searchSettings);
 
 const workbench = new Workbench();
 const downloads = new DownloadLinks();
@@ -78,6 +93,8 @@ let gpu: Gpu | undefined;
 let manifest: BundledManifest | undefined;
 let busy: 'loading' | 'running' | 'exporting' | undefined;
 let controller: AbortController | undefined;
+/** The last search's trials (kept when a run is cancelled mid-search: its trials can still be used). */
+let search: SearchState | undefined;
 
 // ---------------------------------------------------------------------------------------------
 // Messages
@@ -140,6 +157,7 @@ function setBusy(state: typeof busy): void {
   ui.loadBundled.disabled = !!state || noGpu || !manifest || !!manifest.model.missing;
   ui.closeModel.disabled = !!state || !hasModel;
   ui.run.disabled = !!state || !hasModel;
+  ui.searchRun.disabled = !!state || !hasModel;
   // The disabled Run button says why (aria-describedby and title).
   const why = noGpu
     ? 'WebGPU is not available, so nothing can run.'
@@ -156,11 +174,14 @@ function setBusy(state: typeof busy): void {
   ui.runWhy.hidden = !why;
   if (why) ui.run.title = why;
   else ui.run.removeAttribute('title');
-  ui.cancel.disabled = state !== 'running' && state !== 'exporting';
-  ui.cancel.textContent = 'Cancel';
-  ui.cancel.removeAttribute('aria-disabled');
+  for (const cancel of [ui.cancel, ui.searchCancel]) {
+    cancel.disabled = state !== 'running' && state !== 'exporting';
+    cancel.textContent = 'Cancel';
+    cancel.removeAttribute('aria-disabled');
+  }
   // Settings and prompt choices stay as they were for the whole run.
-  for (const control of [...ui.settings.elements, ...ui.promptsCard.querySelectorAll('input')]) (control as HTMLInputElement).disabled = state === 'running';
+  for (const control of [...ui.settings.elements, ...ui.searchSettings.elements, ...ui.promptsCard.querySelectorAll('input')]) (control as HTMLInputElement).disabled = state === 'running';
+  if (search) renderSearch();
   for (const button of [ui.saveModel, ui.saveReport, ui.saveDirection]) button.disabled = !!state || !workbench.run;
   ui.dropZone.classList.toggle('disabled', !!state || noGpu);
   updateMemory();
@@ -258,10 +279,16 @@ function showSummary(model: LlamaModel, folder: FileFolder): void {
     ui.layer.append(new Option(point === 0 ? '0 (embedding)' : `${point} (output of layer ${point - 1})`, String(point)));
   }
   ui.layer.value = [...ui.layer.options].some((o) => o.value === previous) ? previous : 'auto';
+  // The subspace's eigendecomposition (hidden × hidden per point, on the CPU) is quick up to about 1024.
+  ui.subspaceRank.value = model.config.hiddenSize <= 1024 ? '4' : '0';
 }
 
 function clearResults(): void {
   downloads.revokeAll();
+  search = undefined;
+  ui.searchResults.hidden = true;
+  ui.searchCard.dataset.state = 'empty';
+  ui.searchStatus.textContent = '';
   ui.results.hidden = true;
   ui.results.dataset.state = 'empty';
   ui.downloadLinks.replaceChildren();
@@ -313,9 +340,20 @@ async function loadFolder(source: () => Promise<FileFolder>, what: string): Prom
 // ---------------------------------------------------------------------------------------------
 // Prompts and settings
 
-function readSettings(): { page: PageSettings; limit: number } {
+/** The subspace rank: not a library setting (measure's --top-k is the CLI's), checked the same way. */
+const SUBSPACE_RANK = { key: 'subspace-rank', group: 'measure', kind: 'integer', label: 'Subspace rank K', help: 'top-K subspace measured at every point (0: none)', min: 0, max: 64 } as const;
+
+function readSettings(): { page: PageSettings; limit: number; extras: RunExtras } {
   const { limit = 0, ...form } = readSettingsForm(ui.settings);
+  let rank: number;
+  try {
+    rank = parseSettingText(SUBSPACE_RANK, ui.subspaceRank.value, SUBSPACE_RANK.label) as number;
+  } catch (error) {
+    ui.subspaceRank.focus();
+    throw error;
+  }
   return {
+    extras: rank > 0 ? { subspaceRank: rank } : {},
     page: {
       ...form,
       point: ui.layer.value === 'auto' || ui.layer.value === 'ablation' ? undefined : Number(ui.layer.value),
@@ -344,6 +382,10 @@ async function loadPromptSets(limit: number): Promise<PromptSets> {
     evalHarmful: cut(await promptFile(ui.fileEvalHarmful, 'harmful_test.txt', 'harmful prompts to evaluate')),
     evalHarmless: cut(await promptFile(ui.fileEvalHarmless, 'harmless_test.txt', 'harmless prompts to evaluate')),
   };
+  // The search scores its trials on the validation split (the CLI's default), not on the held-out test split it is evaluated on.
+  for (const [key, file] of [['validationHarmful', 'harmful_val.txt'], ['validationHarmless', 'harmless_val.txt']] as const) {
+    if (manifest?.data.files.some((f) => f.name === file)) sets[key] = cut(await readPrompts(await bundledPromptFile(file)));
+  }
   // Perplexity on the bundled plain text, read whole as the CLI does.
   if (manifest?.data.files.some((f) => f.name === 'plain_text.txt')) sets.plainText = await (await fetchBundled('data/plain_text.txt')).text();
   return sets;
@@ -352,7 +394,10 @@ async function loadPromptSets(limit: number): Promise<PromptSets> {
 // ---------------------------------------------------------------------------------------------
 // Running
 
+/** The stages of a hand-tuned run; a search has 'search' in place of 'select'. */
 const STAGES: Stage[] = ['measure', 'select', 'evaluate before', 'cut', 'evaluate after'];
+const SEARCH_STAGES: Stage[] = ['measure', 'search', 'evaluate before', 'cut', 'evaluate after'];
+let stages = STAGES;
 const STAGE_LABELS: Record<Stage, string> = {
   measure: 'Measuring the residual stream',
   select: 'Choosing the layer',
@@ -363,9 +408,9 @@ const STAGE_LABELS: Record<Stage, string> = {
 };
 
 function renderStages(active: Stage | undefined, timings: Record<string, number>): void {
-  const activeIndex = active ? STAGES.indexOf(active) : STAGES.length;
+  const activeIndex = active ? stages.indexOf(active) : stages.length;
   ui.stages.replaceChildren(
-    ...STAGES.map((stage, i) => {
+    ...stages.map((stage, i) => {
       const li = document.createElement('li');
       const state = i < activeIndex ? 'done' : i === activeIndex ? 'active' : 'pending';
       li.dataset.state = state;
@@ -418,9 +463,13 @@ class StepProgress {
   }
 }
 
-async function runAbliteration(): Promise<void> {
+/** A hand-tuned run (step 3), a new search (step 4), or one trial of the last search evaluated and used. */
+type RunKind = { kind: 'manual' } | { kind: 'search' } | { kind: 'trial'; trial: number };
+
+async function runAbliteration(what: RunKind = { kind: 'manual' }): Promise<void> {
   if (busy || !workbench.model) return;
   if (
+    what.kind !== 'trial' &&
     workbench.run &&
     !window.confirm('Start a new run? The results shown and the cut model are replaced: the model is reloaded from its files first. Save anything you want to keep before.')
   ) {
@@ -428,13 +477,25 @@ async function runAbliteration(): Promise<void> {
   }
   clearMessage();
   let settings: ReturnType<typeof readSettings>;
+  let extras: RunExtras;
   try {
-    settings = readSettings();
+    if (what.kind === 'trial') {
+      // The search's own settings, whatever the form says now: the trial is measured as it was.
+      if (!search) return;
+      settings = { page: search.page, limit: search.limit, extras: search.extras };
+      extras = { ...search.extras, optimize: trialSettings(search, what.trial) };
+    } else {
+      settings = readSettings();
+      extras = what.kind === 'search' ? { ...settings.extras, optimize: optimizeSettingsFrom(readSearchForm(ui.searchSettings)) } : settings.extras;
+    }
   } catch (error) {
     showMessage('error', 'Check the settings', describeError(error));
     return;
   }
+  const kept = what.kind === 'trial' ? search : undefined;
   clearResults();
+  search = kept;
+  stages = extras.optimize ? SEARCH_STAGES : STAGES;
   controller = new AbortController();
   const { signal } = controller;
   setBusy('running');
@@ -444,7 +505,7 @@ async function runAbliteration(): Promise<void> {
   ui.runProgressDetail.textContent = '';
   ui.runStatus.textContent = 'Run started: reading the prompt sets.';
   // Focus goes to the control that matters now.
-  ui.cancel.focus();
+  (extras.optimize ? ui.searchCancel : ui.cancel).focus();
   const timings: Record<string, number> = {};
   let stageStart = performance.now();
   let current: Stage | undefined;
@@ -454,31 +515,67 @@ async function runAbliteration(): Promise<void> {
   try {
     const sets = await loadPromptSets(settings.limit);
     signal.throwIfAborted();
-    const run = await workbench.abliterate(sets, settings.page, {
-      signal,
-      onReload: (done, total) => {
-        ui.runProgressLabel.textContent = 'Reloading the original weights';
-        ui.runProgressBar.max = total;
-        ui.runProgressBar.value = done;
+    if (what.kind === 'search') {
+      search = {
+        optimize: extras.optimize!,
+        page: settings.page,
+        limit: settings.limit,
+        extras: settings.extras,
+        trials: [],
+        original: undefined,
+        harmful: sets.validationHarmful?.length ?? Math.min(32, sets.evalHarmful.length),
+        harmless: sets.validationHarmless?.length ?? Math.min(32, sets.evalHarmless.length),
+        shown: undefined,
+      };
+      ui.searchCard.dataset.state = 'searching';
+      ui.searchStatus.textContent = `Measuring, then ${search.optimize.trials} trials on ${search.harmful} harmful and ${search.harmless} harmless validation prompts.`;
+    } else if (what.kind === 'trial') {
+      ui.searchStatus.textContent = `Evaluating trial ${what.trial} on the test prompts…`;
+    }
+    const trialsStart = performance.now();
+    const run = await workbench.abliterate(
+      sets,
+      settings.page,
+      {
+        signal,
+        onReload: (done, total) => {
+          ui.runProgressLabel.textContent = 'Reloading the original weights';
+          ui.runProgressBar.max = total;
+          ui.runProgressBar.value = done;
+        },
+        onStage: (stage) => {
+          if (current) timings[current] = (performance.now() - stageStart) / 1000;
+          current = stage;
+          stageStart = performance.now();
+          ui.runProgressLabel.textContent = STAGE_LABELS[stage];
+          ui.runProgressDetail.textContent = '';
+          ui.runStatus.textContent = `${STAGE_LABELS[stage]}.`;
+          ui.runProgressBar.removeAttribute('value');
+          renderStages(stage, timings);
+          updateMemory();
+        },
+        onProgress: (stage, done, total) => {
+          // The evaluation stages report their sub-steps through onStep.
+          if (stage !== 'evaluate before' && stage !== 'evaluate after') progress.update(stage, undefined, stage === 'select' ? 'candidate points' : 'prompts', done, total);
+          updateMemory();
+        },
+        onStep: (stage, step, done, total) => progress.update(stage, step, STEP_UNITS[step], done, total),
+        // Only a new search reports trials; a picked trial's run has them all already.
+        onTrial:
+          what.kind === 'search'
+            ? (trial, original) => {
+                search!.trials.push(trial);
+                search!.original = original;
+                const total = search!.optimize.trials;
+                progress.update('search', undefined, 'trials', search!.trials.length, total);
+                const elapsed = (performance.now() - trialsStart) / 1000;
+                ui.searchStatus.textContent = `Trial ${trial.number + 1} of ${total}: ${trial.refusals}/${search!.harmful} harmful refused, KL ${trial.kl.toFixed(3)} (${trial.seconds.toFixed(1)} s; ${seconds(elapsed)} so far).`;
+                renderSearch();
+              }
+            : undefined,
       },
-      onStage: (stage) => {
-        if (current) timings[current] = (performance.now() - stageStart) / 1000;
-        current = stage;
-        stageStart = performance.now();
-        ui.runProgressLabel.textContent = STAGE_LABELS[stage];
-        ui.runProgressDetail.textContent = '';
-        ui.runStatus.textContent = `${STAGE_LABELS[stage]}.`;
-        ui.runProgressBar.removeAttribute('value');
-        renderStages(stage, timings);
-        updateMemory();
-      },
-      onProgress: (stage, done, total) => {
-        // The evaluation stages report their sub-steps through onStep.
-        if (stage !== 'evaluate before' && stage !== 'evaluate after') progress.update(stage, undefined, stage === 'select' ? 'candidate points' : 'prompts', done, total);
-        updateMemory();
-      },
-      onStep: (stage, step, done, total) => progress.update(stage, step, STEP_UNITS[step], done, total),
-    });
+      extras,
+    );
     renderStages(undefined, run.result.timings);
     const total = Object.values(run.result.timings).reduce((a, b) => a + b, 0);
     ui.runProgressLabel.textContent = `Done in ${total.toFixed(1)} s`;
@@ -486,6 +583,16 @@ async function runAbliteration(): Promise<void> {
     ui.runStatus.textContent = `Run finished in ${seconds(total)}; the results follow.`;
     ui.runProgressBar.max = 1;
     ui.runProgressBar.value = 1;
+    if (search && run.result.search) {
+      search.original = run.result.search.original;
+      search.shown = run.result.search.exported.number ?? undefined;
+      const chosen = run.result.search.chosen?.number;
+      ui.searchStatus.textContent =
+        what.kind === 'trial'
+          ? `Trial ${what.trial} evaluated and cut${what.trial === chosen ? " (the rule's choice)" : ''}: its results and answers are below; Save saves it.`
+          : `${search.trials.length} trials in ${seconds(run.result.search.seconds)} (${run.result.search.secondsPerTrial?.toFixed(1) ?? '–'} s per trial); ${run.result.search.front.length} on the front. The rule chose trial ${chosen ?? '–'}, evaluated below. Use another trial to compare its answers.`;
+      ui.searchCard.dataset.state = 'done';
+    }
     showResults(run);
     finished = true;
   } catch (error) {
@@ -494,12 +601,30 @@ async function runAbliteration(): Promise<void> {
     const changed = current === 'cut' || current === 'evaluate after' ? 'the cut was undone, so the model is as it was loaded' : 'nothing was changed';
     reportError('Could not finish the abliteration', error, `Cancelled during ${during}; ${changed}.`);
     ui.runStatus.textContent = isAbort(error) ? `Cancelled during ${during}.` : 'The run failed; the message above says why.';
+    if (search) {
+      search.shown = undefined;
+      ui.searchCard.dataset.state = search.trials.length ? 'done' : 'empty';
+      if (search.trials.length) ui.searchStatus.textContent = `Stopped after ${search.trials.length} trials; each can still be evaluated and used.`;
+    }
   } finally {
     controller = undefined;
     setBusy(undefined);
     if (finished) ui.resultsHeading.focus();
-    else ui.run.focus();
+    else (extras.optimize ? ui.searchRun : ui.run).focus();
   }
+}
+
+/** The scatter and the trial table of the last search; trials can be picked when nothing runs. */
+function renderSearch(): void {
+  if (!search || search.trials.length === 0) {
+    ui.searchResults.hidden = true;
+    return;
+  }
+  ui.searchResults.hidden = false;
+  const pick = busy ? undefined : (trial: number) => void runAbliteration({ kind: 'trial', trial });
+  drawSearch(ui.searchChart, search, pick);
+  renderTrialTable(ui.trialBody, search, pick);
+  ui.searchResults.dataset.trials = String(search.trials.length);
 }
 
 function showResults(run: Run): void {
@@ -507,20 +632,31 @@ function showResults(run: Run): void {
   const score = r.scores[r.point];
   const window = `${Math.round(r.selection.window[0] * 100)}–${Math.round(r.selection.window[1] * 100)} % depth window`;
   const metric = r.selection.metric.replace('_', ' ');
+  const exported = r.search?.exported;
   const how =
     r.selection.method === 'forced'
       ? 'chosen in the settings'
       : r.selection.method === 'ablation'
         ? `the fewest refusals when ablated, of the ${r.selection.trials?.length ?? 0} best by ${metric} in the ${window}`
-        : `the best ${metric} in the ${window}`;
+        : r.selection.method === 'optimize'
+          ? `the measured point nearest trial ${exported?.number ?? '–'}'s direction index ${exported?.params.direction_index.toFixed(2) ?? '–'}${exported?.params.scope === 'per_layer' ? '; each layer cut along its own direction' : ''}`
+          : `the best ${metric} in the ${window}`;
+  const strength = exported
+    ? `with trial ${exported.number}'s strength profiles (o_proj up to ${exported.params.attn_max_weight.toFixed(2)}, down_proj up to ${exported.params.mlp_max_weight.toFixed(2)})${exported.params.projected ? ', projected direction' : ''}${exported.params.preserve_norm ? ', row norms preserved' : ''}${exported.params.embedding ? ', embedding included' : ''}`
+    : `with α = ${run.settings.alpha}${run.settings.embedding ? ', embedding included' : ''}`;
   ui.resultSummary.textContent =
     `Direction taken at point ${r.point} (${r.point === 0 ? 'the embedding' : `the output of layer ${r.point - 1}`}; ${how}; effect size ${score?.effectSize.toFixed(2) ?? '–'}), measured on ${r.measurement.harmfulCount} harmful and ${r.measurement.harmlessCount} harmless prompts, ` +
-    `cut from ${r.cut.tensors.length} weight matrices with α = ${run.settings.alpha}${run.settings.embedding ? ', embedding included' : ''}.`;
+    `cut from ${r.cut.tensors.length} weight matrices ${strength}.`;
   ui.resultSummary.dataset.layer = String(r.point);
+  if (exported) ui.resultSummary.dataset.trial = String(exported.number);
+  else delete ui.resultSummary.dataset.trial;
   renderTable(ui.resultBody, run);
   ui.scoreMetric.value = selectionMetricKey(run);
   ui.histogramCaption.textContent = `Projections on the refusal direction at point ${r.point}: harmful vs harmless prompts (dashed lines: each set’s mean)`;
   renderGenerations(ui.generations, run);
+  ui.subspace.hidden = !hasSubspace(run);
+  const k = r.measurement.subspaces?.[0]?.explainedVariance.length ?? 0;
+  ui.spectrumCaption.textContent = `Explained variance of the top ${k} directions of the harmful − harmless differences per point (the rest is the other directions)`;
   // Shown before the charts are drawn: they take the width of their container.
   ui.results.hidden = false;
   renderCharts();
@@ -528,10 +664,12 @@ function showResults(run: Run): void {
 }
 
 function renderCharts(): void {
+  if (search) renderSearch();
   const run = workbench.run;
   if (!run || ui.results.hidden) return;
   renderScoreChart(ui.scoreChart, run, ui.scoreMetric.value as ScoreKey);
   renderHistogram(ui.histogram, run);
+  if (hasSubspace(run)) renderSubspace(ui.rankChart, ui.spectrumChart, run);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -696,14 +834,21 @@ function wire(): void {
     void runAbliteration();
   });
   ui.run.addEventListener('click', () => void runAbliteration());
-  ui.cancel.addEventListener('click', () => {
-    if (!controller || controller.signal.aborted) return;
-    // Said at once; the stop itself comes at the next check of the signal (within one batch or window).
-    ui.cancel.textContent = 'Cancelling…';
-    ui.cancel.setAttribute('aria-disabled', 'true');
-    ui.runStatus.textContent = 'Cancelling…';
-    controller.abort(new DOMException('cancelled by the user', 'AbortError'));
+  ui.searchRun.addEventListener('click', () => void runAbliteration({ kind: 'search' }));
+  ui.searchSettings.addEventListener('submit', (event) => {
+    event.preventDefault();
+    void runAbliteration({ kind: 'search' });
   });
+  for (const cancel of [ui.cancel, ui.searchCancel]) {
+    cancel.addEventListener('click', () => {
+      if (!controller || controller.signal.aborted) return;
+      // Said at once; the stop itself comes at the next check of the signal (within one batch or window).
+      cancel.textContent = 'Cancelling…';
+      cancel.setAttribute('aria-disabled', 'true');
+      ui.runStatus.textContent = 'Cancelling…';
+      controller.abort(new DOMException('cancelled by the user', 'AbortError'));
+    });
+  }
   ui.folderInputLabel.addEventListener('keydown', (event) => {
     if (event.key !== 'Enter' && event.key !== ' ') return;
     event.preventDefault();
@@ -711,12 +856,17 @@ function wire(): void {
   });
   ui.scoreMetric.addEventListener('change', renderCharts);
   let chartWidth = 0;
-  new ResizeObserver(() => {
+  let searchWidth = 0;
+  const resized = new ResizeObserver(() => {
     const width = ui.scoreChart.clientWidth;
-    if (width === chartWidth) return;
+    const searchNow = ui.searchChart.clientWidth;
+    if (width === chartWidth && searchNow === searchWidth) return;
     chartWidth = width;
+    searchWidth = searchNow;
     renderCharts();
-  }).observe(ui.scoreChart);
+  });
+  resized.observe(ui.scoreChart);
+  resized.observe(ui.searchChart);
   ui.saveModel.addEventListener('click', () => void saveModel());
   ui.saveReport.addEventListener('click', saveReport);
   ui.saveDirection.addEventListener('click', () => void saveDirection());

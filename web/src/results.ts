@@ -1,6 +1,6 @@
 /** Rendering of a finished run: the before/after table, the charts and the answers side by side. */
 import type { Answer, PointScore, ModelEvaluation } from 'abliterate';
-import { drawHistogram, drawScoreChart } from './charts.ts';
+import { drawHistogram, drawScoreChart, drawSpectrumChart } from './charts.ts';
 import type { Run } from './workbench.ts';
 
 export type ScoreKey = 'effectSize' | 'gap' | 'relativeGap' | 'cosine';
@@ -86,6 +86,31 @@ export function renderHistogram(container: HTMLElement, run: Run): void {
   const { projections } = run.result.measurement;
   const point = run.result.point;
   drawHistogram(container, projections.harmful[point] ?? [], projections.harmless[point] ?? [], { point });
+}
+
+/** Whether the run measured the refusal subspace (the page's subspace rank was above 0). */
+export function hasSubspace(run: Run): boolean {
+  return (run.result.measurement.subspaces?.length ?? 0) > 0;
+}
+
+/**
+ * The subspace measurement: effective rank per point (the score chart's bars, the direction's point
+ * marked) and the stacked explained-variance shares of the top-K directions per point.
+ */
+export function renderSubspace(rankContainer: HTMLElement, spectrumContainer: HTMLElement, run: Run): void {
+  const subspaces = run.result.measurement.subspaces ?? [];
+  const point = run.result.point;
+  drawScoreChart(
+    rankContainer,
+    subspaces.map((s) => ({ point: s.point, value: s.effectiveRank })),
+    { chosen: point, metricName: 'effective rank' },
+  );
+  const k = Math.max(0, ...subspaces.map((s) => s.explainedVariance.length));
+  drawSpectrumChart(
+    spectrumContainer,
+    subspaces.flatMap((s) => s.explainedVariance.map((share, i) => ({ point: s.point, component: i + 1, share }))),
+    { chosen: point, k },
+  );
 }
 
 function answerBlock(when: 'before' | 'after', answer: Answer | undefined): HTMLElement {

@@ -3,7 +3,7 @@
  * range and default come from there, and its value is checked by the same strict parser as the
  * CLI's flags.
  */
-import { parseSettingText, settingFields, type SettingField, type SettingKey, type SettingValues } from 'abliterate';
+import { OPTIMIZE_DEFAULTS, parseSettingText, searchSettingFields, settingFields, type OptimizeKey, type OptimizeValues, type SettingField, type SettingKey, type SettingValues } from 'abliterate';
 
 /** The settings the page offers, in this order. */
 const PAGE_SETTINGS: SettingKey[] = ['alpha', 'limit', 'max-tokens', 'batch-size', 'embedding'];
@@ -11,13 +11,24 @@ const PAGE_SETTINGS: SettingKey[] = ['alpha', 'limit', 'max-tokens', 'batch-size
 /** Smaller defaults than the CLI's: a browser tab runs a whole abliteration in a minute or two. */
 const PAGE_DEFAULTS: Partial<SettingValues> = { limit: 32, 'max-tokens': 48 };
 
-export function settingId(key: string): string {
-  return `setting-${key}`;
+export function settingId(key: string, prefix = 'setting'): string {
+  return `${prefix}-${key}`;
 }
 
-function field(setting: SettingField): HTMLElement[] {
-  const id = settingId(setting.key);
-  const fallback = (PAGE_DEFAULTS as Record<string, unknown>)[setting.key] ?? setting.default;
+/**
+ * The search's settings in its form (the search's own schema, and the seed, which the search shares
+ * with sampling but starts at its own default, as `abliterate optimize` does).
+ */
+const SEARCH_SETTINGS: OptimizeKey[] = ['trials', 'startup-trials', 'val-tokens'];
+
+function searchFields(): SettingField[] {
+  const [seed] = settingFields(['seed']);
+  return [...searchSettingFields(SEARCH_SETTINGS), { ...seed!, help: 'seed of the search', default: OPTIMIZE_DEFAULTS.seed }];
+}
+
+function field(setting: SettingField, prefix = 'setting'): HTMLElement[] {
+  const id = settingId(setting.key, prefix);
+  const fallback = prefix === 'setting' ? ((PAGE_DEFAULTS as Record<string, unknown>)[setting.key] ?? setting.default) : setting.default;
   const input = document.createElement('input');
   input.id = id;
   input.title = setting.help;
@@ -46,14 +57,28 @@ function field(setting: SettingField): HTMLElement[] {
 
 /** Adds the schema's fields to the form, after what it already holds (the direction layer). */
 export function renderSettingsForm(form: HTMLFormElement): void {
-  form.append(...settingFields(PAGE_SETTINGS).flatMap(field));
+  form.append(...settingFields(PAGE_SETTINGS).flatMap((setting) => field(setting)));
+}
+
+/** Adds the search's fields (trials, random trials, tokens per validation answer, seed) to its form. */
+export function renderSearchForm(form: HTMLFormElement): void {
+  form.append(...searchFields().flatMap((setting) => field(setting, 'search')));
 }
 
 /** The form's values, checked; an invalid one gets the focus and its message names its label. */
 export function readSettingsForm(form: HTMLFormElement): Partial<SettingValues> {
+  return readFields(form, settingFields(PAGE_SETTINGS), 'setting') as Partial<SettingValues>;
+}
+
+/** The search form's values, checked as the CLI checks its flags. */
+export function readSearchForm(form: HTMLFormElement): OptimizeValues {
+  return readFields(form, searchFields(), 'search') as OptimizeValues;
+}
+
+function readFields(form: HTMLFormElement, fields: readonly SettingField[], prefix: string): Record<string, unknown> {
   const values: Record<string, unknown> = {};
-  for (const setting of settingFields(PAGE_SETTINGS)) {
-    const input = form.querySelector<HTMLInputElement>(`#${settingId(setting.key)}`);
+  for (const setting of fields) {
+    const input = form.querySelector<HTMLInputElement>(`#${settingId(setting.key, prefix)}`);
     if (!input) throw new Error(`the settings form has no field ${setting.key}`);
     if (setting.kind === 'boolean') {
       values[setting.key] = input.checked;
@@ -66,5 +91,5 @@ export function readSettingsForm(form: HTMLFormElement): Partial<SettingValues> 
       throw error;
     }
   }
-  return values as Partial<SettingValues>;
+  return values;
 }

@@ -3,14 +3,20 @@
  * on it, and the last abliteration. Every step is the library's own (the same code as the CLI):
  * `LlamaModel.load`, `runAbliteration`, `exportModel`, `writeDirections`, `reportOf`.
  */
-import { abliterationSettings, createBrowserGpu, cutParameters, exportModel, LlamaModel, MemorySink, reportOf, runAbliteration, writeDirections, type AbliterationReport, type CutParameters, type AbliterationResult, type AbliterationSettings, type FileFolder, type Gpu, type ModelWriteTarget, type PromptSets, type RunCallbacks, type SettingValues } from 'abliterate';
+import { abliterationSettings, createBrowserGpu, cutParameters, exportModel, LlamaModel, MemorySink, reportOf, runAbliteration, writeDirections, type AbliterationReport, type CutParameters, type AbliterationResult, type FileFolder, type Gpu, type ModelWriteTarget, type OptimizeSettings, type PromptSets, type RunCallbacks, type RunSettings, type SettingValues } from 'abliterate';
 
 /** The settings the page's form gives, by the schema's keys; the others keep their defaults. */
 export type PageSettings = Partial<SettingValues>;
 
+/** What the page adds to the form's settings: the search (instead of the hand-tuned cut) and the subspace measurement. */
+export interface RunExtras {
+  optimize?: OptimizeSettings | undefined;
+  subspaceRank?: number | undefined;
+}
+
 export interface Run {
   result: AbliterationResult;
-  settings: AbliterationSettings;
+  settings: RunSettings;
   /** The cut's parameters, as the CLI stores them in the exported shards' `__metadata__`. */
   parameters: CutParameters;
   /** Files of the picked folder the last export left out (weights in other formats). */
@@ -88,13 +94,13 @@ export class Workbench {
    * Measure, select, evaluate, cut, evaluate. A model cut by an earlier run is reloaded from its
    * files first, so every run starts from the original weights bit for bit.
    */
-  async abliterate(sets: PromptSets, page: PageSettings, callbacks: RunCallbacks & { onReload?: (done: number, total: number) => void }): Promise<Run> {
+  async abliterate(sets: PromptSets, page: PageSettings, callbacks: RunCallbacks & { onReload?: (done: number, total: number) => void }, extras: RunExtras = {}): Promise<Run> {
     if (!this.current) throw new Error('load a model first');
     if (this.cut) await this.load(this.current.folder, callbacks.onReload);
     this.lastRun?.result.cut.release();
     this.lastRun = undefined;
     const model = this.current!.model;
-    const settings = abliterationSettings(page);
+    const settings: RunSettings = { ...abliterationSettings(page), ...extras };
     let cutStarted = false;
     const onStage: RunCallbacks['onStage'] = (stage) => {
       if (stage === 'cut') cutStarted = true;
