@@ -265,6 +265,8 @@ describe('the web page in headless Chromium with WebGPU', () => {
     await page.fill('#setting-max-tokens', String(MAX_TOKENS));
     await page.selectOption('#setting-layer', 'ablation');
     await page.fill('#setting-alpha', String(ALPHA));
+    // Without the subspace, the direction file is the mean-only one that the CLI's `measure` writes (compared below).
+    await page.fill('#setting-subspace-rank', '0');
     const start = Date.now();
     await page.click('#run');
     await page.waitForSelector('#results[data-state=done], #message[data-kind=error]', { timeout: 900_000 });
@@ -299,6 +301,7 @@ describe('the web page in headless Chromium with WebGPU', () => {
     expect(await page.locator('#histogram g.harmless rect').count()).toBeGreaterThan(0);
     expect(await page.locator('#generations .pair').count()).toBe(6);
     expect(await page.locator('#generations .pair .answer').count()).toBe(12);
+    expect(await page.isHidden('#subspace')).toBe(true);
 
     // Every sub-step of both evaluations was reported; focus went to the results.
     const steps = ((await page.getAttribute('#run-progress', 'data-steps')) ?? '').split(',');

@@ -372,8 +372,11 @@ async function promptFile(input: HTMLInputElement, bundled: string | undefined, 
   return readPrompts(await bundledPromptFile(bundled));
 }
 
-/** The same sets as the CLI's defaults (data/*.txt), or the user's files; `limit` cuts each set as --limit does. */
-async function loadPromptSets(limit: number): Promise<PromptSets> {
+/**
+ * The same sets as the CLI's defaults (data/*.txt), or the user's files; `limit` cuts each set as
+ * --limit does. With `validation`, the bundled validation split too, for the search.
+ */
+async function loadPromptSets(limit: number, validation = false): Promise<PromptSets> {
   const own = ui.promptsOwn.checked;
   const cut = (prompts: string[]) => (limit > 0 ? prompts.slice(0, limit) : prompts);
   const sets: PromptSets = {
@@ -384,7 +387,7 @@ async function loadPromptSets(limit: number): Promise<PromptSets> {
   };
   // The search scores its trials on the validation split (the CLI's default), not on the held-out test split it is evaluated on.
   for (const [key, file] of [['validationHarmful', 'harmful_val.txt'], ['validationHarmless', 'harmless_val.txt']] as const) {
-    if (manifest?.data.files.some((f) => f.name === file)) sets[key] = cut(await readPrompts(await bundledPromptFile(file)));
+    if (validation && manifest?.data.files.some((f) => f.name === file)) sets[key] = cut(await readPrompts(await bundledPromptFile(file)));
   }
   // Perplexity on the bundled plain text, read whole as the CLI does.
   if (manifest?.data.files.some((f) => f.name === 'plain_text.txt')) sets.plainText = await (await fetchBundled('data/plain_text.txt')).text();
@@ -513,7 +516,7 @@ async function runAbliteration(what: RunKind = { kind: 'manual' }): Promise<void
   renderStages('measure', timings);
   let finished = false;
   try {
-    const sets = await loadPromptSets(settings.limit);
+    const sets = await loadPromptSets(settings.limit, !!extras.optimize);
     signal.throwIfAborted();
     if (what.kind === 'search') {
       search = {
