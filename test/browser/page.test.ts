@@ -650,6 +650,31 @@ describe('the web page in headless Chromium with WebGPU', () => {
     for (const w of fit.widths) expect(w.width, w.text).toBeLessThanOrEqual(fit.room);
   });
 
+  it('detects whether the bundled model is hardened, as abliterate detect, and leaves the weights as loaded', async () => {
+    if (!(await page.locator('#model-summary:not([hidden])').count())) await loadBundled();
+    await page.fill('#setting-limit', '8');
+    await page.fill('#setting-max-tokens', '8');
+    await page.fill('#setting-subspace-rank', '4');
+    // A cut model is reloaded first: the question says the results are replaced.
+    page.once('dialog', (dialog) => void dialog.accept());
+    const start = Date.now();
+    await page.click('#detect-run');
+    await page.waitForSelector('#detect-card[data-state=done], #message[data-kind=error]', { timeout: 600_000 });
+    if (await page.locator('#message[data-kind=error]').count()) throw new Error(`detect failed in the page: ${await page.textContent('#message')}`);
+    const verdict = await page.getAttribute('#detect-verdict', 'data-verdict');
+    console.log(`page detect: ${((Date.now() - start) / 1000).toFixed(1)} s; ${await page.textContent('#detect-verdict')} ${await page.textContent('#detect-next')}`);
+    expect(['hardened', 'not hardened', 'uncertain']).toContain(verdict);
+    expect(await page.textContent('#detect-verdict')).toMatch(/^Verdict: (hardened|not hardened|uncertain) \(confidence \d+ %, score [\d.]+\)\. Harmful test prompts refused: \d+ % before and \d+ % after a rank-1 cut at point \d+ \(8 prompts\)\.$/);
+    const signals = await page.$$eval('#detect-evidence tbody tr', (trs) => trs.map((tr) => (tr as HTMLElement).dataset.signal));
+    expect(signals.sort()).toEqual(['cut_raised_refusal', 'effective_rank', 'hdd_red_distance', 'refusal_after_cut', 'score_concentration']);
+    expect(await page.textContent('#detect-next')).toMatch(/^Next: cut rank \d+ .* With the CLI: abliterate /);
+    expect(await page.isHidden('#results')).toBe(true);
+    // Nothing of the detection (its measurement, the test cut's copies) stays on the GPU once the model is closed.
+    await page.click('#close-model');
+    expect(await memory()).toEqual({ bytes: 0, buffers: 0 });
+    expect(pageErrors).toEqual([]);
+  }, 900_000);
+
   it('made no request outside its own origin', () => {
     const origin = new URL(server.url).origin;
     const outside = requests.filter((url) => !url.startsWith(`${origin}/`) && !url.startsWith('blob:') && !url.startsWith('data:'));

@@ -2,7 +2,7 @@
  * The page: pick a local model folder (or the bundled one), run measure → select → evaluate → cut
  * → evaluate on WebGPU with the library's own code, look at the results, download the cut model.
  */
-import { BlobSource, DIRECTIONS_FILE, FileMissingError, formatBytes, MemoryTarget, optimizeSettingsFrom, parseSettingText, readPrompts, REPORT_FILE, type FileFolder, type Gpu, type LlamaModel, type PromptSets, type Stage, type EvaluationStep } from 'abliterate';
+import { BlobSource, DIRECTIONS_FILE, type HardeningDetection, type DetectStage, FileMissingError, formatBytes, MemoryTarget, optimizeSettingsFrom, parseSettingText, readPrompts, REPORT_FILE, type FileFolder, type Gpu, type LlamaModel, type PromptSets, type Stage, type EvaluationStep } from 'abliterate';
 import { bundledManifest, bundledModel, bundledPromptFile, directoryPicker, fetchBundled, folderFromDrop, folderFromHandle, folderFromInput, type BundledManifest } from './folders.ts';
 import { hasSubspace, renderGenerations, renderHistogram, renderScoreChart, renderSubspace, renderTable, selectionMetricKey, type ScoreKey } from './results.ts';
 import { abortableTarget, createSubfolder, DirectoryTarget, DownloadLinks, tarBlob } from './saving.ts';
@@ -83,6 +83,14 @@ const ui = {
   searchResults: $('search-results'),
   searchChart: $('search-chart'),
   trialBody: $<HTMLTableElement>('trial-table').tBodies[0]!,
+  detectCard: $('detect-card'),
+  detectRun: $<HTMLButtonElement>('detect-run'),
+  detectCancel: $<HTMLButtonElement>('detect-cancel'),
+  detectStatus: $('detect-status'),
+  detectResult: $('detect-result'),
+  detectVerdict: $('detect-verdict'),
+  detectEvidence: $<HTMLTableElement>('detect-evidence').tBodies[0]!,
+  detectNext: $('detect-next'),
 };
 renderSettingsForm(ui.settings);
 renderSearchForm(ui.searchSettings);
@@ -158,6 +166,7 @@ function setBusy(state: typeof busy): void {
   ui.closeModel.disabled = !!state || !hasModel;
   ui.run.disabled = !!state || !hasModel;
   ui.searchRun.disabled = !!state || !hasModel;
+  ui.detectRun.disabled = !!state || !hasModel;
   // The disabled Run button says why (aria-describedby and title).
   const why = noGpu
     ? 'WebGPU is not available, so nothing can run.'
@@ -174,7 +183,7 @@ function setBusy(state: typeof busy): void {
   ui.runWhy.hidden = !why;
   if (why) ui.run.title = why;
   else ui.run.removeAttribute('title');
-  for (const cancel of [ui.cancel, ui.searchCancel]) {
+  for (const cancel of [ui.cancel, ui.searchCancel, ui.detectCancel]) {
     cancel.disabled = state !== 'running' && state !== 'exporting';
     cancel.textContent = 'Cancel';
     cancel.removeAttribute('aria-disabled');
@@ -295,9 +304,16 @@ function clearResults(): void {
   ui.runProgress.hidden = true;
 }
 
+function clearDetect(): void {
+  ui.detectResult.hidden = true;
+  ui.detectCard.dataset.state = 'empty';
+  ui.detectStatus.textContent = '';
+}
+
 function closeModel(): void {
   workbench.close();
   clearResults();
+  clearDetect();
   ui.summary.hidden = true;
   ui.summary.replaceChildren();
   ui.modelCard.dataset.state = 'empty';
@@ -309,6 +325,7 @@ async function loadFolder(source: () => Promise<FileFolder>, what: string): Prom
   if (busy) return;
   clearMessage();
   clearResults();
+  clearDetect();
   ui.summary.hidden = true;
   workbench.close();
   ui.modelCard.dataset.state = 'loading';
@@ -676,6 +693,99 @@ function renderCharts(): void {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Hardening detection
+
+const DETECT_STAGES: Record<DetectStage, string> = {
+  measure: 'measuring the residual stream and its subspaces',
+  'evaluate before': 'evaluating the harmful test prompts',
+  'test cut': 'cutting the best direction as a test',
+  'evaluate after': 'evaluating the harmful test prompts after the test cut',
+};
+
+const SIGNAL_NAMES: Record<string, string> = {
+  refusal_after_cut: 'harmful refusal left after a rank-1 cut',
+  cut_raised_refusal: 'the cut raised refusal by',
+  effective_rank: 'effective rank of the leading spectrum',
+  score_concentration: 'best point’s score over the mean',
+  hdd_red_distance: 'harm-detection vs refusal direction (Grassmann distance)',
+};
+
+async function runDetect(): Promise<void> {
+  if (busy || !workbench.model) return;
+  if (workbench.run && !window.confirm('Detect hardening? The results shown and the cut model are replaced: the model is reloaded from its files first. Save anything you want to keep before.')) return;
+  clearMessage();
+  let settings: ReturnType<typeof readSettings>;
+  try {
+    settings = readSettings();
+  } catch (error) {
+    showMessage('error', 'Check the settings', describeError(error));
+    return;
+  }
+  clearResults();
+  clearDetect();
+  controller = new AbortController();
+  const { signal } = controller;
+  setBusy('running');
+  ui.detectCard.dataset.state = 'running';
+  ui.detectCancel.focus();
+  const start = performance.now();
+  let finished = false;
+  try {
+    ui.detectStatus.textContent = 'Reading the prompt sets…';
+    const sets = await loadPromptSets(settings.limit);
+    const detection = await workbench.detect(
+      { harmful: sets.harmful, harmless: sets.harmless, testHarmful: sets.evalHarmful },
+      {
+        topK: settings.extras.subspaceRank ?? 8,
+        batchSize: settings.page['batch-size'],
+        maxNewTokens: settings.page['max-tokens'],
+        signal,
+        onReload: () => (ui.detectStatus.textContent = 'Reloading the original weights…'),
+        onStage: (stage) => (ui.detectStatus.textContent = `Detecting: ${DETECT_STAGES[stage]}…`),
+      },
+    );
+    showDetection(detection);
+    ui.detectStatus.textContent = `Done in ${seconds((performance.now() - start) / 1000)}; the test cut was undone.`;
+    ui.detectCard.dataset.state = 'done';
+    finished = true;
+  } catch (error) {
+    ui.detectCard.dataset.state = 'empty';
+    ui.detectStatus.textContent = '';
+    reportError('Could not finish the detection', error, 'Cancelled; the model is as it was loaded.');
+  } finally {
+    controller = undefined;
+    setBusy(undefined);
+    if (finished) ui.detectVerdict.focus();
+    else ui.detectRun.focus();
+  }
+}
+
+function showDetection(d: HardeningDetection): void {
+  ui.detectVerdict.dataset.verdict = d.verdict;
+  ui.detectVerdict.tabIndex = -1;
+  ui.detectVerdict.textContent =
+    `Verdict: ${d.verdict} (confidence ${Math.round(d.confidence * 100)} %, score ${d.score.toFixed(2)}). ` +
+    `Harmful test prompts refused: ${Math.round(d.refusal.before * 100)} % before and ${Math.round(d.refusal.after * 100)} % after a rank-1 cut at point ${d.point} (${d.refusal.prompts} prompts).`;
+  const fixed = (x: number) => (Number.isFinite(x) ? (Math.abs(x) >= 100 ? x.toFixed(0) : x.toPrecision(3)) : '–');
+  ui.detectEvidence.replaceChildren(
+    ...d.evidence.map((e) => {
+      const tr = document.createElement('tr');
+      tr.dataset.signal = e.signal;
+      tr.dataset.fires = String(e.fires);
+      const head = document.createElement('th');
+      head.scope = 'row';
+      head.textContent = SIGNAL_NAMES[e.signal] ?? e.signal;
+      head.append(Object.assign(document.createElement('span'), { className: 'hint', textContent: e.note }));
+      tr.append(head, ...[fixed(e.value), fixed(e.threshold), e.weight === 0 ? 'n/a' : e.fires ? 'yes' : 'no', e.weight.toFixed(2)].map((text) => Object.assign(document.createElement('td'), { textContent: text })));
+      return tr;
+    }),
+  );
+  const r = d.recommendation;
+  ui.detectNext.textContent = `Next: cut rank ${r.rank} (${r.target}) at point ${r.point}. ${r.reason}. With the CLI: ${r.commands.join(' && ')}`;
+  ui.detectResult.hidden = false;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Saving
 
 function outputName(): string {
@@ -842,7 +952,8 @@ function wire(): void {
     event.preventDefault();
     void runAbliteration({ kind: 'search' });
   });
-  for (const cancel of [ui.cancel, ui.searchCancel]) {
+  ui.detectRun.addEventListener('click', () => void runDetect());
+  for (const cancel of [ui.cancel, ui.searchCancel, ui.detectCancel]) {
     cancel.addEventListener('click', () => {
       if (!controller || controller.signal.aborted) return;
       // Said at once; the stop itself comes at the next check of the signal (within one batch or window).

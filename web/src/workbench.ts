@@ -3,7 +3,7 @@
  * on it, and the last abliteration. Every step is the library's own (the same code as the CLI):
  * `LlamaModel.load`, `runAbliteration`, `exportModel`, `writeDirections`, `reportOf`.
  */
-import { abliterationSettings, createBrowserGpu, cutParameters, exportModel, LlamaModel, MemorySink, reportOf, runAbliteration, writeDirections, type AbliterationReport, type CutParameters, type AbliterationResult, type FileFolder, type Gpu, type ModelWriteTarget, type OptimizeSettings, type PromptSets, type RunCallbacks, type RunSettings, type SettingValues } from 'abliterate';
+import { abliterationSettings, createBrowserGpu, cutParameters, detectHardening, exportModel, LlamaModel, MemorySink, reportOf, runAbliteration, writeDirections, type AbliterationReport, type CutParameters, type AbliterationResult, type DetectOptions, type FileFolder, type HardeningDetection, type Gpu, type ModelWriteTarget, type OptimizeSettings, type PromptSets, type RunCallbacks, type RunSettings, type SettingValues } from 'abliterate';
 
 /** The settings the page's form gives, by the schema's keys; the others keep their defaults. */
 export type PageSettings = Partial<SettingValues>;
@@ -118,6 +118,18 @@ export class Workbench {
     const parameters = cutParameters(result, settings, this.current!.folder.name);
     this.lastRun = { result, settings, parameters };
     return this.lastRun;
+  }
+
+  /**
+   * The library's hardening detection on the original weights: a model cut by a run is reloaded
+   * first (the run is dropped). Its test cut is undone bit for bit before it returns.
+   */
+  async detect(sets: { harmful: readonly string[]; harmless: readonly string[]; testHarmful: readonly string[] }, options: DetectOptions & { onReload?: (done: number, total: number) => void }): Promise<HardeningDetection> {
+    if (!this.current) throw new Error('load a model first');
+    if (this.cut) await this.load(this.current.folder, options.onReload);
+    this.lastRun?.result.cut.release();
+    this.lastRun = undefined;
+    return detectHardening(this.current!.model, sets, options);
   }
 
   private requireRun(): { model: LlamaModel; run: Run } {
