@@ -781,7 +781,7 @@ function showDetection(d: HardeningDetection): void {
     }),
   );
   const r = d.recommendation;
-  ui.detectNext.textContent = `Next: cut rank ${r.rank} (${r.target}) at point ${r.point}. ${r.reason}. With the CLI: ${r.commands.join(' && ')}`;
+  ui.detectNext.textContent = `Next: cut rank ${r.rank} (${r.target}) at point ${r.point}. ${r.reason.charAt(0).toUpperCase()}${r.reason.slice(1)}. With the CLI: ${r.commands.join(' && ')}`;
   ui.detectResult.hidden = false;
 }
 
