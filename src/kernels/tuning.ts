@@ -103,11 +103,12 @@ export interface AttentionTiling {
 
 /**
  * Per adapter: the tiled kernel's invocations per workgroup (BQ · group, rounded), keys per block, and
- * from how many query tokens per sequence it replaces attention.wgsl. Measured on lavapipe
- * (bench/RESULTS.md, "Tiled attention"): at 1B shapes, ctx 64 and 256, the tiled kernel ran within the
- * noise of attention.wgsl (2–3 % of the FMA ceiling both; BK 4 is between the 2 and 8 measured); so attention.wgsl
- * stays the default everywhere (minQueries Infinity) until a measurement shows the tiled one winning. GPUs
- * are unmeasured and keep attention.wgsl too. `variant: 'tiled'` runs it on request (tests, bench).
+ * from how many query tokens per sequence it replaces attention.wgsl. Measured side by side with
+ * `npm run bench -- --sections kernels --quick --only 'attention.*prefill'` (bench/RESULTS.md, "Tiled
+ * attention"): on lavapipe at Llama-3.2-1B's heads the tiled kernel ran 2–5.7× faster than
+ * attention.wgsl at 64 and 256 prompt tokens, so prefill uses it there from 8 tokens a sequence (one
+ * tile; the crossover below that is not measured, and decode keeps attention.wgsl). SwiftShader and
+ * GPUs keep attention.wgsl until measured. `variant` forces either kernel (tests, bench).
  */
 interface AttentionRule {
   lanes: number;
@@ -115,7 +116,7 @@ interface AttentionRule {
   minQueries: number;
 }
 const ATTENTION_RULES: Record<string, AttentionRule> = {
-  llvmpipe: { lanes: 32, BK: 4, minQueries: Infinity },
+  llvmpipe: { lanes: 32, BK: 4, minQueries: 8 },
   swiftshader: { lanes: 32, BK: 4, minQueries: Infinity },
 };
 const HARDWARE_ATTENTION: AttentionRule = { lanes: 64, BK: 4, minQueries: Infinity };
