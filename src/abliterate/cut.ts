@@ -4,8 +4,8 @@ import { bytesPerElement, decodeToFloat32, unpackFromU32 } from '../io/dtype.ts'
 import { recordSubspaceCut, recordSubspaceCutInverse, subspaceCutFactorsLength, type CutSide } from '../kernels/lowRank.ts';
 import type { LlamaModel } from '../model/model.ts';
 import type { PackedMatrix } from '../gpu/packedMatrix.ts';
-import { layerLayout } from '../model/layout.ts';
-import { isResident, residualWriterNames, type StreamedWeights } from '../model/weights.ts';
+import { layerLayout, type MatrixSlice } from '../model/layout.ts';
+import { destroyMatrix, isResident, residualWriterNames, uploadSlice, type StreamedWeights, type TensorOverlay } from '../model/weights.ts';
 
 /** Which decoder layers a cut touches. */
 export type LayerSelection =
@@ -482,39 +482,49 @@ class ResidentCut implements AppliedCut {
  */
 async function applyStreamedCut(model: LlamaModel, weights: StreamedWeights, run: CutRun): Promise<AppliedCut> {
   const { gpu } = model;
-  // Streamed weights are cut tensor by tensor; an expert's part of a fused expert stack is not a tensor.
-  const part = run.targets.find((t) => !model.tensors.allTensors.has(t.name));
-  if (part) throw new RangeError(`${part.name} is one expert of a fused expert tensor; cutting fused experts needs the weights resident (a larger memory budget)`);
   const { rank } = run;
-  const replaced = weights.source.replaced;
+  const source = weights.source;
+  const replaced = source.replaced;
   const previous = new Map<string, Uint8Array | undefined>();
   const wasModified = new Set(model.modifiedTensors);
+  // Matrices by their GPU names, as a resident cut marks them (parts of fused tensors separately).
+  const cutMatrices: string[] = [];
   const restore = () => {
     for (const [name, bytes] of previous) {
       if (bytes) replaced.set(name, bytes);
       else replaced.delete(name);
-      if (!wasModified.has(name)) model.modifiedTensors.delete(name);
     }
+    for (const name of cutMatrices) if (!wasModified.has(name)) model.modifiedTensors.delete(name);
+  };
+  // The overlay holds whole tensors: a cut matrix that is one expert's part of a fused expert stack
+  // is written into a copy of its tensor, made on the first part this cut touches.
+  const ownCopy = async (tensor: string): Promise<Uint8Array> => {
+    if (!previous.has(tensor)) {
+      previous.set(tensor, replaced.get(tensor));
+      replaced.set(tensor, new Uint8Array(await source.read(tensor)));
+    }
+    return replaced.get(tensor)!;
   };
   const basis = gpu.upload(run.basis, 'cut basis');
   const projections = new ProjectionBuffers(gpu);
   try {
     for (const t of run.targets) {
       const projection = t.projection ? projections.get(t.projection) : undefined;
-      await weights.withMatrix(t.name, async (matrix) => {
-        const factors = gpu.createBuffer(subspaceCutFactorsLength(matrix, t.side, rank) * 4, `${t.name} cut factors`);
-        try {
-          const batch = gpu.batch(`cut ${t.name}`);
-          recordSubspaceCut(batch, { matrix, side: t.side, basis: projection?.right ?? basis, left: projection?.left, rank, alpha: t.alpha, preserveRowNorm: run.preserveRowNorm, factors });
-          await batch.submit();
-          const bytes = await readMatrixBytes(gpu, matrix);
-          if (!previous.has(t.name)) previous.set(t.name, replaced.get(t.name));
-          replaced.set(t.name, bytes);
-          model.modifiedTensors.add(t.name);
-        } finally {
-          gpu.destroyBuffer(factors);
-        }
-      });
+      const slice = streamedSlice(source, t.name);
+      const matrix = await uploadSlice(gpu, source, slice);
+      const factors = gpu.createBuffer(subspaceCutFactorsLength(matrix, t.side, rank) * 4, `${t.name} cut factors`);
+      try {
+        const batch = gpu.batch(`cut ${t.name}`);
+        recordSubspaceCut(batch, { matrix, side: t.side, basis: projection?.right ?? basis, left: projection?.left, rank, alpha: t.alpha, preserveRowNorm: run.preserveRowNorm, factors });
+        await batch.submit();
+        const bytes = await readMatrixBytes(gpu, matrix);
+        (await ownCopy(slice.tensor)).set(bytes, slice.rowStart * slice.cols * bytesPerElement(matrix.dtype));
+        model.modifiedTensors.add(t.name);
+        cutMatrices.push(t.name);
+      } finally {
+        gpu.destroyBuffer(factors);
+        destroyMatrix(gpu, matrix);
+      }
     }
   } catch (error) {
     restore();
@@ -525,7 +535,7 @@ async function applyStreamedCut(model: LlamaModel, weights: StreamedWeights, run
   }
   let state: 'applied' | 'undone' | 'released' = 'applied';
   return {
-    tensors: [...previous.keys()],
+    tensors: cutMatrices,
     rank,
     undoMode: 'overlay',
     exactUndo: true,
@@ -542,6 +552,20 @@ async function applyStreamedCut(model: LlamaModel, weights: StreamedWeights, run
       }
     },
   };
+}
+
+/** The rows of a tensor a matrix name stands for: a whole tensor, or `tensor[rowStart:rowEnd]` (`sliceName`) of a fused one. */
+function streamedSlice(source: TensorOverlay, name: string): MatrixSlice {
+  const part = /^(.*)\[(\d+):(\d+)\]$/.exec(name);
+  const tensor = part && !source.allTensors.has(name) ? part[1]! : name;
+  const shape = source.tensor(tensor).shape;
+  const cols = shape.at(-1)!;
+  const allRows = shape.reduce((a, b) => a * b, 1) / cols;
+  if (!part || tensor === name) return { tensor, rowStart: 0, rows: allRows, cols, whole: true };
+  const rowStart = Number(part[2]);
+  const rows = Number(part[3]) - rowStart;
+  if (!(rows > 0 && rowStart + rows <= allRows)) throw new RangeError(`${name}: rows outside the tensor's ${allRows}`);
+  return { tensor, rowStart, rows, cols, whole: false };
 }
 
 /** The stored bytes of a matrix on the GPU, in its dtype. */

@@ -90,4 +90,43 @@ describe('streamed weights', () => {
       small.dispose();
     }
   });
+
+  it('cuts each expert of a fused expert stack into the streamed overlay: the same bytes as a resident cut, and undo restores them', async () => {
+    const random = randomModel({ architecture: 'qwen3_moe', numExperts: 4, topK: 2, expertIntermediateSize: 40, fusedExperts: true, hiddenSize: 64, numLayers: 3, vocabSize: 256, numHeads: 4, numKvHeads: 2, dtype: 'BF16' });
+    const folder = folderOf(random);
+    const rng = new Random(random.seed);
+    const prompts = Array.from({ length: 3 }, () => Array.from({ length: rng.int(3, 9) }, () => rng.int(0, 255)));
+    const direction = Float32Array.from(rng.normals(64));
+    const norm = Math.hypot(...direction);
+    direction.forEach((v, i) => (direction[i] = v / norm));
+    const cutOptions = { direction, embedding: true, alpha: 1.1, strengths: [1, 0.5, 1] };
+
+    const resident = await LlamaModel.load(gpu, folder, { residency: 'resident' });
+    await applyCut(resident, cutOptions);
+    const residentAfter = await generate(resident, prompts, { maxNewTokens: 6, stopTokenIds: new Set() });
+    const residentFiles = await exported(resident);
+    const residentModified = [...resident.modifiedTensors].sort();
+    resident.dispose();
+
+    const streamed = await LlamaModel.load(gpu, folder, { residency: 'streamed' });
+    try {
+      expect(streamed.residency).toBe('streamed');
+      const original = await exported(streamed);
+      const before = await generate(streamed, prompts, { maxNewTokens: 6, stopTokenIds: new Set() });
+      const cut = await applyCut(streamed, cutOptions);
+      // Every expert's down_proj lives in one fused tensor per layer: that tensor is what changed.
+      expect([...streamed.modifiedTensors].sort()).toEqual(residentModified);
+      expect(residentModified.filter((name) => name.startsWith('model.layers.0.mlp.experts.down_proj[')).length).toBe(4);
+      expect((await generate(streamed, prompts, { maxNewTokens: 6, stopTokenIds: new Set() })).tokens).toEqual(residentAfter.tokens);
+      const streamedFiles = await exported(streamed);
+      for (const [name, bytes] of residentFiles) expect(Buffer.compare(Buffer.from(bytes), Buffer.from(streamedFiles.get(name)!)), name).toBe(0);
+      await cut.undo();
+      expect(streamed.modifiedTensors.size).toBe(0);
+      const restored = await exported(streamed);
+      for (const [name, bytes] of original) expect(Buffer.compare(Buffer.from(bytes), Buffer.from(restored.get(name)!)), name).toBe(0);
+      expect((await generate(streamed, prompts, { maxNewTokens: 6, stopTokenIds: new Set() })).tokens).toEqual(before.tokens);
+    } finally {
+      streamed.dispose();
+    }
+  });
 });
