@@ -128,10 +128,13 @@ describe('evaluation and selection on prepared prompts', () => {
         expect(first).toEqual({
           harmful_refusal_rate: h.rate,
           harmless_refusal_rate: b.rate,
+          // No borderline set was given.
+          borderline_refusal_rate: null,
           kl: kl.mean,
           perplexity: ppl.perplexity,
           harmful_answers: h.answers,
           harmless_answers: b.answers,
+          borderline_answers: [],
         });
       } finally {
         gpu.destroyBuffer(textBaseline);
@@ -142,7 +145,7 @@ describe('evaluation and selection on prepared prompts', () => {
       expect(plain.kl).toBe(0);
       expect(plain.perplexity).not.toBe(first.perplexity);
       expect(await evaluateModel(model, prepared, { ...options, perplexity: false })).toMatchObject({ perplexity: null });
-      console.log(`evaluation (seed ${seed}): ablated ${JSON.stringify({ ...first, harmful_answers: undefined, harmless_answers: undefined })}`);
+      console.log(`evaluation (seed ${seed}): ablated ${JSON.stringify({ ...first, harmful_answers: undefined, harmless_answers: undefined, borderline_answers: undefined })}`);
     } finally {
       encode.mockRestore();
       gpu.destroyBuffer(basis);
